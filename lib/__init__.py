@@ -1,0 +1,1 @@
+"""The work itself: importable and testable without Prefect (tests/test_layering.py enforces it)."""

@@ -1,0 +1,73 @@
+"""Errors a user can act on. Each names the file or field, the value and the rule.
+
+`code` values are stable and documented in the README (reason codes of the report).
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a triplet was rejected (per-triplet rows of the report)."""
+
+    MISSING_START = "missing_start"
+    MISSING_END = "missing_end"
+    MISSING_MASK = "missing_mask"
+    NO_AUDIO = "no_audio"
+    SILENT_AUDIO = "silent_audio"
+    UNDECODABLE = "undecodable"
+    TOO_SHORT = "too_short"
+    MASK_UNREADABLE = "mask_unreadable"
+    MASK_SELECTS_NOTHING = "mask_selects_nothing"
+    DUPLICATE_NAME = "duplicate_name"
+
+
+class ArchiveCode(str, Enum):
+    """Why a whole archive was refused (the report's `errors`)."""
+
+    NOT_A_ZIP = "not_a_zip"
+    UNSAFE_PATH = "unsafe_path"
+    SYMLINK = "symlink"
+    ENCRYPTED = "encrypted"
+    TOO_MANY_FILES = "too_many_files"
+    TOO_LARGE = "too_large"
+
+
+class Av2AvError(Exception):
+    """Base of every error we raise on purpose; `code` is machine-readable, str() is for people."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class DownloadError(Av2AvError):
+    """The training data (or a validation file) could not be fetched. Billed 0."""
+
+    code = "download_failed"
+
+
+class TransientDownloadError(DownloadError):
+    """A download failure worth retrying (connection reset, 5xx, timeout)."""
+
+
+class ArchiveError(Av2AvError):
+    """The archive itself is refused; `code` is an ArchiveCode value."""
+
+
+class MediaError(Av2AvError):
+    """One media file cannot be used; `code` is a Reason value."""
+
+
+class InvalidDataset(Av2AvError):
+    """No triplet qualifies (HTTP-422 style). Carries the report so the caller can show it."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}
