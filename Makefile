@@ -1,0 +1,32 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR := outputs/demo
+
+.PHONY: demo test install bench clean
+
+$(BIN)/av2av: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# CPU torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0 > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	$(BIN)/pip install --quiet -e '.[dev]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	$(BIN)/python -c "import torch, diffusers, prefect, av"  # fail here, not later, if the install broke
+	touch $@
+
+install: $(BIN)/av2av
+
+demo: install
+	$(BIN)/av2av sample $(DEMO_DIR)/sample_dataset.zip
+	$(BIN)/av2av check $(DEMO_DIR)/sample_dataset.zip --frames 25 --resolution low --aspect-ratio 16:9 \
+		--report $(DEMO_DIR)/report.json --debug-dataset $(DEMO_DIR)/debug_dataset.zip
+	@echo "Outputs: $(abspath $(DEMO_DIR))/ (report.json, debug_dataset.zip, sample_dataset.zip)"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (which tasks, in what order, on which pool)."""

@@ -1,0 +1,186 @@
+"""Conform one triplet (DESIGN §4): check it, then fit reference, target, mask and audio to the
+training window and bucket, frame- and pixel-aligned, and write it once, content-addressed.
+
+`check_triplet` depends only on the files; `conform_triplet` also on the settings, so a change
+of `number_of_frames` re-runs the fitting but not the checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from safetensors.numpy import save_file
+
+from lib import audio, video
+from lib.config import TrainRequest
+from lib.dataset import Triplet
+from lib.errors import MediaError, Reason
+from lib.masks import conform_mask
+from lib.storage import FileRef
+
+CONFORM_VERSION = "1"  # bump when the conformed bytes change for the same inputs
+DURATION_TOLERANCE_S = 1e-3
+
+
+class ConformSettings(BaseModel):
+    """The request fields that shape conformed data (and nothing else: they key the cache)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number_of_frames: int
+    frame_rate: int
+    width: int
+    height: int
+    auto_scale_input: bool
+    audio_normalize: bool
+    audio_preserve_pitch: bool
+    trigger_phrase: str = ""
+
+    @classmethod
+    def from_request(cls, request: TrainRequest) -> "ConformSettings":
+        width, height = request.bucket
+        return cls(number_of_frames=request.number_of_frames, frame_rate=request.frame_rate,
+                   width=width, height=height, auto_scale_input=request.auto_scale_input,
+                   audio_normalize=request.audio_normalize,
+                   audio_preserve_pitch=request.audio_preserve_pitch,
+                   trigger_phrase=request.trigger_phrase)
+
+    @property
+    def window_s(self) -> float:
+        return self.number_of_frames / self.frame_rate
+
+
+class ClipFacts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    start_s: float
+    audio_peak_dbfs: float
+
+
+class TripletCheck(BaseModel):
+    """Outcome of the file-only checks: facts for the report, or the rejection."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    reason: Reason | None = None
+    message: str = ""
+    reference: ClipFacts | None = None
+    target: ClipFacts | None = None
+
+
+class TripletResult(BaseModel):
+    """One row of the report; `clip` points at the conformed data when accepted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: str  # "accepted" | "rejected"
+    reason: str | None = None
+    message: str = ""
+    reference: ClipFacts | None = None
+    target: ClipFacts | None = None
+    mask_coverage: float | None = None
+    reference_loudness_lufs: float | None = None
+    target_loudness_lufs: float | None = None
+    stretched: bool = False
+    caption: str = ""
+    clip: FileRef | None = None
+
+
+def _facts(path: str, role: str) -> ClipFacts:
+    info = video.probe(path)
+    sound = audio.check_audio(path, role)
+    return ClipFacts(duration_s=info.duration_s, fps=info.avg_fps, width=info.display_width,
+                     height=info.display_height, start_s=info.start_s, audio_peak_dbfs=sound.peak_dbfs)
+
+
+def check_triplet(triplet: Triplet) -> TripletCheck:
+    """Decodability and audio presence/signal of both clips (the mask is read when conforming)."""
+    facts = {}
+    for role, ref in (("reference", triplet.start), ("target", triplet.end)):
+        try:
+            facts[role] = _facts(ref.path, role)
+        except MediaError as error:
+            return TripletCheck(name=triplet.name, reason=Reason(error.code), message=error.message, **facts)
+    return TripletCheck(name=triplet.name, **facts)
+
+
+def _too_short(name: str, short: dict[str, ClipFacts], settings: ConformSettings) -> MediaError:
+    clips = ", ".join(f"{role} {facts.duration_s:.2f} s" for role, facts in short.items())
+    return MediaError(
+        f"'{name}': {clips} shorter than the {settings.window_s:.2f} s needed for "
+        f"{settings.number_of_frames} frames at {settings.frame_rate} fps; use longer clips, fewer "
+        "frames, or auto_scale_input=true to stretch them.", Reason.TOO_SHORT.value)
+
+
+def _fit_clip(path: str, facts: ClipFacts, settings: ConformSettings, stretch: bool):
+    size = (settings.width, settings.height)
+    if stretch:
+        times = video.stretched_frame_times(settings.number_of_frames, facts.duration_s)
+        sound = audio.read_audio(path, facts.start_s, None)
+        sound = audio.fit_duration(sound, audio.SAMPLE_RATE, settings.window_s, settings.audio_preserve_pitch)
+    else:
+        times = video.frame_times(settings.number_of_frames, settings.frame_rate)
+        sound = audio.read_audio(path, facts.start_s, settings.window_s)
+    return video.read_frames(path, times, size), sound
+
+
+def content_key(triplet: Triplet, settings: ConformSettings) -> str:
+    identity = {"start": triplet.start.sha256, "end": triplet.end.sha256, "mask": triplet.mask.sha256,
+                "caption": triplet.caption, "settings": settings.model_dump(), "version": CONFORM_VERSION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> FileRef:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=".clip.", suffix=".safetensors", dir=path.parent)
+    os.close(handle)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, partial, metadata=metadata)
+    os.replace(partial, path)
+    return FileRef.of(path)
+
+
+def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
+                    cache_root: Path) -> TripletResult:
+    """Fit an accepted-by-check triplet to the window and bucket; reject with a reason otherwise."""
+    base = dict(name=triplet.name, reference=check.reference, target=check.target)
+    if check.reason is not None:
+        return TripletResult(status="rejected", reason=check.reason.value, message=check.message, **base)
+    clips = {"reference": check.reference, "target": check.target}
+    short = {role: f for role, f in clips.items() if f.duration_s + DURATION_TOLERANCE_S < settings.window_s}
+    try:
+        if short and not settings.auto_scale_input:
+            raise _too_short(triplet.name, short, settings)
+        reference_frames, reference_audio = _fit_clip(triplet.start.path, check.reference, settings, "reference" in short)
+        target_frames, target_audio = _fit_clip(triplet.end.path, check.target, settings, "target" in short)
+        mask = conform_mask(triplet.mask.path, target_frames.source_indices,
+                            (check.target.width, check.target.height), (settings.width, settings.height))
+        if not mask.any():
+            raise MediaError(f"'{triplet.name}': mask '{Path(triplet.mask.path).name}' selects nothing "
+                             "inside the cropped frame (no WHITE pixel); WHITE marks the region to "
+                             "regenerate.", Reason.MASK_SELECTS_NOTHING.value)
+    except MediaError as error:
+        return TripletResult(status="rejected", reason=error.code, message=error.message, **base)
+    loudness = [audio.loudness_lufs(s, audio.SAMPLE_RATE) for s in (reference_audio, target_audio)]
+    if settings.audio_normalize:
+        reference_audio, target_audio = audio.peak_normalize(reference_audio), audio.peak_normalize(target_audio)
+    caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
+    clip = _save(cache_root / "conformed" / content_key(triplet, settings) / "clip.safetensors",
+                 {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
+                  "reference_audio": reference_audio.astype(np.float32),
+                  "target_audio": target_audio.astype(np.float32)},
+                 {"name": triplet.name, "caption": caption, "frame_rate": str(settings.frame_rate),
+                  "sample_rate": str(audio.SAMPLE_RATE)})
+    return TripletResult(status="accepted", mask_coverage=float(mask.mean()), stretched=bool(short),
+                         reference_loudness_lufs=loudness[0], target_loudness_lufs=loudness[1],
+                         caption=caption, clip=clip, **base)

@@ -1,0 +1,68 @@
+"""`debug_dataset`: an archive of exactly what training will see, for a person to inspect.
+
+Per accepted triplet: preview.mp4 (reference | target with the mask tinted red, target audio),
+reference.wav, target.wav, caption.txt; plus report.json at the top.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from lib.audio import SAMPLE_RATE
+from lib.conform import TripletResult
+from lib.encode import write_video, write_wav
+from lib.storage import FileRef
+
+OVERLAY_RGB = np.array([255, 0, 0], dtype=np.float32)
+OVERLAY_ALPHA = 0.45
+
+
+def mask_overlay(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Tint the regenerated region (mask 1) red so polarity mistakes are obvious at a glance."""
+    tinted = frames.astype(np.float32)
+    tinted[mask] = (1 - OVERLAY_ALPHA) * tinted[mask] + OVERLAY_ALPHA * OVERLAY_RGB
+    return tinted.round().astype(np.uint8)
+
+
+def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path) -> None:
+    clip = load_file(result.clip.path)
+    frame_rate = float(clip_metadata(result.clip.path)["frame_rate"])
+    preview = np.concatenate([clip["reference"], mask_overlay(clip["target"], clip["mask"])], axis=2)
+    files = {
+        "preview.mp4": lambda p: write_video(p, preview, frame_rate, clip["target_audio"], SAMPLE_RATE),
+        "reference.wav": lambda p: write_wav(p, clip["reference_audio"], SAMPLE_RATE),
+        "target.wav": lambda p: write_wav(p, clip["target_audio"], SAMPLE_RATE),
+    }
+    for name, write in files.items():
+        write(scratch / name)
+        archive.write(scratch / name, f"{result.name}/{name}")
+    archive.writestr(f"{result.name}/caption.txt", result.caption)
+
+
+def clip_metadata(path: str) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as handle:
+        return handle.metadata() or {}
+
+
+def write_debug_dataset(results: list[TripletResult], report: dict, destination: Path) -> FileRef:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    os.close(handle)
+    try:
+        with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(partial, "w") as archive:
+            archive.writestr("report.json", json.dumps(report, indent=2))
+            for result in results:
+                _add_triplet(archive, result, Path(scratch))
+        os.replace(partial, destination)
+    except BaseException:
+        os.unlink(partial)
+        raise
+    return FileRef.of(destination)

@@ -1,0 +1,109 @@
+"""Files in and out: fsspec for every URL, content hashes, the content-addressed work folder.
+
+Between pipeline steps only `FileRef`s travel (a path plus its sha256), so caches key on
+content, never on where a file happens to live.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import fsspec
+from pydantic import BaseModel, ConfigDict
+
+from lib.errors import DownloadError, TransientDownloadError
+
+CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_DOWNLOAD_BYTES = 20 * (1 << 30)
+TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class FileRef(BaseModel):
+    """A file and the sha256 of its bytes. Caches key on `sha256`, never on `path`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> "FileRef":
+        return cls(path=str(path), sha256=sha256_file(path), size=os.path.getsize(path))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def work_dir() -> Path:
+    """Root of the content-addressed cache (conformed clips, latents). Safe to share between runs."""
+    root = Path(os.environ.get("AV2AV_CACHE_DIR", Path.home() / ".cache" / "av2av"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final`, to be moved there with `publish_dir`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+
+
+def publish_dir(staging: Path, final: Path) -> Path:
+    """Move a finished staging folder into place; if a concurrent run won the race, keep theirs."""
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _is_transient(error: BaseException) -> bool:
+    status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    if isinstance(status, int):
+        return status in TRANSIENT_HTTP_STATUS
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.startswith("aiohttp")
+
+
+def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
+    """Stream `url` (any fsspec URL or a local path) into `dest_dir/<sha256><suffix>`.
+
+    Raises TransientDownloadError for failures worth retrying, DownloadError otherwise, and
+    ValueError-free messages that name the URL. Never leaves a partial file behind.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    suffix = Path(url.split("?")[0]).suffix.lower()[:8]
+    handle, partial = tempfile.mkstemp(prefix=".download.", dir=dest_dir)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(handle, "wb") as out, fsspec.open(url, "rb") as source:
+            while chunk := source.read(CHUNK_BYTES):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadError(
+                        f"{url}: the file is larger than the {max_bytes} byte download limit.",
+                        code="too_large",
+                    )
+                digest.update(chunk)
+                out.write(chunk)
+    except DownloadError:
+        os.unlink(partial)
+        raise
+    except Exception as error:  # fsspec backends raise their own types; classify, then wrap
+        os.unlink(partial)
+        kind = TransientDownloadError if _is_transient(error) else DownloadError
+        raise kind(f"Could not download {url}: {type(error).__name__}: {error}") from error
+    final = dest_dir / f"{digest.hexdigest()}{suffix}"
+    os.replace(partial, final)
+    return FileRef(path=str(final), sha256=digest.hexdigest(), size=size)

@@ -1,0 +1,92 @@
+"""Ingestion tasks: fetch → extract → match → check → conform → report, one lib call each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from lib import archive, audio, conform, dataset, debug_dataset, geometry, masks, report, storage, video
+from lib.conform import ConformSettings, TripletCheck, TripletResult
+from lib.dataset import Rejection, Triplet
+from lib.errors import TransientDownloadError
+from lib.storage import FileRef
+from tasks.caching import FileContent
+
+
+def retry_transient_only(task, task_run, state) -> bool:
+    """Retry what can heal (network hiccups), never a user's bad input."""
+    try:
+        state.result()
+    except TransientDownloadError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=retry_transient_only,
+      cache_policy=NO_CACHE)
+def fetch_training_data(url: str, cache_root: Path) -> FileRef:
+    return storage.fetch(url, cache_root / "downloads")
+
+
+class ExtractedArchive(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    root: str
+    names: list[str]
+
+
+@task(cache_policy=FileContent((archive, storage)), persist_result=True)
+def extract_archive(zip_file: FileRef, cache_root: Path) -> ExtractedArchive:
+    root = cache_root / "extracted" / zip_file.sha256
+    return ExtractedArchive(root=str(root), names=archive.safe_extract(zip_file.path, root))
+
+
+class MatchOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    triplets: list[Triplet]
+    rejections: list[Rejection]
+    warnings: list[str]
+
+
+@task(cache_policy=FileContent((dataset, storage)), persist_result=True)
+def match_files(extracted: ExtractedArchive) -> MatchOutcome:
+    matching = dataset.match_triplets(extracted.names)
+    triplets = dataset.triplets_from_manifest(matching.manifest, Path(extracted.root))
+    return MatchOutcome(triplets=triplets, rejections=matching.rejections, warnings=matching.warnings)
+
+
+@task(task_run_name="check-{triplet.name}", cache_policy=FileContent((conform, video, audio)),
+      persist_result=True)
+def check_triplet(triplet: Triplet) -> TripletCheck:
+    return conform.check_triplet(triplet)
+
+
+@task(task_run_name="conform-{triplet.name}",
+      cache_policy=FileContent((conform, video, audio, masks, geometry)), persist_result=True)
+def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
+                    cache_root: Path) -> TripletResult:
+    return conform.conform_triplet(triplet, check, settings, cache_root)
+
+
+@task(cache_policy=NO_CACHE)
+def build_report(results: list[TripletResult], rejections: list[Rejection], warnings: list[str],
+                 errors: list[dict], report_path: Path | None) -> dict:
+    document = report.build_report(results, rejections, warnings, errors)
+    if report_path is not None:
+        report.write_report(document, report_path)
+    rejected = [row for row in report.table_rows(document) if row["status"] == "rejected"]
+    create_table_artifact(key="dataset-report", table=report.table_rows(document),
+                          description=f"{document['accepted']} accepted, {document['rejected']} rejected")
+    if rejected:
+        create_table_artifact(key="rejected-triplets", table=rejected,
+                              description="Triplets that will not be trained on, with the reason.")
+    return document
+
+
+@task(cache_policy=NO_CACHE)
+def write_debug_dataset(results: list[TripletResult], document: dict, destination: Path) -> FileRef:
+    return debug_dataset.write_debug_dataset(results, document, destination)

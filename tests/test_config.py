@@ -1,0 +1,63 @@
+"""The request model: the spec's names, defaults, ranges and rules."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lib.config import TrainRequest
+
+URL = "file:///data/triplets.zip"
+
+
+def test_spec_defaults():
+    request = TrainRequest(training_data_url=URL)
+    assert (request.rank, request.number_of_steps, request.learning_rate) == (32, 2000, 2e-4)
+    assert (request.number_of_frames, request.frame_rate) == (89, 24)
+    assert (request.resolution, request.aspect_ratio, request.bucket) == ("medium", "1:1", (768, 768))
+    assert request.audio_normalize and request.audio_preserve_pitch and not request.auto_scale_input
+    assert (request.validation_resolution, request.stg_scale, request.validation) == ("high", 1.0, ())
+    assert request.split_input_duration_threshold == 30.0 and not request.debug_dataset
+
+
+@pytest.mark.parametrize("frames, snapped", [(96, 89), (89, 89), (9, 9), (16, 9), (121, 121), (120, 113)])
+def test_frames_snap_down_to_8k_plus_1(frames, snapped):
+    request = TrainRequest(training_data_url=URL, number_of_frames=frames, validation_number_of_frames=frames)
+    assert request.number_of_frames == snapped == request.validation_number_of_frames
+
+
+@pytest.mark.parametrize("resolution, aspect, bucket", [
+    ("low", "16:9", (512, 288)), ("low", "9:16", (288, 512)), ("medium", "16:9", (768, 448)),
+    ("high", "1:1", (960, 960)), ("high", "9:16", (544, 960))])
+def test_buckets(resolution, aspect, bucket):
+    request = TrainRequest(training_data_url=URL, resolution=resolution, aspect_ratio=aspect)
+    assert request.bucket == bucket and all(side % 32 == 0 for side in bucket)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("rank", 12), ("number_of_steps", 99), ("number_of_steps", 20001), ("number_of_frames", 8),
+    ("number_of_frames", 122), ("frame_rate", 61), ("resolution", "ultra"), ("aspect_ratio", "4:3"),
+    ("stg_scale", 3.5), ("split_input_duration_threshold", 0.5), ("model", "sdxl"), ("unknown_field", 1)])
+def test_out_of_range_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValidationError) as caught:
+        TrainRequest(training_data_url=URL, **{field: value})
+    assert field in str(caught.value)
+
+
+def test_scene_split_refused_with_reason():
+    with pytest.raises(ValidationError, match="desync"):
+        TrainRequest(training_data_url=URL, split_input_into_scenes=True)
+
+
+def test_at_most_two_validation_samples():
+    sample = {"prompt": "p", "video_url": "a.mp4", "mask_url": "m.png", "reference_video_url": "r.mp4"}
+    assert len(TrainRequest(training_data_url=URL, validation=[sample, sample]).validation) == 2
+    with pytest.raises(ValidationError, match="validation"):
+        TrainRequest(training_data_url=URL, validation=[sample] * 3)
+
+
+def test_frozen_and_every_field_described():
+    request = TrainRequest(training_data_url=URL)
+    with pytest.raises(ValidationError):
+        request.rank = 8
+    for name, info in TrainRequest.model_fields.items():
+        assert info.description and info.title, name
