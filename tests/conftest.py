@@ -13,3 +13,23 @@ def media() -> Path:
     if not MEDIA.is_dir():
         pytest.skip(f"shared media folder not found at {MEDIA}")
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test harness (temporary SQLite API) for the whole session; flows share it."""
+    import os
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["AV2AV_CACHE_DIR"] = str(tmp_path_factory.mktemp("av2av-cache"))
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def sample_zip(tmp_path_factory) -> Path:
+    """The synthetic sample dataset (3 good triplets + 1 silent), built once per session."""
+    from lib.synthetic import make_sample_zip
+
+    return make_sample_zip(tmp_path_factory.mktemp("sample") / "sample.zip")

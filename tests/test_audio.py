@@ -14,7 +14,11 @@ from lib.audio import (
     peak_db, peak_normalize, place_audio, probe_audio, read_audio,
 )
 from lib.errors import MediaError, Reason
-from tests.conftest import MEDIA
+
+try:
+    from tests.conftest import MEDIA
+except ModuleNotFoundError:  # `tests` is no package and the repo root is not on sys.path under plain `pytest`
+    from conftest import MEDIA
 
 SR = SAMPLE_RATE
 

@@ -1,0 +1,60 @@
+"""The `train-lora` flow on the Prefect test harness: caching by file content."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.train_lora import train_lora
+from lib.config import TrainRequest
+from lib.errors import InvalidDataset
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _task_states(flow_state) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    return {run.name: run.state.name for run in runs}
+
+
+def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
+    fields = dict(training_data_url=str(zip_path), number_of_frames=17, resolution="low",
+                  aspect_ratio="16:9", model="tiny", output_url=str(tmp_path / "out"))
+    return TrainRequest(**(fields | overrides))
+
+
+def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path):
+    request = _request(sample_zip, tmp_path)
+    first = train_lora(request, return_state=True)
+    assert first.is_completed(), first.message
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["accepted"] == 3
+    assert {r["name"]: r.get("reason") for r in report["triplets"]}["silent"] == "silent_audio"
+
+    second = _task_states(train_lora(request, return_state=True))
+    per_triplet = {name: state for name, state in second.items() if name.startswith(("check-", "conform-"))}
+    assert len(per_triplet) == 8 and set(per_triplet.values()) == {"Cached"}, per_triplet
+
+    refit = _task_states(train_lora(_request(sample_zip, tmp_path, number_of_frames=25), return_state=True))
+    conform_states = {state for name, state in refit.items() if name.startswith("conform-")}
+    check_states = {state for name, state in refit.items() if name.startswith("check-")}
+    assert conform_states == {"Completed"} and check_states == {"Cached"}, refit
+
+
+def test_no_qualifying_triplet_fails_with_invalid_dataset(tmp_path, media):
+    import zipfile
+
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.write(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4", "dog_start.mp4")
+        archive.write(media / "h264_aac_854x480_25fps_9s_editlist.mp4", "dog_end.mp4")
+        archive.write(media / "masks" / "runningcar_mask_square_432x240.png", "dog_mask.png")
+        archive.write(media / "vp9_opus_320x180_24fps_5s.webm", "orphan_start.webm")
+    with pytest.raises(InvalidDataset) as caught:
+        train_lora(_request(bad, tmp_path))
+    message = str(caught.value)
+    assert "422" in message and "dog: silent_audio" in message and "orphan: missing_end" in message
