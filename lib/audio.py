@@ -34,7 +34,7 @@ class AudioInfo:
     has_audio: bool
     sample_rate: int | None
     channels: int | None
-    duration_s: float | None  # presentation span: end of the last frame minus start_s
+    duration_s: float | None  # span from start_s to the end of the last frame, gaps included
     start_s: float | None     # first audio pts in seconds (container time)
     peak_dbfs: float          # over the whole track; -inf when digitally silent or no track
 
@@ -78,23 +78,30 @@ def _frames(container, stream, stereo: bool, stop_s: float | None = None
             yield pts_s, frame.sample_rate, np.concatenate(data, axis=1).astype(np.float32, copy=False)
 
 
-def _assemble(frames, jitter_s: float = PTS_JITTER_S) -> tuple[float, int, np.ndarray]:
-    """Lay frames out by pts at the native rate -> (start_s, rate, (C, n)); real gaps become silence.
+def _placed(frames, jitter_s: float = PTS_JITTER_S) -> Iterator[tuple[float, int, int, np.ndarray]]:
+    """Yield (start_s, rate, at, data): `at` is the frame's sample offset from the first frame's pts.
 
-    Phone recorders drop audio at the start (the fire2 clip has a 155 ms hole after its first
-    frame); concatenating would pull every later sample early and break lip sync.
+    Real gaps stay gaps: phone recorders drop audio at the start (the fire2 clip has a 155 ms hole
+    after its first frame), and concatenating would pull every later sample early.
     """
-    chunks, start_s, rate, cursor = [], None, None, 0
+    start_s, rate, cursor = None, None, 0
     for pts_s, frame_rate, data in frames:
         if start_s is None:
             start_s, rate = (pts_s or 0.0), frame_rate
         at = cursor if pts_s is None else max(0, round((pts_s - start_s) * rate))
         if abs(at - cursor) <= jitter_s * rate:
             at = cursor
-        chunks.append((at, data))
         cursor = at + data.shape[1]
+        yield start_s, rate, at, data
+
+
+def _assemble(frames) -> tuple[float, int, np.ndarray]:
+    """Lay the frames out at the native rate -> (start_s, rate, (C, n)); gaps are silence."""
+    start_s, rate, chunks = 0.0, 0, []
+    for start_s, rate, at, data in _placed(frames):
+        chunks.append((at, data))
     if not chunks:
-        return 0.0, rate or 0, np.zeros((0, 0), np.float32)
+        return start_s, rate, np.zeros((0, 0), np.float32)
     out = np.zeros((chunks[0][1].shape[0], max(at + d.shape[1] for at, d in chunks)), np.float32)
     for at, data in chunks:  # a later frame that overlaps an earlier one wins: it is the newer data
         out[:, at:at + data.shape[1]] = data
@@ -111,25 +118,22 @@ def _no_audio(path, role: str | None = None) -> MediaError:
 
 
 def probe_audio(path) -> AudioInfo:
-    """Decode the whole audio track (cheap) to measure its peak, start and presentation span."""
+    """Decode the whole audio track (cheap) to measure its peak, start and span as read_audio lays it out."""
     with _open(path) as container:
         stream = container.streams.best("audio")
         if stream is None:
             return NO_AUDIO
-        peak, start_s, end_s = 0.0, None, None
-        for pts_s, rate, data in _frames(container, stream, stereo=False):
+        peak, start_s, rate, length = 0.0, None, None, 0
+        for start_s, rate, at, data in _placed(_frames(container, stream, stereo=False)):
             if data.size:
                 peak = max(peak, float(np.abs(data).max()))
-            if start_s is None:
-                start_s, end_s = (pts_s or 0.0), (pts_s or 0.0)
-            frame_start = end_s if pts_s is None else pts_s
-            end_s = max(end_s, frame_start + data.shape[1] / rate)
+            length = max(length, at + data.shape[1])
         cc = stream.codec_context
         return AudioInfo(
             has_audio=True,
             sample_rate=cc.sample_rate or None,
             channels=cc.layout.nb_channels or None,
-            duration_s=None if start_s is None else end_s - start_s,
+            duration_s=None if start_s is None else length / rate,
             start_s=start_s,
             peak_dbfs=_to_db(peak),
         )

@@ -68,7 +68,7 @@ def frame_times(number_of_frames: int, frame_rate: float) -> np.ndarray:
 
 
 def stretched_frame_times(number_of_frames: int, duration_s: float) -> np.ndarray:
-    return np.arange(number_of_frames, dtype=np.float64) * (duration_s / number_of_frames)
+    return np.arange(number_of_frames, dtype=np.float64) * (duration_s / max(number_of_frames, 1))
 
 
 def probe(path) -> VideoInfo:
@@ -89,7 +89,7 @@ def probe(path) -> VideoInfo:
                      duration, fps, start, has_audio)
 
 
-def read_frames(path, times: np.ndarray, size: tuple[int, int] | None) -> SampledFrames:
+def read_frames(path, times: np.ndarray, size: tuple[int, int] | None = None) -> SampledFrames:
     """Frame i is the source frame on screen at times[i] (seconds after the first frame).
 
     size=(W, H) fills and center-crops to exactly that size; None keeps the display size.
@@ -114,7 +114,7 @@ def read_frames(path, times: np.ndarray, size: tuple[int, int] | None) -> Sample
                 break
         if shown is None:
             raise MediaError(f"{_name(path)}: the video stream has no decodable frames", UNDECODABLE)
-        # Times after the last frame (or before the second one) show the last frame seen.
+        # Stream ended (or only one frame): whatever is still pending shows the last frame.
         _assign(out, indices, times, order, pending, shown, size, until=np.inf)
     return SampledFrames(out, indices, seen)
 

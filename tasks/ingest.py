@@ -39,7 +39,7 @@ class ExtractedArchive(BaseModel):
     names: list[str]
 
 
-@task(cache_policy=FileContent((archive, storage)), persist_result=True)
+@task(cache_policy=FileContent(lib_modules=(archive, storage)), persist_result=True)
 def extract_archive(zip_file: FileRef, cache_root: Path) -> ExtractedArchive:
     root = cache_root / "extracted" / zip_file.sha256
     return ExtractedArchive(root=str(root), names=archive.safe_extract(zip_file.path, root))
@@ -52,21 +52,21 @@ class MatchOutcome(BaseModel):
     warnings: list[str]
 
 
-@task(cache_policy=FileContent((dataset, storage)), persist_result=True)
+@task(cache_policy=FileContent(lib_modules=(dataset, storage)), persist_result=True)
 def match_files(extracted: ExtractedArchive) -> MatchOutcome:
     matching = dataset.match_triplets(extracted.names)
     triplets = dataset.triplets_from_manifest(matching.manifest, Path(extracted.root))
     return MatchOutcome(triplets=triplets, rejections=matching.rejections, warnings=matching.warnings)
 
 
-@task(task_run_name="check-{triplet.name}", cache_policy=FileContent((conform, video, audio)),
+@task(task_run_name="check-{triplet.name}", cache_policy=FileContent(lib_modules=(conform, video, audio)),
       persist_result=True)
 def check_triplet(triplet: Triplet) -> TripletCheck:
     return conform.check_triplet(triplet)
 
 
 @task(task_run_name="conform-{triplet.name}",
-      cache_policy=FileContent((conform, video, audio, masks, geometry)), persist_result=True)
+      cache_policy=FileContent(lib_modules=(conform, video, audio, masks, geometry)), persist_result=True)
 def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
                     cache_root: Path) -> TripletResult:
     return conform.conform_triplet(triplet, check, settings, cache_root)

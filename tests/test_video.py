@@ -1,0 +1,311 @@
+"""Behaviour of lib.video on the real quirky media and on synthetic clips with known content."""
+from __future__ import annotations
+
+import math
+
+import av
+import numpy as np
+import pytest
+
+from lib.encode import write_video, write_wav
+from lib.errors import MediaError
+from lib.video import (
+    frame_times, iter_display_frames, probe, read_frames, stretched_frame_times,
+)
+
+IPHONE = "hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov"
+BUNNY_ROT = "h264_aac-5.1_1920x1080_24fps_2s_rot-90_audiolonger.mp4"
+ROT90 = "h264_aac_1280x720_29.97fps_5s_rot90.mp4"
+ROT180_VFR = "h264_aac-mono_1280x720_vfr10fps_2.4s_rot180.mp4"
+TRANSPOSE = "h264_aac_1080x720_29.97fps_1s_transpose-matrix.mp4"
+SAR_2_1 = "h264_noaudio_640x360-sar2to1_30fps_5s.mp4"
+EDIT_LIST = "h264_aac_854x480_25fps_9s_editlist.mp4"
+SCREENREC = "h264_noaudio_3026x1386_vfr_8.7s_screenrec.mp4"
+HEVC_FULL_RANGE = "hevc_aac_1920x1080_30fps_10s.mp4"
+AV1_10BIT = "av1-10bit_aac_720x1280_29.97fps_4.2s_portrait_hdr10.mp4"
+NO_DURATION = "vp9_opus-silent_1280x720_14.985fps_4.9s_noduration.webm"
+MKV_MS = "h264_ac3_1080x720_29.97fps_1s.mkv"
+MASK_VIDEO = "masks/mask_video_h264_200x200_30fps_10s.mp4"
+
+
+def _first_coded_frame(path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def _presentation_times(path) -> np.ndarray:
+    """Packet pts in presentation order, relative to the first (demux only: cheap)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        return (np.array(pts, dtype=np.float64) - pts[0]) * float(stream.time_base)
+
+
+def _expected_indices(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The frame on screen at t: last pts <= t, else the first frame."""
+    return np.maximum(np.searchsorted(pts, times + 1e-6, side="right") - 1, 0)
+
+
+# --- geometry and orientation of the real files -------------------------------------------
+
+@pytest.mark.parametrize("name, width, height, rotation, mirrored", [
+    (BUNNY_ROT, 1080, 1920, 90, False),      # ffprobe rotation -90 -> 90 deg clockwise
+    (IPHONE, 1080, 1920, 90, False),
+    (ROT90, 720, 1280, 270, False),          # ffprobe rotation +90 -> 90 deg counter-clockwise
+    (ROT180_VFR, 1280, 720, 180, False),
+    (TRANSPOSE, 720, 1080, 90, True),        # matrix [[0,1],[1,0]]
+    (SAR_2_1, 1280, 360, 0, False),
+    (EDIT_LIST, 853, 480, 0, False),         # SAR 1280:1281
+    ("vp9_noaudio_161x121_29.97fps_1s.webm", 161, 121, 0, False),
+])
+def test_display_geometry(media, name, width, height, rotation, mirrored):
+    info = probe(media / name)
+    assert (info.display_width, info.display_height) == (width, height)
+    assert (info.rotation, info.mirrored) == (rotation, mirrored)
+    frames = read_frames(media / name, np.zeros(1), None).frames
+    assert frames.shape == (1, height, width, 3) and frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name, orient", [
+    (IPHONE, lambda a: np.rot90(a, -1)),
+    (ROT90, lambda a: np.rot90(a, 1)),
+    (ROT180_VFR, lambda a: a[::-1, ::-1]),
+    (TRANSPOSE, lambda a: a.transpose(1, 0, 2)),
+])
+def test_display_frame_is_the_coded_frame_oriented_like_ffmpeg(media, name, orient):
+    coded = _first_coded_frame(media / name)
+    shown = read_frames(media / name, np.zeros(1), None).frames[0].astype(int)
+    expected = orient(coded).astype(int)
+    assert shown.shape == expected.shape
+    # Not bit-exact: chroma upsampling may use another filter; a wrong orientation is far off.
+    assert np.abs(shown - expected).mean() < 1
+
+
+def test_iphone_portrait_clip_is_upright(media):
+    # Filmed in portrait, stored landscape with the sky on the left: displayed, the sky is on top.
+    frame = read_frames(media / IPHONE, np.zeros(1), (108, 192)).frames[0].astype(float)
+    top, bottom = frame[:64], frame[-64:]
+    assert top.mean() > bottom.mean() + 20
+    assert (top[..., 2] - top[..., 0]).mean() > 30  # blue sky
+
+
+@pytest.mark.parametrize("degrees, hflip, vflip", [
+    (0, False, False), (0, True, False), (0, False, True), (90, False, False),
+    (90, True, False), (180, False, False), (180, False, True), (270, False, False),
+    (270, True, False), (-90, False, True),
+])
+def test_synthetic_display_matrix(tmp_path, degrees, hflip, vflip):
+    # PyAV documents set_display_rotation as: rotate counter-clockwise, then mirror; that is
+    # also what ffmpeg -autorotate shows. A lossless asymmetric pattern pins the direction.
+    pattern = np.random.default_rng(abs(degrees) + 2 * hflip + vflip).integers(0, 256, (6, 10, 3), np.uint8)
+    path = tmp_path / "oriented.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 10, 6, "rgb24"
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(pattern, format="rgb24")))
+        container.mux(stream.encode(None))
+    expected = np.rot90(pattern, degrees // 90)
+    expected = expected[:, ::-1] if hflip else expected
+    expected = expected[::-1] if vflip else expected
+    np.testing.assert_array_equal(read_frames(path, np.zeros(1), None).frames[0], expected)
+    info = probe(path)
+    assert (info.display_width, info.display_height) == (expected.shape[1], expected.shape[0])
+    assert info.mirrored == (hflip != vflip)
+
+
+def test_sar_is_corrected_by_stretching_width(media):
+    coded = _first_coded_frame(media / SAR_2_1).astype(float)
+    shown = read_frames(media / SAR_2_1, np.zeros(1), None).frames[0].astype(float)
+    # Each coded column becomes two display columns.
+    assert np.abs(shown[:, ::2] - coded).mean() < 6
+
+
+# --- pixel formats --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [IPHONE, AV1_10BIT])
+def test_ten_bit_decodes_to_sane_uint8(media, name):
+    frames = read_frames(media / name, frame_times(3, 30), (128, 128)).frames
+    assert frames.dtype == np.uint8 and frames.shape == (3, 128, 128, 3)
+    assert 30 < frames.mean() < 225 and frames.std() > 15
+
+
+def test_full_range_is_not_crushed(media):
+    with av.open(str(media / HEVC_FULL_RANGE)) as container:
+        frame = next(container.decode(video=0))
+        assert frame.format.name == "yuvj420p"
+        luma = frame.to_ndarray(format="yuvj420p")[: frame.height].astype(float)
+    rgb = read_frames(media / HEVC_FULL_RANGE, np.zeros(1), None).frames[0].astype(float)
+    assert rgb.min() <= 5 and rgb.max() >= 250
+    # Full-range Y maps straight to RGB luma; a limited-range reading would stretch it ~255/219.
+    rgb_luma = rgb @ np.array([0.2126, 0.7152, 0.0722])
+    assert abs(rgb_luma.mean() - luma.mean()) < 3
+
+
+# --- time-based picking -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, seconds", [(ROT180_VFR, 2.4), (SCREENREC, 2.0)])
+def test_vfr_frames_are_picked_by_presentation_time(media, name, seconds):
+    times = frame_times(int(seconds * 24), 24)
+    sampled = read_frames(media / name, times, (64, 64))
+    assert np.all(np.diff(sampled.source_indices) >= 0)
+    assert len(np.unique(sampled.source_indices)) < len(times)  # sparse source -> repeats
+    np.testing.assert_array_equal(sampled.source_indices,
+                                  _expected_indices(_presentation_times(media / name), times))
+
+
+def test_times_need_not_be_sorted(media):
+    times = np.array([0.5, 0.0, 0.25, 0.5, -1.0])
+    sampled = read_frames(media / ROT180_VFR, times, (32, 32))
+    assert sampled.source_indices.tolist() == [5, 0, 2, 5, 0]
+    np.testing.assert_array_equal(sampled.frames[0], sampled.frames[3])
+
+
+def test_times_past_the_end_repeat_the_last_frame(media):
+    sampled = read_frames(media / "vp9_noaudio_161x121_29.97fps_1s.webm", np.array([0.5, 5.0, 50.0]), None)
+    assert sampled.source_indices.tolist()[1:] == [29, 29]
+    assert sampled.source_frame_count == 30
+
+
+def test_start_offset_and_edit_lists(media):
+    # Video starts 4800/57600 s into the file: t=0 is that first frame.
+    bunny = probe(media / BUNNY_ROT)
+    assert bunny.start_s == pytest.approx(4800 / 57600)
+    assert bunny.duration_s == pytest.approx(1.875, abs=1e-3)
+    # iPhone clip: the edit list drops 2 of 8 coded packets; only 6 frames are presented.
+    iphone = probe(media / IPHONE)
+    assert iphone.start_s == 0.0
+    sampled = read_frames(media / IPHONE, frame_times(10, 60), (32, 32))
+    assert sampled.source_indices.tolist() == [0, 1, 2, 3, 4, 5, 5, 5, 5, 5]
+    assert sampled.source_frame_count == 6
+    # Edit-list mp4 (B-frame delay in edts): first presented frame is at pts 0.
+    edit = probe(media / EDIT_LIST)
+    assert edit.start_s == 0.0 and edit.duration_s == pytest.approx(9.0)
+    times, frame = next(iter_display_frames(media / EDIT_LIST))
+    assert times == 0.0
+    np.testing.assert_array_equal(read_frames(media / EDIT_LIST, np.zeros(1), None).frames[0], frame)
+
+
+def test_matroska_millisecond_timestamps_give_every_frame_once(media):
+    info = probe(media / MKV_MS)
+    assert info.start_s == pytest.approx(0.067)
+    assert info.duration_s == pytest.approx(1.0, abs=0.01) and info.avg_fps == pytest.approx(30, abs=0.1)
+    sampled = read_frames(media / MKV_MS, frame_times(30, info.avg_fps), (32, 32))
+    assert sampled.source_indices.tolist() == list(range(30))
+
+
+def test_webm_without_duration_gets_one_from_packets(media):
+    info = probe(media / NO_DURATION)
+    assert info.duration_s == pytest.approx(4.94, abs=0.05)
+    assert info.avg_fps == pytest.approx(14.985, abs=0.1)
+    assert info.has_audio
+
+
+def test_reading_stops_after_the_last_requested_time(media):
+    sampled = read_frames(media / HEVC_FULL_RANGE, frame_times(24, 24), (256, 256))
+    assert sampled.frames.shape == (24, 256, 256, 3)
+    assert sampled.source_frame_count <= 32  # of 300
+
+
+def _index_clip(n: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frame i is flat gray 8*i with a white marker in the top-left corner (orientation check)."""
+    frames = np.repeat((8 * np.arange(n, dtype=np.uint8))[:, None, None, None], 3, axis=3)
+    frames = np.broadcast_to(frames, (n, height, width, 3)).copy()
+    frames[:, :4, :4] = 255
+    return frames
+
+
+@pytest.mark.parametrize("codec, suffix, fps, read_fps", [
+    ("ffv1", ".mkv", 25.0, 24.0),
+    ("h264", ".mp4", 30.0, 24.0),
+    # Matroska rounds pts to whole ms; sampling at the source rate must still give every frame once.
+    ("ffv1", ".mkv", 30000 / 1001, 30000 / 1001),
+])
+def test_synthetic_clip_sampled_by_time(tmp_path, codec, suffix, fps, read_fps):
+    source = _index_clip(30)
+    path = tmp_path / f"index{suffix}"
+    write_video(path, source, fps, codec=codec)
+    times = frame_times(int(30 / fps * read_fps), read_fps)
+    sampled = read_frames(path, times, None)
+    expected = np.floor(times * fps + 1e-6).astype(np.int64)
+    np.testing.assert_array_equal(sampled.source_indices, expected)
+    error = np.abs(sampled.frames.astype(int) - source[expected]).max()
+    assert error == 0 if codec == "ffv1" else error <= 4
+
+
+def test_fill_crop_keeps_the_center(tmp_path):
+    # 320x180 horizontal ramp into a 90x90 bucket: scale to 160x90, keep columns 35..124.
+    x = np.arange(320)
+    frame = np.zeros((180, 320, 3), np.uint8)
+    frame[..., 0] = (x * 255 // 319)[None, :]
+    frame[..., 1] = (np.arange(180) * 255 // 179)[:, None]
+    path = tmp_path / "wide.mkv"
+    write_video(path, frame[None], 10, codec="ffv1")
+    out = read_frames(path, np.zeros(1), (90, 90)).frames[0].astype(float)
+    reference = frame.astype(float).reshape(90, 2, 160, 2, 3).mean(axis=(1, 3))[:, 35:125]
+    assert out.shape == (90, 90, 3)
+    assert np.abs(out - reference).max() <= 2
+
+
+def test_iter_display_frames_gray_mask(media):
+    frames = iter_display_frames(media / MASK_VIDEO, fmt="gray")
+    first = [next(frames) for _ in range(5)]
+    frames.close()
+    times = [t for t, _ in first]
+    assert times == pytest.approx([i / 30 for i in range(5)])
+    for _, mask in first:
+        assert mask.shape == (200, 200) and mask.dtype == np.uint8
+        assert np.isin(mask, [0, 1, 254, 255]).mean() > 0.99  # limited range expanded to 0..255
+
+
+def test_iter_display_frames_is_oriented(media):
+    t, frame = next(iter_display_frames(media / TRANSPOSE))
+    assert t == 0.0 and frame.shape == (1080, 720, 3)
+
+
+def test_frame_time_helpers():
+    np.testing.assert_allclose(frame_times(4, 8), [0, 0.125, 0.25, 0.375])
+    np.testing.assert_allclose(stretched_frame_times(4, 2.0), [0, 0.5, 1.0, 1.5])
+    assert frame_times(3, 24).dtype == np.float64
+
+
+# --- failures ---------------------------------------------------------------------------------------
+
+def test_still_image_is_not_a_video(media):
+    with pytest.raises(MediaError) as error:
+        probe(media / "masks/runningcar_mask_square_432x240.png")
+    assert error.value.code == "undecodable"
+    assert "runningcar_mask_square_432x240.png" in str(error.value)
+
+
+def test_garbage_and_audio_only_files_are_undecodable(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    wav = tmp_path / "sound.wav"
+    write_wav(wav, np.zeros((1, 800), np.float32), 8000)
+    for path in (text, wav, tmp_path / "missing.mp4"):
+        with pytest.raises(MediaError) as error:
+            probe(path)
+        assert error.value.code == "undecodable" and path.name in str(error.value)
+    with pytest.raises(MediaError):
+        read_frames(text, np.zeros(1), None)
+
+
+def test_corrupt_stream_is_undecodable(media, tmp_path):
+    data = bytearray((media / "vp9_opus_320x180_24fps_5s.webm").read_bytes())
+    rng = np.random.default_rng(0)
+    for position in rng.integers(len(data) // 4, len(data), 2000):
+        data[position] = rng.integers(0, 256)
+    path = tmp_path / "garbled.webm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MediaError) as error:
+        read_frames(path, frame_times(120, 24), (32, 32))
+    assert error.value.code == "undecodable" and "garbled.webm" in str(error.value)
+
+
+def test_durations_of_real_files(media):
+    cases = {SCREENREC: 8.726, ROT180_VFR: 2.38, AV1_10BIT: 4.238, "mpeg4_mp3_960x400_23.976fps_4.1s.avi": 4.087,
+             "vp8_vorbis_1280x720_24fps_1s.webm": 1.0}
+    for name, seconds in cases.items():
+        assert probe(media / name).duration_s == pytest.approx(seconds, abs=0.01), name
+    assert math.isclose(probe(media / SAR_2_1).avg_fps, 30)
