@@ -24,6 +24,7 @@ def _row(result: TripletResult) -> dict:
     row["duration_s"] = pair(lambda f: f"{f.duration_s:.2f}", ref, tgt)
     row["fps"] = pair(lambda f: f"{f.fps:.2f}", ref, tgt)
     row["size"] = pair(lambda f: f"{f.width}x{f.height}", ref, tgt)
+    row["mask_coverage"] = "" if result.mask_coverage is None else f"{result.mask_coverage:.1%}"
     row["loudness_lufs"] = pair(lambda v: "n/a" if v is None else f"{v:.1f}",
                                 result.reference_loudness_lufs if result.status == "accepted" else None,
                                 result.target_loudness_lufs)

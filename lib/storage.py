@@ -67,13 +67,22 @@ def publish_dir(staging: Path, final: Path) -> Path:
     return final
 
 
+def _chain(error: BaseException):
+    """The error and its causes: fsspec wraps e.g. an HTTP 503 into FileNotFoundError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def _is_transient(error: BaseException) -> bool:
-    status = getattr(error, "status", None) or getattr(error, "status_code", None)
-    if isinstance(status, int):
-        return status in TRANSIENT_HTTP_STATUS
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.startswith("aiohttp")
+    for cause in _chain(error):
+        status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
+        if isinstance(status, int):
+            return status in TRANSIENT_HTTP_STATUS
+    return any(isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("aiohttp")
+               for cause in _chain(error))
 
 
 def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:

@@ -56,7 +56,19 @@ def make_box_mask(path: Path, size: tuple[int, int], box: tuple[float, float, fl
     return path
 
 
-def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, include_bad: bool = True) -> Path:
+def make_mask_video(path: Path, frame_count: int, size: tuple[int, int], fps: float = 24) -> Path:
+    """A per-frame mask: a WHITE box sliding left to right (lossless, so edges stay binary)."""
+    width, height = size
+    frames = np.zeros((frame_count, height, width), dtype=np.uint8)
+    for index in range(frame_count):
+        left = int(index / max(1, frame_count - 1) * (width // 2))
+        frames[index, height // 4: 3 * height // 4, left: left + width // 2] = 255
+    write_video(path, frames, fps, codec="ffv1")
+    return path
+
+
+def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, include_bad: bool = True,
+                    fps: float = 24) -> Path:
     """A small dataset: `triplets` good triplets (image and video masks, captions) and, when
     `include_bad`, one with a silent reference so the report shows a rejection."""
     scratch = path.parent / f".{path.stem}-files"
@@ -64,11 +76,14 @@ def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, incl
     members: dict[str, Path] = {}
     for index in range(triplets):
         name = f"sample{index:02d}"
-        members[f"{name}_start.mp4"] = make_clip(scratch / f"{name}_start.mp4", duration_s, seed=2 * index,
+        members[f"{name}_start.mp4"] = make_clip(scratch / f"{name}_start.mp4", duration_s, fps, seed=2 * index,
                                                  frequency_hz=330 + 55 * index)
-        members[f"{name}_end.mp4"] = make_clip(scratch / f"{name}_end.mp4", duration_s, seed=2 * index + 1,
+        members[f"{name}_end.mp4"] = make_clip(scratch / f"{name}_end.mp4", duration_s, fps, seed=2 * index + 1,
                                                frequency_hz=440 + 55 * index)
-        members[f"{name}_mask.png"] = make_box_mask(scratch / f"{name}_mask.png", (320, 180), (0.25, 0.25, 0.75, 0.75))
+        if index % 2:  # alternate image and per-frame video masks, as real datasets do
+            members[f"{name}_mask.mkv"] = make_mask_video(scratch / f"{name}_mask.mkv", round(duration_s * fps), (320, 180))
+        else:
+            members[f"{name}_mask.png"] = make_box_mask(scratch / f"{name}_mask.png", (320, 180), (0.25, 0.25, 0.75, 0.75))
         (scratch / f"{name}.txt").write_text(f"replace the square with pattern {index} and a tone")
         members[f"{name}.txt"] = scratch / f"{name}.txt"
     if include_bad:

@@ -1,11 +1,21 @@
 """Shared test fixtures. Real media is read from ../shared/media, never copied into the project."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+def pytest_configure(config):
+    """Set Prefect's logging up once, bound to the session's streams: if a test's capture
+    (capfd) created its console handler, later tests would log into a closed stream."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +28,6 @@ def media() -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
     """One Prefect test harness (temporary SQLite API) for the whole session; flows share it."""
-    import os
-
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ["AV2AV_CACHE_DIR"] = str(tmp_path_factory.mktemp("av2av-cache"))
