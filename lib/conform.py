@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -141,13 +142,15 @@ def content_key(triplet: Triplet, settings: ConformSettings) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> FileRef:
+def _save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
+    """Write atomically. The ref's hash is the content key (inputs + recipe): it names these
+    bytes as well as their sha256 would, without reading 100+ MB back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=".clip.", suffix=".safetensors", dir=path.parent)
     os.close(handle)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, partial, metadata=metadata)
     os.replace(partial, path)
-    return FileRef.of(path)
+    return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
 
 
 def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
@@ -161,8 +164,11 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
     try:
         if short and not settings.auto_scale_input:
             raise _too_short(triplet.name, short, settings)
-        reference_frames, reference_audio = _fit_clip(triplet.start.path, check.reference, settings, "reference" in short)
-        target_frames, target_audio = _fit_clip(triplet.end.path, check.target, settings, "target" in short)
+        # Reference and target decode side by side: PyAV releases the GIL while decoding/scaling.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            reference_job = pool.submit(_fit_clip, triplet.start.path, check.reference, settings, "reference" in short)
+            target_frames, target_audio = _fit_clip(triplet.end.path, check.target, settings, "target" in short)
+            reference_frames, reference_audio = reference_job.result()
         mask = conform_mask(triplet.mask.path, target_frames.source_indices,
                             (check.target.width, check.target.height), (settings.width, settings.height))
         if not mask.any():
@@ -175,12 +181,13 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
     if settings.audio_normalize:
         reference_audio, target_audio = audio.peak_normalize(reference_audio), audio.peak_normalize(target_audio)
     caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
-    clip = _save(cache_root / "conformed" / content_key(triplet, settings) / "clip.safetensors",
+    key = content_key(triplet, settings)
+    clip = _save(cache_root / "conformed" / key / "clip.safetensors",
                  {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
                   "reference_audio": reference_audio.astype(np.float32),
                   "target_audio": target_audio.astype(np.float32)},
                  {"name": triplet.name, "caption": caption, "frame_rate": str(settings.frame_rate),
-                  "sample_rate": str(audio.SAMPLE_RATE)})
+                  "sample_rate": str(audio.SAMPLE_RATE)}, key)
     return TripletResult(status="accepted", mask_coverage=float(mask.mean()), stretched=bool(short),
                          reference_loudness_lufs=loudness[0], target_loudness_lufs=loudness[1],
                          caption=caption, clip=clip, **base)

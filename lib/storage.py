@@ -22,7 +22,12 @@ TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 class FileRef(BaseModel):
-    """A file and the sha256 of its bytes. Caches key on `sha256`, never on `path`."""
+    """A file and its content hash. Caches key on `sha256`, never on `path`.
+
+    For files users give us it is the sha256 of the bytes; for files we derive (conformed
+    clips, latents) it is the sha256 of their inputs' hashes and recipe, which names the
+    content just as well without reading it back.
+    """
 
     model_config = ConfigDict(frozen=True)
 
