@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_field_flag(check, flag, field_name)
     check.add_argument("--debug-dataset", metavar="OUT.zip", help="Write an archive of the conformed data here.")
     check.add_argument("--report", metavar="report.json", help="Write the report as JSON here.")
+    train = commands.add_parser("train", help="Run the whole train-lora flow locally from a request JSON.")
+    train.add_argument("--config", required=True, metavar="request.json",
+                       help="A JSON object with the request parameters (see README).")
     sample = commands.add_parser("sample", help="Write a small synthetic dataset zip (the layout to follow).")
     sample.add_argument("output", help="Path of the .zip to write.")
     return parser
@@ -92,6 +95,24 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_train(args: argparse.Namespace) -> int:
+    request = TrainRequest.model_validate_json(Path(args.config).read_text())
+    from flows.train_lora import train_lora
+
+    try:
+        result = train_lora(request)
+    except InvalidDataset as error:
+        if error.report:
+            print(render_text(error.report))
+        print(error.message, file=sys.stderr)
+        return EXIT_INVALID
+    except DownloadError as error:
+        print(f"Download failed: {error.message}", file=sys.stderr)
+        return EXIT_DOWNLOAD
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The local ephemeral API's telemetry write races its own startup on SQLite ("database is locked").
@@ -100,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check(args)
+        if args.command == "train":
+            return run_train(args)
         if args.command == "sample":
             from lib.synthetic import make_sample_zip
 

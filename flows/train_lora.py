@@ -1,5 +1,5 @@
-"""`train-lora`: the flow users start (UI form, schedule, API). Today: dataset preparation and
-its report; training and upload plug in after `prepare_dataset` (GPU flow, next issues).
+"""`train-lora`: the flow users start (UI form, schedule, API): prepare the dataset on the CPU
+pool, then hand the heavy part to `train-lora-gpu`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.prepare import prepare_dataset
+from flows.train_lora_gpu import train_lora_gpu
 from lib.config import TrainRequest
+from lib.outputs import billing_units
 
 
 def run_folder(request: TrainRequest) -> Path:
@@ -21,13 +23,15 @@ def run_folder(request: TrainRequest) -> Path:
 
 @flow(name="train-lora", log_prints=True)
 def train_lora(request: TrainRequest) -> dict:
-    """Train a masked audio+video LoRA from a zip of triplets (steps so far: prepare + report)."""
+    """Train a masked audio+video LoRA from a zip of triplets."""
     folder = run_folder(request)
     prepared = prepare_dataset(request, report_path=folder / "report.json",
                                debug_dataset_path=folder / "debug_dataset.zip" if request.debug_dataset else None)
     print(f"{prepared.report['accepted']} triplet(s) accepted; report at {folder / 'report.json'}")
-    return {"report": str(folder / "report.json"), "accepted": prepared.report["accepted"],
-            "debug_dataset": prepared.debug_dataset.path if prepared.debug_dataset else None}
+    trained = train_lora_gpu(request, [result.clip for result in prepared.accepted], str(folder))
+    return {**trained, "report": str(folder / "report.json"), "accepted": prepared.report["accepted"],
+            "debug_dataset": prepared.debug_dataset.path if prepared.debug_dataset else None,
+            "billing_units": billing_units(request)}
 
 
 @flow(name="check-dataset", log_prints=True)

@@ -163,6 +163,18 @@ class TrainRequest(BaseModel):
         description="Base model: the real LTX-2.3, or a tiny random model for tests and demos.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, title="Seed (extension)", description="Random seed.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, title="Checkpoint every (extension)",
+        description="Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps.",
+    )
+    resume_from: str | None = Field(
+        None, title="Resume from (extension)",
+        description="Path of a checkpoint file to continue training from.",
+    )
+    validation_every: int | None = Field(
+        None, ge=1, title="Validation every (extension)",
+        description="Also render the validation samples every N steps (always at the end).",
+    )
 
     @field_validator("number_of_frames", "validation_number_of_frames")
     @classmethod

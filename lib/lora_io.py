@@ -1,0 +1,74 @@
+"""LoRA files (DESIGN §6): only LoRA tensors, keys `diffusion_model.<module>.lora_A/B.weight`,
+loadable by diffusers' `LTX2Pipeline.load_lora_weights` and ComfyUI / the official LTX loaders.
+
+Alpha = rank, so a plain state dict loads exactly; the peft adapter metadata is stored anyway.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+PREFIX = "diffusion_model."
+# Every attention projection (self, cross, audio<->video) and the video and audio FFNs: the
+# FFNs carry much of what an in-context LoRA learns (on the tiny model: 55 % vs 45 % loss drop
+# in 100 steps). Names match diffusers' and the original LTX checkpoints' alike.
+TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
+                  "audio_ff.net.0.proj", "audio_ff.net.2")
+TRAINING_TYPE = "av2av-masked"
+
+
+def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -> None:
+    """Attach a fresh LoRA (alpha = rank) to every attention projection; init depends on `seed` only."""
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config)
+
+
+def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under the `diffusion_model.` prefix (unprefixed keys are ignored by diffusers)."""
+    state = get_peft_model_state_dict(transformer)
+    return {f"{PREFIX}{key}": tensor.detach().to("cpu", torch.float32).contiguous() for key, tensor in state.items()}
+
+
+def load_lora_state(transformer, state: dict[str, torch.Tensor]) -> None:
+    """Put saved LoRA tensors back into an adapter attached with `add_lora` (resume)."""
+    unprefixed = {key.removeprefix(PREFIX): tensor for key, tensor in state.items()}
+    result = set_peft_model_state_dict(transformer, unprefixed)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"LoRA keys do not match the model: {result.unexpected_keys[:3]} ...")
+
+
+def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, partial, metadata=metadata)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_lora(transformer, path: Path, rank: int, info: dict) -> Path:
+    """Write the LoRA file; `info` (base model, trigger phrase, ...) goes into the metadata as JSON."""
+    adapter = {"transformer.r": rank, "transformer.lora_alpha": rank,
+               "transformer.target_modules": list(TARGET_MODULES)}
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter),
+                "av2av": json.dumps({"rank": rank, "alpha": rank, "training_type": TRAINING_TYPE, **info})}
+    return write_atomic(path, lora_state_dict(transformer), metadata)
+
+
+def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return load_file(str(path)), json.loads(metadata.get("av2av", "{}"))

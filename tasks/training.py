@@ -1,0 +1,62 @@
+"""GPU-side tasks: latent pre-encoding (cached by content) and LoRA training (with progress)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lib import conditioning, encoding, latents, model, training, worker
+from lib.storage import FileRef
+from tasks import model_cache
+from tasks.caching import FileContent
+
+PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
+
+
+@task(task_run_name="encode-{clip.sha256:.12}", persist_result=True,
+      cache_policy=FileContent(lib_modules=(encoding, latents, model)))
+def encode_latents(clip: FileRef, model_name: str, model_source: str | None, cache_root: Path) -> FileRef:
+    return encoding.encode_clip(model_cache.components(model_name, model_source), clip, cache_root)
+
+
+def _progress_reporter(total_steps: int):
+    logger = get_run_logger()
+    artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
+                                           description="LoRA training progress")
+
+    def report(event: dict) -> None:
+        step = event["step"]
+        if step % PROGRESS_EVERY and step != total_steps:
+            return
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * step / total_steps)
+        logger.info("step %d/%d loss %.4f (video %.4f, audio %.4f) %.2f it/s ETA %.0f s",
+                    step, total_steps, event["loss"], event["video_loss"], event["audio_loss"],
+                    event["it_per_s"], event["eta_s"])
+    return report
+
+
+@task(cache_policy=NO_CACHE)
+def train_lora_task(job: worker.TrainJob, gpus: int = 1) -> list[float]:
+    """Train in this process (one device), or under torchrun with one process per GPU."""
+    if gpus > 1:
+        return _train_distributed(job, gpus)
+    components = model_cache.components(job.model, job.model_source)
+    return worker.run_job(job, components, _progress_reporter(job.settings["steps"])).losses
+
+
+def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
+    output = Path(job.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    job_file = output / "train_job.json"
+    job_file.write_text(job.model_dump_json())
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "lib.worker", str(job_file)]
+    subprocess.run(command, check=True, env=os.environ.copy())
+    import json
+
+    return json.loads((output / "losses.json").read_text())
