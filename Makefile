@@ -17,10 +17,14 @@ $(BIN)/av2av: pyproject.toml
 install: $(BIN)/av2av
 
 demo: install
-	$(BIN)/av2av sample $(DEMO_DIR)/sample_dataset.zip
-	$(BIN)/av2av check $(DEMO_DIR)/sample_dataset.zip --frames 25 --resolution low --aspect-ratio 16:9 \
-		--report $(DEMO_DIR)/report.json --debug-dataset $(DEMO_DIR)/debug_dataset.zip
-	@echo "Outputs: $(abspath $(DEMO_DIR))/ (report.json, debug_dataset.zip, sample_dataset.zip)"
+	rm -rf $(DEMO_DIR)
+	$(BIN)/av2av sample $(DEMO_DIR)
+	@echo "--- 1/2 dataset check (no GPU involved) ---"
+	$(BIN)/av2av check $(DEMO_DIR)/sample_dataset.zip --frames 17 --resolution low --aspect-ratio 16:9 \
+		--report $(DEMO_DIR)/check/report.json
+	@echo "--- 2/2 check -> encode -> train -> validate -> upload (tiny model, CPU) ---"
+	$(BIN)/av2av train --config $(DEMO_DIR)/request.json
+	@echo "Outputs: $(abspath $(DEMO_DIR))/run/ (lora.safetensors, config.json, validation.mp4, loss.png, report.json, debug_dataset.zip, result.json)"
 
 test: install
 	$(BIN)/python -m pytest

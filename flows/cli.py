@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Run the whole train-lora flow locally from a request JSON.")
     train.add_argument("--config", required=True, metavar="request.json",
                        help="A JSON object with the request parameters (see README).")
-    sample = commands.add_parser("sample", help="Write a small synthetic dataset zip (the layout to follow).")
-    sample.add_argument("output", help="Path of the .zip to write.")
+    sample = commands.add_parser("sample", help="Write a synthetic sample dataset (the layout to follow), "
+                                 "a validation sample and a request.json for the tiny model.")
+    sample.add_argument("folder", help="Folder to write into.")
     return parser
 
 
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return run_train(args)
         if args.command == "sample":
-            from lib.synthetic import make_sample_zip
+            from lib.synthetic import make_demo
 
-            print(f"sample dataset: {make_sample_zip(Path(args.output))}")
+            for name, path in make_demo(Path(args.folder)).items():
+                print(f"{name}: {path}")
             return EXIT_OK
     except ValidationError as error:
         print(f"Invalid request:\n{_explain(error)}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""`train-lora`: the flow users start (UI form, schedule, API): prepare the dataset on the CPU
-pool, then hand the heavy part to `train-lora-gpu`.
+"""`train-lora`: the flow users start (UI form, schedule, API). Prepares the dataset and the
+validation samples on the CPU pool, hands the heavy part to `train-lora-gpu`, uploads the outputs.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -11,27 +12,60 @@ from prefect.runtime import flow_run
 from flows.prepare import prepare_dataset
 from flows.train_lora_gpu import train_lora_gpu
 from lib.config import TrainRequest
+from lib.errors import Av2AvError
 from lib.outputs import billing_units
+from lib.storage import work_dir
+from tasks.outputs import prepare_validation, upload
 
 
-def run_folder(request: TrainRequest) -> Path:
-    """Local folder for this run's files; concurrent runs never share one."""
-    if request.output_url and "://" not in request.output_url:
-        return Path(request.output_url)
-    return Path("outputs") / (flow_run.get_name() or "local-run")
+class StepFailed(Av2AvError):
+    code = "step_failed"
+
+
+@contextmanager
+def step(name: str):
+    """Errors name the step: ours keep their type (and 422 text), others are wrapped."""
+    try:
+        yield
+    except Av2AvError:
+        raise
+    except Exception as error:
+        raise StepFailed(f"Step '{name}' failed: {type(error).__name__}: {error}") from error
+
+
+def run_name() -> str:
+    return flow_run.get_name() or "local-run"
+
+
+def staging_folder() -> Path:
+    """This run's private local folder (concurrent runs never share one)."""
+    return work_dir() / "runs" / (flow_run.get_id() or run_name())
 
 
 @flow(name="train-lora", log_prints=True)
 def train_lora(request: TrainRequest) -> dict:
-    """Train a masked audio+video LoRA from a zip of triplets."""
-    folder = run_folder(request)
-    prepared = prepare_dataset(request, report_path=folder / "report.json",
-                               debug_dataset_path=folder / "debug_dataset.zip" if request.debug_dataset else None)
-    print(f"{prepared.report['accepted']} triplet(s) accepted; report at {folder / 'report.json'}")
-    trained = train_lora_gpu(request, [result.clip for result in prepared.accepted], str(folder))
-    return {**trained, "report": str(folder / "report.json"), "accepted": prepared.report["accepted"],
-            "debug_dataset": prepared.debug_dataset.path if prepared.debug_dataset else None,
-            "billing_units": billing_units(request)}
+    """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content."""
+    staging = staging_folder()
+    output_url = request.output_url or str(Path("outputs") / run_name())
+    with step("prepare dataset"):
+        prepared = prepare_dataset(request, report_path=staging / "report.json",
+                                   debug_dataset_path=staging / "debug_dataset.zip" if request.debug_dataset else None)
+    with step("validation samples"):
+        validation_clips = prepare_validation(request)
+    print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
+    with step("training"):
+        trained = train_lora_gpu(request, [r.clip for r in prepared.accepted], str(staging), validation_clips)
+    files = {name: Path(path) for name, path in trained["files"].items()}
+    files["report.json"] = staging / "report.json"
+    if prepared.debug_dataset is not None:
+        files["debug_dataset.zip"] = Path(prepared.debug_dataset.path)
+    extra = {"billing_units": billing_units(request), "final_loss": trained["final_loss"],
+             "steps": trained["steps"], "accepted_triplets": prepared.report["accepted"],
+             "flow_run": run_name()}
+    with step("upload"):
+        result = upload(files, output_url, extra)
+    print(f"Outputs: {output_url}")
+    return result
 
 
 @flow(name="check-dataset", log_prints=True)

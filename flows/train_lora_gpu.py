@@ -12,7 +12,7 @@ from lib.storage import FileRef, work_dir
 from lib.training import TrainSettings
 from lib.worker import TrainJob
 from tasks import model_cache
-from tasks.training import encode_latents, train_lora_task
+from tasks.training import encode_latents, render_validation, train_lora_task
 
 
 def train_settings(request: TrainRequest) -> dict:
@@ -22,21 +22,37 @@ def train_settings(request: TrainRequest) -> dict:
     return settings.__dict__
 
 
+def _encode(clips: list[FileRef], request: TrainRequest, model_source: str | None) -> list[FileRef]:
+    if not clips:
+        return []
+    return encode_latents.map(clips, unmapped(request.model), unmapped(model_source), unmapped(work_dir())).result()
+
+
 @flow(name="train-lora-gpu", log_prints=True)
 def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
-                   model_source: str | None = None, gpus: int = 1) -> dict:
-    """Encode (cached) → train → write LoRA, config and loss curve into `output_dir`."""
+                   validation_clips: list[FileRef] | None = None, model_source: str | None = None,
+                   gpus: int = 1) -> dict:
+    """Encode (cached) → train → validate; writes LoRA, config, loss curve and reel to `output_dir`."""
     output = Path(output_dir)
+    validation_clips = validation_clips or []
     try:
-        latents = encode_latents.map(clips, unmapped(request.model), unmapped(model_source),
-                                     unmapped(work_dir())).result()
+        latents = _encode(clips, request, model_source)
+        validation_latents = _encode(validation_clips, request, model_source)
         job = TrainJob(model=request.model, model_source=model_source, latents=[ref.path for ref in latents],
                        settings=train_settings(request), output_dir=str(output),
                        resume_from=request.resume_from, lora_info=lora_info(request))
         losses = train_lora_task(job, gpus)
+        reel = None
+        if validation_clips:
+            reel = render_validation(request.model, model_source, validation_clips, validation_latents,
+                                     request.validation_negative_prompt, request.stg_scale, request.seed,
+                                     output / "validation.mp4")
     finally:
         model_cache.forget()  # the cached transformer now carries this run's LoRA
-    write_config(request, output / "config.json")
-    loss_curve(losses, output / "loss.png")
-    return {"lora": str(output / "lora.safetensors"), "config": str(output / "config.json"),
-            "loss_curve": str(output / "loss.png"), "final_loss": losses[-1], "steps": len(losses)}
+    files = {"lora.safetensors": output / "lora.safetensors",
+             "config.json": write_config(request, output / "config.json"),
+             "loss.png": loss_curve(losses, output / "loss.png")}
+    if reel is not None:
+        files["validation.mp4"] = Path(reel)
+    return {"files": {name: str(path) for name, path in files.items()},
+            "final_loss": losses[-1], "steps": len(losses)}

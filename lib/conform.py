@@ -51,6 +51,14 @@ class ConformSettings(BaseModel):
                    audio_preserve_pitch=request.audio_preserve_pitch,
                    trigger_phrase=request.trigger_phrase)
 
+    @classmethod
+    def for_validation(cls, request: TrainRequest) -> "ConformSettings":
+        width, height = request.validation_bucket
+        return cls(number_of_frames=request.validation_number_of_frames,
+                   frame_rate=request.validation_frame_rate, width=width, height=height,
+                   auto_scale_input=request.auto_scale_input, audio_normalize=request.audio_normalize,
+                   audio_preserve_pitch=request.audio_preserve_pitch)
+
     @property
     def window_s(self) -> float:
         return self.number_of_frames / self.frame_rate
@@ -124,16 +132,23 @@ def _too_short(name: str, short: dict[str, ClipFacts], settings: ConformSettings
         "frames, or auto_scale_input=true to stretch them.", Reason.TOO_SHORT.value)
 
 
+def fit_frames(path: str, duration_s: float, settings: ConformSettings, stretch: bool) -> video.SampledFrames:
+    """The window's frames at the bucket size; `stretch` squeezes the whole clip onto them."""
+    times = (video.stretched_frame_times(settings.number_of_frames, duration_s) if stretch
+             else video.frame_times(settings.number_of_frames, settings.frame_rate))
+    return video.read_frames(path, times, (settings.width, settings.height))
+
+
+def fit_audio(path: str, start_s: float, settings: ConformSettings, stretch: bool) -> np.ndarray:
+    """(2, window samples) at 16 kHz, aligned to the video's start; stretched like the frames."""
+    if not stretch:
+        return audio.read_audio(path, start_s, settings.window_s)
+    sound = audio.read_audio(path, start_s, None)
+    return audio.fit_duration(sound, audio.SAMPLE_RATE, settings.window_s, settings.audio_preserve_pitch)
+
+
 def _fit_clip(path: str, facts: ClipFacts, settings: ConformSettings, stretch: bool):
-    size = (settings.width, settings.height)
-    if stretch:
-        times = video.stretched_frame_times(settings.number_of_frames, facts.duration_s)
-        sound = audio.read_audio(path, facts.start_s, None)
-        sound = audio.fit_duration(sound, audio.SAMPLE_RATE, settings.window_s, settings.audio_preserve_pitch)
-    else:
-        times = video.frame_times(settings.number_of_frames, settings.frame_rate)
-        sound = audio.read_audio(path, facts.start_s, settings.window_s)
-    return video.read_frames(path, times, size), sound
+    return fit_frames(path, facts.duration_s, settings, stretch), fit_audio(path, facts.start_s, settings, stretch)
 
 
 def content_key(triplet: Triplet, settings: ConformSettings) -> str:
@@ -142,7 +157,7 @@ def content_key(triplet: Triplet, settings: ConformSettings) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
+def save_clip(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
     """Write atomically. The ref's hash is the content key (inputs + recipe): it names these
     bytes as well as their sha256 would, without reading 100+ MB back."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +197,7 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
         reference_audio, target_audio = audio.peak_normalize(reference_audio), audio.peak_normalize(target_audio)
     caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
     key = content_key(triplet, settings)
-    clip = _save(cache_root / "conformed" / key / "clip.safetensors",
+    clip = save_clip(cache_root / "conformed" / key / "clip.safetensors",
                  {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
                   "reference_audio": reference_audio.astype(np.float32),
                   "target_audio": target_audio.astype(np.float32)},

@@ -81,7 +81,7 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
     for cause in _chain(error):
         status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
         if isinstance(status, int):
@@ -116,7 +116,7 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
         raise
     except Exception as error:  # fsspec backends raise their own types; classify, then wrap
         os.unlink(partial)
-        kind = TransientDownloadError if _is_transient(error) else DownloadError
+        kind = TransientDownloadError if is_transient(error) else DownloadError
         raise kind(f"Could not download {url}: {type(error).__name__}: {error}") from error
     final = dest_dir / f"{digest.hexdigest()}{suffix}"
     os.replace(partial, final)

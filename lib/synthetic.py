@@ -94,3 +94,28 @@ def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, incl
         for name, source in members.items():
             archive.write(source, name)
     return path
+
+
+def make_demo(folder: Path) -> dict[str, Path]:
+    """Everything `make demo` needs: the sample dataset, one validation sample, a request JSON
+    (tiny model, 100 steps, low resolution) whose outputs go to `folder/run`."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = make_sample_zip(folder / "sample_dataset.zip")
+    validation = folder / "validation"
+    validation.mkdir(exist_ok=True)
+    source = make_clip(validation / "source.mp4", 1.0, seed=7, frequency_hz=523.0)
+    reference = make_clip(validation / "reference.mp4", 1.0, seed=8, frequency_hz=659.0)
+    mask = make_box_mask(validation / "mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))
+    request = {
+        "training_data_url": str(dataset), "model": "tiny", "trigger_phrase": "repl4ce", "rank": 16,
+        "number_of_steps": 100, "learning_rate": 1e-3, "number_of_frames": 17, "frame_rate": 24,
+        "resolution": "low", "aspect_ratio": "16:9", "debug_dataset": True,
+        "validation": [{"prompt": "repl4ce the square with a moving pattern and a tone", "video_url": str(source),
+                        "mask_url": str(mask), "reference_video_url": str(reference)}],
+        "validation_number_of_frames": 17, "validation_resolution": "low", "validation_aspect_ratio": "16:9",
+        "output_url": str(folder / "run"),
+    }
+    (folder / "request.json").write_text(json.dumps(request, indent=2))
+    return {"dataset": dataset, "request": folder / "request.json"}

@@ -1,16 +1,27 @@
-"""One model per worker process: encode, train and validate share it (loaded once)."""
+"""One model per worker process: encode, train and validate share it (loaded once).
+
+Mapped tasks run in threads, so loading is serialized: two threads must not build the model
+twice (or race diffusers' lazy imports).
+"""
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str | None], object] = {}
 
 
-@lru_cache(maxsize=2)
 def components(model: str, source: str | None = None):
-    from lib.model import load_model
+    with _lock:
+        key = (model, source)
+        if key not in _loaded:
+            from lib.model import load_model
 
-    return load_model(model, source=source)
+            _loaded[key] = load_model(model, source=source)
+        return _loaded[key]
 
 
 def forget() -> None:
-    """Drop the cached model (training mutates it: a LoRA is attached)."""
-    components.cache_clear()
+    """Drop cached models (training mutates them: a LoRA is attached)."""
+    with _lock:
+        _loaded.clear()

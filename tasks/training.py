@@ -60,3 +60,19 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
     import json
 
     return json.loads((output / "losses.json").read_text())
+
+
+@task(cache_policy=NO_CACHE)
+def render_validation(model_name: str, model_source: str | None, clips: list[FileRef], latents_files: list[FileRef],
+                      negative_prompt: str, stg_scale: float, seed: int, path: Path) -> Path:
+    from lib.preview import render_reel
+    from lib.sampling import SamplerSettings
+
+    settings = SamplerSettings(steps=sampler_steps(model_name), seed=seed, stg_scale=stg_scale)
+    return render_reel(model_cache.components(model_name, model_source), [c.path for c in clips],
+                       [f.path for f in latents_files], negative_prompt, settings, path)
+
+
+def sampler_steps(model_name: str) -> int:
+    # The tiny preset is random: a few steps show the plumbing; the real model needs ~30.
+    return 30 if model_name == "ltx-2.3" else 4

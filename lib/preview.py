@@ -1,0 +1,40 @@
+"""Render validation samples with the current model (LoRA attached) into the reel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.numpy import load_file
+
+from lib import latents
+from lib.encoding import load_example
+from lib.model import Components
+from lib.reel import composite, write_reel
+from lib.sampling import SamplerSettings, sample
+
+
+def render_sample(components: Components, clip_path: str, latents_path: str,
+                  negative_text: dict, settings: SamplerSettings) -> dict:
+    """Sample one validation clip; the generated panel keeps the source's pixels outside the mask."""
+    clip = load_file(clip_path)
+    example = load_example(latents_path)
+    video_latents, audio_latents = sample(components.transformer, components.scheduler, example,
+                                          negative_text, settings)
+    generated = latents.decode_video(components, video_latents)
+    waveform, sample_rate = latents.decode_audio(components, audio_latents)
+    return {"source": clip["target"], "mask": clip["mask"], "reference": clip["reference"],
+            "generated": composite(clip["target"], generated, clip["mask"]),
+            "raw_generated": generated, "audio": waveform, "sample_rate": sample_rate,
+            "frame_rate": example.frame_rate}
+
+
+def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_prompt: str,
+                settings: SamplerSettings, path: Path) -> Path:
+    negative_text = latents.encode_prompts(components, [negative_prompt])
+    was_training = components.transformer.training
+    components.transformer.eval()
+    try:
+        samples = [render_sample(components, clip, lat, negative_text, settings)
+                   for clip, lat in zip(clips, latent_files)]
+    finally:
+        components.transformer.train(was_training)
+    return write_reel(path, samples, samples[0]["frame_rate"])

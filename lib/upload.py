@@ -1,0 +1,67 @@
+"""Publishing a run's outputs to `output_url` through fsspec (local path, file://, memory://,
+s3://, gs://, ...). Every file is written under a temporary name, then moved into place, so a
+reader never sees half a file; `result.json` (paths, sizes, sha256, billing units) comes last,
+so its presence means the run is complete.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from pathlib import Path
+
+import fsspec
+
+from lib.errors import DownloadError, TransientDownloadError
+from lib.storage import is_transient, sha256_file
+
+RESULT_NAME = "result.json"
+
+
+class UploadError(DownloadError):
+    """Writing to output_url failed (the same classification: transient or not)."""
+
+    code = "upload_failed"
+
+
+class TransientUploadError(UploadError, TransientDownloadError):
+    pass
+
+
+def _put(fs, local: Path | None, data: bytes | None, target: str) -> None:
+    partial = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.partial")
+    try:
+        if local is not None:
+            fs.put_file(str(local), partial)
+        else:
+            fs.pipe_file(partial, data)
+        fs.mv(partial, target)
+    except Exception:
+        try:
+            fs.rm_file(partial)
+        except Exception:  # best effort: the original error is what matters
+            pass
+        raise
+
+
+def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict:
+    """Upload `files` (name -> local path) then result.json; returns the result document."""
+    fs, root = fsspec.core.url_to_fs(output_url)
+    try:
+        fs.makedirs(root, exist_ok=True)
+        outputs = {}
+        for name, local in files.items():
+            target = posixpath.join(root, name)
+            _put(fs, Path(local), None, target)
+            outputs[name] = {"url": _url(output_url, name), "size": Path(local).stat().st_size,
+                             "sha256": sha256_file(local)}
+        result = {"outputs": outputs, **extra}
+        _put(fs, None, json.dumps(result, indent=2).encode(), posixpath.join(root, RESULT_NAME))
+    except Exception as error:
+        kind = TransientUploadError if is_transient(error) else UploadError
+        raise kind(f"Could not upload the outputs to {output_url}: {type(error).__name__}: {error}") from error
+    return result
+
+
+def _url(output_url: str, name: str) -> str:
+    return f"{output_url.rstrip('/')}/{name}"

@@ -1,0 +1,374 @@
+"""Acceptance tests of LoRA training on the tiny preset, CPU only (DESIGN §5–§6).
+
+Two synthetic triplets are conformed (17 frames, 512x288) and encoded once per session
+(tests/training_fixtures.py); every test trains a deep copy of the same base transformer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lib import latents as latents_module
+from lib.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, build_inputs, masked_loss, pack_audio,
+                              pack_video, predict)
+from lib.encoding import encode_clip, latent_key
+from lib.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save_lora
+from lib.training import TrainSettings, train, training_step
+from lib.worker import TrainJob
+from tests.training_fixtures import (CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
+                                     training_data)
+
+__all__ = ["training_data"]  # the session fixture, imported so pytest finds it here
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _train(data, settings: TrainSettings, **kwargs):
+    transformer = fresh_transformer(data)
+    result = train(transformer, data.examples, settings, **kwargs)
+    return transformer, result
+
+
+def _targeted_linear_names(transformer) -> list[str]:
+    """Linear modules peft's suffix rule selects for TARGET_MODULES (name == t or ends with '.t')."""
+    return [name for name, module in transformer.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and any(name == target or name.endswith(f".{target}") for target in TARGET_MODULES)]
+
+
+# --- 1. overfitting -------------------------------------------------------------------------
+
+def test_overfits_two_triplets(training_data):
+    transformer = fresh_transformer(training_data)
+    before = evaluation_loss(transformer, training_data.examples)
+    result = train(transformer, training_data.examples,
+                   TrainSettings(rank=32, learning_rate=1e-2, steps=120, seed=0))
+    after = evaluation_loss(transformer, training_data.examples)
+    drop = 1 - after / before
+    print(f"fixed-draw loss {before:.3f} -> {after:.3f} ({100 * drop:.1f} % drop); "
+          f"training loss first 10 {sum(result.losses[:10]) / 10:.3f}, last 10 {sum(result.losses[-10:]) / 10:.3f}")
+    assert len(result.losses) == 120 and all(map(lambda x: x == x, result.losses))  # no NaN
+    assert drop >= 0.5, (before, after)
+
+
+# --- 2. masking -----------------------------------------------------------------------------
+
+class _LeafOutputs:
+    """Stands in for the model in `predict`: runs the transformer, returns its FULL outputs
+    (target + reference tokens) as leaves, so d loss / d output can be read per token."""
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+        self.video = self.audio = None
+
+    def __call__(self, **kwargs):
+        with torch.no_grad():
+            video, audio = self.transformer(**kwargs)
+        self.video, self.audio = video.clone().requires_grad_(), audio.clone().requires_grad_()
+        return self.video, self.audio
+
+
+def test_loss_gradient_is_zero_at_kept_and_reference_tokens(training_data):
+    base = training_data.components.transformer
+    for example in training_data.examples:
+        regenerated = example.video_mask.reshape(-1)
+        assert regenerated.any() and not regenerated.all()  # both kinds of token are present
+        video_tokens, audio_tokens = regenerated.numel(), pack_audio(example.target_audio).shape[0]
+        recorder = _LeafOutputs(base)
+        loss, _ = training_step(base, recorder, [example], torch.Generator().manual_seed(5), CPU)
+        loss.backward()
+        video_grad, audio_grad = recorder.video.grad[0], recorder.audio.grad[0]
+        assert video_grad.shape[0] == 2 * video_tokens and audio_grad.shape[0] == 2 * audio_tokens
+        target_grad = video_grad[:video_tokens]
+        assert torch.count_nonzero(video_grad[video_tokens:]) == 0        # reference video
+        assert torch.count_nonzero(target_grad[~regenerated]) == 0        # kept target video
+        assert (target_grad[regenerated].abs().sum(dim=1) > 0).all()      # every regenerated token
+        assert torch.count_nonzero(audio_grad[audio_tokens:]) == 0        # reference audio
+        assert (audio_grad[:audio_tokens].abs().sum(dim=1) > 0).all()     # every target audio token
+
+
+def test_kept_region_targets_carry_no_loss(training_data):
+    """Changing the target latents only where mask = 0 changes those tokens' flow-matching
+    targets, yet not the loss for the same predictions; the same change counts once the mask
+    is ignored, and a change in the regenerated region counts."""
+    base = training_data.components.transformer
+    example = training_data.examples[0]
+    draw = fixed_draw(example)
+    kept_cells = ~example.video_mask  # (F, h, w)
+    shifted = example.target_video + 3.0 * kept_cells[None].float()
+    original = build_inputs(base, example, *draw)
+    changed = build_inputs(base, dataclasses.replace(example, target_video=shifted), *draw)
+    kept = ~example.video_mask.reshape(-1)
+    assert not torch.equal(original.video_velocity[kept], changed.video_velocity[kept])
+    assert torch.equal(original.video_velocity[~kept], changed.video_velocity[~kept])
+    assert torch.count_nonzero(changed.kwargs["timestep"][0, : len(kept)][kept]) == 0
+
+    with torch.no_grad():
+        video, audio = predict(base, original)
+    loss_original, parts_original = masked_loss(video, audio, original)
+    loss_changed, parts_changed = masked_loss(video, audio, changed)
+    assert loss_changed.item() == loss_original.item() and parts_changed == parts_original
+
+    def ignoring_mask(inputs):
+        return dataclasses.replace(inputs, video_mask=torch.ones_like(inputs.video_mask))
+    assert masked_loss(video, audio, ignoring_mask(changed))[0] != masked_loss(video, audio, ignoring_mask(original))[0]
+
+    regenerated_shift = example.target_video + 3.0 * example.video_mask[None].float()
+    elsewhere = build_inputs(base, dataclasses.replace(example, target_video=regenerated_shift), *draw)
+    assert masked_loss(video, audio, elsewhere)[0] != loss_original
+
+
+def test_reference_conditions_the_prediction(training_data):
+    base = training_data.components.transformer
+    first, second = training_data.examples
+    assert not torch.equal(first.reference_video, second.reference_video)
+    draw = fixed_draw(first)
+    with torch.no_grad():
+        video, audio = predict(base, build_inputs(base, first, *draw))
+        again_video, again_audio = predict(base, build_inputs(base, first, *draw))
+        swapped_video, _ = predict(base, build_inputs(
+            base, dataclasses.replace(first, reference_video=second.reference_video), *draw))
+        _, swapped_audio = predict(base, build_inputs(
+            base, dataclasses.replace(first, reference_audio=second.reference_audio), *draw))
+    assert torch.equal(video, again_video) and torch.equal(audio, again_audio)
+    video_change = (swapped_video - video).abs().max().item()
+    audio_change = (swapped_audio - audio).abs().max().item()
+    print(f"max change at target tokens: reference video swap {video_change:.3g}, "
+          f"reference audio swap {audio_change:.3g}")
+    assert video_change > 1e-3 and audio_change > 1e-3
+
+
+def test_model_inputs_layout(training_data):
+    from diffusers import LTX2Pipeline
+
+    base = training_data.components.transformer
+    example = training_data.examples[1]
+    video_sigma, audio_sigma, video_noise, audio_noise = draw = fixed_draw(example)
+    inputs = build_inputs(base, example, *draw)
+    kwargs = inputs.kwargs
+    frames, height, width = example.video_mask.shape
+    nv = frames * height * width
+    clean = pack_video(example.target_video)
+    reference = pack_video(example.reference_video)
+    clean_audio, reference_audio = pack_audio(example.target_audio), pack_audio(example.reference_audio)
+    na = clean_audio.shape[0]
+    regenerated = example.video_mask.reshape(-1)
+
+    # packing agrees with the pipeline's (patch size 1) and hence with the rope's token order
+    assert torch.equal(clean, LTX2Pipeline._pack_latents(example.target_video[None])[0])
+    assert torch.equal(clean_audio, LTX2Pipeline._pack_audio_latents(example.target_audio[None])[0])
+
+    # video: [target | reference]; kept tokens clean at timestep 0, regenerated noised at sigma
+    hidden, timestep = kwargs["hidden_states"][0], kwargs["timestep"][0]
+    assert hidden.shape == (2 * nv, clean.shape[1]) and timestep.shape == (2 * nv,)
+    assert torch.equal(hidden[:nv][~regenerated], clean[~regenerated])
+    assert torch.count_nonzero(timestep[:nv][~regenerated]) == 0
+    noised = (1 - video_sigma) * clean + video_sigma * video_noise
+    assert torch.equal(hidden[:nv][regenerated], noised[regenerated])
+    assert torch.allclose(timestep[:nv][regenerated], video_sigma * TIMESTEP_SCALE)
+    assert torch.equal(hidden[nv:], reference) and torch.count_nonzero(timestep[nv:]) == 0
+    assert torch.allclose(kwargs["sigma"], (video_sigma * TIMESTEP_SCALE).reshape(1))
+    assert torch.allclose(kwargs["audio_sigma"], (audio_sigma * TIMESTEP_SCALE).reshape(1))
+    assert kwargs["use_cross_timestep"] is True
+
+    # audio: [target noised at its own sigma | reference clean at timestep 0]
+    audio_hidden, audio_t = kwargs["audio_hidden_states"][0], kwargs["audio_timestep"][0]
+    assert torch.equal(audio_hidden[:na], (1 - audio_sigma) * clean_audio + audio_sigma * audio_noise)
+    assert torch.allclose(audio_t[:na], audio_sigma * TIMESTEP_SCALE)
+    assert torch.equal(audio_hidden[na:], reference_audio) and torch.count_nonzero(audio_t[na:]) == 0
+
+    # velocity targets
+    assert torch.equal(inputs.video_velocity, video_noise - clean)
+    assert torch.equal(inputs.audio_velocity, audio_noise - clean_audio)
+
+    # coordinates: reference video at the target's positions, in the rope's frame-major order
+    video_coords = kwargs["video_coords"]
+    assert video_coords.shape == (1, 3, 2 * nv, 2)
+    assert torch.equal(video_coords[:, :, nv:], video_coords[:, :, :nv])
+    expected = base.rope.prepare_video_coords(1, frames, height, width, CPU, fps=example.frame_rate)
+    assert torch.equal(video_coords[:, :, :nv], expected)
+    f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    assert torch.equal(video_coords[0, 1, :nv, 0], 32.0 * h.reshape(-1))
+    assert torch.equal(video_coords[0, 2, :nv, 0], 32.0 * w.reshape(-1))
+    assert (video_coords[0, 0, :nv, 0].diff() >= 0).all()  # time never decreases along the tokens
+    # reference audio strictly before the target, ending GAP seconds before 0
+    audio_coords = kwargs["audio_coords"][0, 0]
+    assert audio_coords.shape == (2 * na, 2)
+    assert torch.equal(audio_coords[:na], base.audio_rope.prepare_audio_coords(1, na, CPU)[0, 0])
+    assert audio_coords[:na].min() == 0
+    assert (audio_coords[na:] < 0).all()
+    assert audio_coords[na:, 1].max().item() == pytest.approx(-REFERENCE_AUDIO_GAP_S, abs=1e-9)
+    assert torch.allclose(audio_coords[na:].diff(dim=0), audio_coords[:na].diff(dim=0))  # same spacing
+
+
+# --- 3. reproducibility ---------------------------------------------------------------------
+
+def _trained_lora_bytes(data, seed: int, path: Path, global_seed: int) -> bytes:
+    torch.manual_seed(global_seed)  # the run must not depend on the global RNG
+    transformer, _ = _train(data, TrainSettings(rank=8, steps=5, learning_rate=1e-3, seed=seed))
+    save_lora(transformer, path, 8, {"base_model": "tiny"})
+    return path.read_bytes()
+
+
+def test_same_seed_same_lora_bytes(training_data, tmp_path):
+    first = _trained_lora_bytes(training_data, 0, tmp_path / "a.safetensors", global_seed=1)
+    second = _trained_lora_bytes(training_data, 0, tmp_path / "b.safetensors", global_seed=2)
+    other = _trained_lora_bytes(training_data, 1, tmp_path / "c.safetensors", global_seed=1)
+    assert first == second
+    tensors_a, _ = read_lora(tmp_path / "a.safetensors")
+    tensors_c, _ = read_lora(tmp_path / "c.safetensors")
+    assert tensors_a.keys() == tensors_c.keys()
+    assert all(not torch.equal(tensors_a[k], tensors_c[k]) for k in tensors_a if ".lora_B." in k)
+    assert other != first
+
+
+# --- 4. the LoRA file -----------------------------------------------------------------------
+
+def test_lora_file_loads_into_diffusers_pipeline(training_data, tmp_path):
+    from lib.model import build_tiny, to_pipeline
+
+    rank = 8
+    transformer, _ = _train(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))
+    path = save_lora(transformer, tmp_path / "lora.safetensors", rank, {"base_model": "tiny", "trigger_phrase": "x"})
+
+    tensors, info = read_lora(path)
+    targeted = _targeted_linear_names(training_data.components.transformer)
+    assert all(k.startswith(PREFIX) and (".lora_A.weight" in k or ".lora_B.weight" in k) for k in tensors)
+    assert len(tensors) == 2 * len(targeted)
+    assert set(tensors) == {f"{PREFIX}{name}.lora_{ab}.weight" for name in targeted for ab in "AB"}
+    assert all(tensors[f"{PREFIX}{n}.lora_A.weight"].shape[0] == rank for n in targeted)
+    assert all(tensors[f"{PREFIX}{n}.lora_B.weight"].shape[1] == rank for n in targeted)
+    assert info["rank"] == info["alpha"] == rank and info["trigger_phrase"] == "x"
+    with safe_open(str(path), framework="pt") as handle:
+        adapter = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert adapter["transformer.r"] == adapter["transformer.lora_alpha"] == rank
+
+    pipe = to_pipeline(build_tiny())
+    pipe.load_lora_weights(str(path))
+    for example in training_data.examples:
+        inputs = fixed_inputs(transformer, example)
+        with torch.no_grad():
+            trained = transformer(**inputs.kwargs)
+            loaded = pipe.transformer(**inputs.kwargs)
+            base = training_data.components.transformer(**inputs.kwargs)
+        loaded_diff = max((a - b).abs().max().item() for a, b in zip(trained, loaded))
+        base_diff = min((a - b).abs().max().item() for a, b in zip(trained, base))
+        print(f"max |diffusers-loaded - peft| = {loaded_diff:.3g}; min over modalities of "
+              f"max |peft - base| = {base_diff:.3g}")
+        assert loaded_diff <= 1e-5
+        assert base_diff > 1e-3
+
+
+# --- 5. resume ------------------------------------------------------------------------------
+
+def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
+    settings = TrainSettings(rank=8, steps=6, learning_rate=5e-3, seed=3, warmup_steps=2,
+                             schedule="cosine", checkpoint_every=3)
+    torch.manual_seed(0)
+    full, full_result = _train(training_data, settings, checkpoint_dir=tmp_path / "full")
+    assert [Path(p).name for p in full_result.checkpoints] == ["checkpoint-000003.safetensors",
+                                                               "checkpoint-000006.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [Path(p).name for p in full_result.checkpoints]
+
+    torch.manual_seed(1)  # a different global RNG state: everything must come from the checkpoint
+    resumed, resumed_result = _train(training_data, settings, checkpoint_dir=tmp_path / "resumed",
+                                     resume_from=full_result.checkpoints[0])
+    assert resumed_result.losses == full_result.losses
+    expected, actual = lora_state_dict(full), lora_state_dict(resumed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert [Path(p).name for p in resumed_result.checkpoints] == ["checkpoint-000006.safetensors"]
+
+
+# --- 6. DDP ---------------------------------------------------------------------------------
+
+def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
+    steps = 5
+    output = tmp_path / "out"
+    job = TrainJob(model="tiny", latents=[ref.path for ref in training_data.latents], output_dir=str(output),
+                   settings=dict(rank=8, steps=steps, learning_rate=5e-3, seed=0))
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "lib.worker", str(job_file)]
+    completed = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    digests = [(output / f"lora-digest-rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert digests[0] == digests[1]
+    tensors, _ = read_lora(output / "lora.safetensors")
+    saved = hashlib.sha256()
+    for key, tensor in sorted(tensors.items()):
+        saved.update(key.encode())
+        saved.update(tensor.numpy().tobytes())
+    assert saved.hexdigest() == digests[0]   # the file is what both ranks hold
+    assert len(json.loads((output / "losses.json").read_text())) == steps
+
+
+# --- 7. latent cache ------------------------------------------------------------------------
+
+class _Encoded(Exception):
+    pass
+
+
+def _refuse_encoding(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise _Encoded("an encoder ran although the latents were cached")
+    for name in ("encode_video", "encode_audio", "encode_prompts"):
+        monkeypatch.setattr(latents_module, name, refuse)
+
+
+def test_latent_cache_hit_encodes_nothing(training_data, monkeypatch):
+    from lib.model import build_tiny
+
+    _refuse_encoding(monkeypatch)
+    components = training_data.components
+    for clip, cached in zip(training_data.clips, training_data.latents):
+        assert encode_clip(components, clip, training_data.cache_root) == cached
+
+    other = build_tiny(seed=1)
+    assert other.identity != components.identity
+    keys = {latent_key(clip, components) for clip in training_data.clips}
+    other_keys = {latent_key(clip, other) for clip in training_data.clips}
+    assert len(keys) == len(other_keys) == 2 and not keys & other_keys
+    with pytest.raises(_Encoded):   # another model's latents are not there yet
+        encode_clip(other, training_data.clips[0], training_data.cache_root)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data, tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train_lora_gpu import train_lora_gpu
+    from lib.config import TrainRequest
+
+    monkeypatch.setenv("AV2AV_CACHE_DIR", str(training_data.cache_root))  # where the latents already are
+    _refuse_encoding(monkeypatch)
+
+    def train_with_rank(rank: int) -> dict[str, str]:
+        request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17,
+                               resolution="low", aspect_ratio="16:9", rank=rank, number_of_steps=100,
+                               output_url=str(tmp_path / f"rank{rank}"))
+        state = train_lora_gpu(request, training_data.clips, str(tmp_path / f"rank{rank}"), return_state=True)
+        assert state.is_completed(), state.message
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        return {task_run.name: task_run.state.name for task_run in runs}
+
+    train_with_rank(8)
+    second = train_with_rank(16)
+    encodes = {name: state for name, state in second.items() if name.startswith("encode-")}
+    assert len(encodes) == 2 and set(encodes.values()) == {"Cached"}, second
+    tensors, info = read_lora(tmp_path / "rank16" / "lora.safetensors")
+    assert info["rank"] == 16 and all(t.shape[0] == 16 for k, t in tensors.items() if ".lora_A." in k)

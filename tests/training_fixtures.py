@@ -1,0 +1,89 @@
+"""Shared, expensive setup for the training tests: two synthetic triplets conformed at 17 frames,
+512x288, encoded once with the tiny preset and kept as `Example`s (one session-scoped fixture).
+
+Tests must never mutate `TrainingData.components`: train on `fresh_transformer(data)`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib.conditioning import Example, ModelInputs, build_inputs, pack_audio
+from lib.model import Components
+from lib.storage import FileRef
+
+CPU = torch.device("cpu")
+FRAMES, WIDTH, HEIGHT = 17, 512, 288
+
+
+@dataclass
+class TrainingData:
+    components: Components          # the base tiny model (no LoRA); read-only for tests
+    cache_root: Path                # holds conformed/ and latents/
+    clips: list[FileRef]            # conformed clips (encode_clip's input)
+    latents: list[FileRef]          # their cached latent files
+    examples: list[Example]
+
+
+def conform_sample_triplets(folder: Path, count: int = 2) -> tuple[Path, list[FileRef]]:
+    """make_sample_zip -> extract -> match -> check -> conform, as the prepare flow does."""
+    from lib.archive import safe_extract
+    from lib.conform import ConformSettings, check_triplet, conform_triplet
+    from lib.dataset import match_triplets, triplets_from_manifest
+    from lib.synthetic import make_sample_zip
+
+    zip_path = make_sample_zip(folder / "sample.zip", triplets=count, include_bad=False)
+    names = safe_extract(zip_path, folder / "extracted")
+    triplets = triplets_from_manifest(match_triplets(names).manifest, folder / "extracted")
+    settings = ConformSettings(number_of_frames=FRAMES, frame_rate=24, width=WIDTH, height=HEIGHT,
+                               auto_scale_input=False, audio_normalize=True, audio_preserve_pitch=True)
+    cache_root = folder / "cache"
+    results = [conform_triplet(t, check_triplet(t), settings, cache_root) for t in triplets]
+    assert [r.status for r in results] == ["accepted"] * count, [r.message for r in results]
+    return cache_root, [r.clip for r in results]
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory) -> TrainingData:
+    from lib.encoding import encode_clip, load_example
+    from lib.model import build_tiny
+
+    cache_root, clips = conform_sample_triplets(tmp_path_factory.mktemp("training-data"))
+    components = build_tiny()
+    latents = [encode_clip(components, clip, cache_root) for clip in clips]
+    return TrainingData(components=components, cache_root=cache_root, clips=clips, latents=latents,
+                        examples=[load_example(ref.path) for ref in latents])
+
+
+def fresh_transformer(data: TrainingData):
+    """A copy of the base tiny transformer (same weights as a new build_tiny()), safe to train."""
+    return copy.deepcopy(data.components.transformer)
+
+
+def fixed_draw(example: Example, seed: int = 0, video_sigma: float = 0.7,
+               audio_sigma: float = 0.6) -> tuple[torch.Tensor, ...]:
+    """Noise levels and noise for one example, independent of any training generator."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = example.video_mask.numel()
+    video_noise = torch.randn(tokens, example.target_video.shape[0], generator=generator)
+    audio_noise = torch.randn(pack_audio(example.target_audio).shape, generator=generator)
+    return torch.tensor(video_sigma), torch.tensor(audio_sigma), video_noise, audio_noise
+
+
+def fixed_inputs(transformer, example: Example, seed: int = 0) -> ModelInputs:
+    return build_inputs(transformer, example, *fixed_draw(example, seed))
+
+
+def evaluation_loss(transformer, examples: list[Example], draws: int = 16, seed: int = 1234) -> float:
+    """Mean masked loss over a FIXED sequence of draws (same generator seed every call)."""
+    from lib.training import training_step
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        losses = [training_step(transformer, transformer, examples, generator, CPU)[0].item()
+                  for _ in range(draws)]
+    return sum(losses) / len(losses)
