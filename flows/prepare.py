@@ -22,10 +22,10 @@ class PreparedDataset(BaseModel):
 
 
 def prepare_dataset(request: TrainRequest, report_path: Path | None = None,
-                    debug_dataset_path: Path | None = None) -> PreparedDataset:
-    """Fetch, extract, match, check and conform; raise InvalidDataset when nothing qualifies."""
+                    debug_dataset_path: Path | None = None, zip_file: FileRef | None = None) -> PreparedDataset:
+    """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies."""
     cache_root = work_dir()
-    zip_file = ingest.fetch_training_data(request.training_data_url, cache_root)
+    zip_file = zip_file or ingest.fetch_training_data(request.training_data_url, cache_root)
     try:
         extracted = ingest.extract_archive(zip_file, cache_root)
     except ArchiveError as error:

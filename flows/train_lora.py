@@ -1,5 +1,6 @@
 """`train-lora`: the flow users start (UI form, schedule, API). Prepares the dataset and the
-validation samples on the CPU pool, hands the heavy part to `train-lora-gpu`, uploads the outputs.
+validation samples on the CPU pool, hands the heavy part to `train-lora-gpu` (through its
+deployment when one exists, else in-process), uploads the outputs.
 """
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 
+from flows.gpu_handoff import run_gpu_flow
 from flows.prepare import prepare_dataset
-from flows.train_lora_gpu import train_lora_gpu
 from lib.config import TrainRequest
-from lib.errors import Av2AvError
+from lib.errors import Av2AvError, DownloadError, InvalidDataset
+from lib.fingerprint import run_fingerprint
 from lib.outputs import billing_units
 from lib.storage import work_dir
-from tasks.outputs import prepare_validation, upload
+from tasks import ingest
+from tasks.outputs import last_success, prepare_validation, remember_success, upload
 
 
 class StepFailed(Av2AvError):
@@ -43,27 +47,48 @@ def staging_folder() -> Path:
 
 
 @flow(name="train-lora", log_prints=True)
-def train_lora(request: TrainRequest) -> dict:
-    """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content."""
+def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
+    """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content.
+
+    Dataset problems end the run Failed, named InvalidDataset (the 422 text as message);
+    download problems Failed, named DownloadFailed. Both bill 0.
+    """
+    try:
+        return _train(request, skip_if_unchanged)
+    except InvalidDataset as error:
+        return Failed(name="InvalidDataset", message=error.message, data=error)
+    except DownloadError as error:
+        return Failed(name="DownloadFailed", message=error.message, data=error)
+
+
+def _train(request: TrainRequest, skip_if_unchanged: bool):
     staging = staging_folder()
     output_url = request.output_url or str(Path("outputs") / run_name())
+    with step("fetch"):
+        zip_file = ingest.fetch_training_data(request.training_data_url, work_dir())
+    fingerprint = run_fingerprint(request, zip_file.sha256)
+    previous = last_success(request) if skip_if_unchanged else None
+    if previous and previous.get("fingerprint") == fingerprint:
+        return Completed(message=f"Skipped: dataset (sha256 {zip_file.sha256[:12]}) and parameters unchanged "
+                                 f"since run '{previous.get('flow_run')}'; nothing retrained, nothing billed.")
     with step("prepare dataset"):
-        prepared = prepare_dataset(request, report_path=staging / "report.json",
-                                   debug_dataset_path=staging / "debug_dataset.zip" if request.debug_dataset else None)
+        prepared = prepare_dataset(request, staging / "report.json",
+                                   staging / "debug_dataset.zip" if request.debug_dataset else None, zip_file)
     with step("validation samples"):
         validation_clips = prepare_validation(request)
     print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
     with step("training"):
-        trained = train_lora_gpu(request, [r.clip for r in prepared.accepted], str(staging), validation_clips)
+        trained = run_gpu_flow(request, [r.clip for r in prepared.accepted], staging, validation_clips)
     files = {name: Path(path) for name, path in trained["files"].items()}
     files["report.json"] = staging / "report.json"
     if prepared.debug_dataset is not None:
         files["debug_dataset.zip"] = Path(prepared.debug_dataset.path)
     extra = {"billing_units": billing_units(request), "final_loss": trained["final_loss"],
              "steps": trained["steps"], "accepted_triplets": prepared.report["accepted"],
-             "flow_run": run_name()}
+             "flow_run": run_name(), "fingerprint": fingerprint}
     with step("upload"):
         result = upload(files, output_url, extra)
+    remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
     print(f"Outputs: {output_url}")
     return result
 

@@ -2,6 +2,7 @@
 encoding, training and validation, so the model is loaded once."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, unmapped
@@ -13,6 +14,9 @@ from lib.training import TrainSettings
 from lib.worker import TrainJob
 from tasks import model_cache
 from tasks.training import encode_latents, render_validation, train_lora_task
+
+
+GPU_RESULT = "gpu_result.json"
 
 
 def train_settings(request: TrainRequest) -> dict:
@@ -54,5 +58,7 @@ def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
              "loss.png": loss_curve(losses, output / "loss.png")}
     if reel is not None:
         files["validation.mp4"] = Path(reel)
-    return {"files": {name: str(path) for name, path in files.items()},
-            "final_loss": losses[-1], "steps": len(losses)}
+    result = {"files": {name: str(path) for name, path in files.items()},
+              "final_loss": losses[-1], "steps": len(losses)}
+    (output / GPU_RESULT).write_text(json.dumps(result))  # read by the CPU flow across processes
+    return result

@@ -1,5 +1,5 @@
 """LoRA files (DESIGN §6): only LoRA tensors, keys `diffusion_model.<module>.lora_A/B.weight`,
-loadable by diffusers' `LTX2Pipeline.load_lora_weights` and ComfyUI / the official LTX loaders.
+loadable by the diffusers LTX-2 pipeline's `load_lora_weights` and ComfyUI / the official LTX loaders.
 
 Alpha = rank, so a plain state dict loads exactly; the peft adapter metadata is stored anyway.
 """
@@ -52,11 +52,27 @@ def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     os.close(handle)
     try:
         save_file(tensors, partial, metadata=metadata)
+        _sort_metadata(partial)
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
     return path
+
+
+def _sort_metadata(path: str) -> None:
+    """Put the header's `__metadata__` in key order, in place: safetensors writes it in hash-map
+    order, which changes from process to process, so equal content would give unequal bytes."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(text) <= size:  # same entries reordered: always fits; pad as safetensors does
+            handle.seek(8)
+            handle.write(text.ljust(size))
 
 
 def save_lora(transformer, path: Path, rank: int, info: dict) -> Path:

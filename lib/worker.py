@@ -48,6 +48,7 @@ def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
         components = load_model(job.model, device=device, source=job.model_source)
     settings = TrainSettings(**job.settings)
     output = Path(job.output_dir)
+    output.mkdir(parents=True, exist_ok=True)  # the digests below are written before any atomic write creates it
     examples = [load_example(path) for path in job.latents]
     result = train(components.transformer, examples, settings, output / "checkpoints", job.resume_from, on_step)
     if world > 1:  # every rank records its LoRA: DDP must leave them identical

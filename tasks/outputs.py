@@ -39,3 +39,24 @@ def upload(files: dict[str, Path], output_url: str, extra: dict) -> dict:
 def prepare_validation(request: TrainRequest) -> list[FileRef]:
     """Fetch and conform every validation sample before any GPU is asked for (422 on failure)."""
     return prepare_samples(request.validation, ConformSettings.for_validation(request), work_dir())
+
+
+def _variable_name(request: TrainRequest) -> str:
+    from lib.fingerprint import parameters_key
+
+    return f"av2av_last_success_{parameters_key(request)}"
+
+
+@task(cache_policy=NO_CACHE)
+def last_success(request: TrainRequest) -> dict | None:
+    """The fingerprint of the last successful run with these parameters (a Prefect Variable)."""
+    from prefect.variables import Variable
+
+    return Variable.get(_variable_name(request), default=None)
+
+
+@task(cache_policy=NO_CACHE)
+def remember_success(request: TrainRequest, record: dict) -> None:
+    from prefect.variables import Variable
+
+    Variable.set(_variable_name(request), record, overwrite=True)

@@ -46,7 +46,7 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
 
 def test_bad_validation_sample_fails_before_training(sample_zip, tmp_path, media, monkeypatch):
     trained = []
-    monkeypatch.setattr(train_lora_module, "train_lora_gpu", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(train_lora_module, "run_gpu_flow", lambda *a, **k: trained.append(a))
     sample = {"prompt": "p", "video_url": str(media / "h264_aac_854x480_25fps_9s_editlist.mp4"),
               "mask_url": str(media / "masks" / "runningcar_mask_square_432x240.png"),
               "reference_video_url": str(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from lib.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save
 from lib.training import TrainSettings, train, training_step
 from lib.worker import TrainJob
 from tests.training_fixtures import (CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
-                                     training_data)
+                                     single_thread, training_data)
 
-__all__ = ["training_data"]  # the session fixture, imported so pytest finds it here
+__all__ = ["single_thread", "training_data"]  # fixtures, imported so pytest finds them here
+pytestmark = pytest.mark.usefixtures("single_thread")
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,7 @@ def test_overfits_two_triplets(training_data):
     drop = 1 - after / before
     print(f"fixed-draw loss {before:.3f} -> {after:.3f} ({100 * drop:.1f} % drop); "
           f"training loss first 10 {sum(result.losses[:10]) / 10:.3f}, last 10 {sum(result.losses[-10:]) / 10:.3f}")
-    assert len(result.losses) == 120 and all(map(lambda x: x == x, result.losses))  # no NaN
+    assert len(result.losses) == 120 and all(map(math.isfinite, result.losses))
     assert drop >= 0.5, (before, after)
 
 

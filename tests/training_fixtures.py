@@ -6,6 +6,7 @@ Tests must never mutate `TrainingData.components`: train on `fresh_transformer(d
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,24 @@ def conform_sample_triplets(folder: Path, count: int = 2) -> tuple[Path, list[Fi
     return cache_root, [r.clip for r in results]
 
 
+@contextmanager
+def torch_threads(count: int):
+    """The tiny model's ops are too small to gain from intra-op threads, and on a busy 2-core
+    machine spinning OpenMP workers make a run 2-10x slower; results are the same either way."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def training_data(tmp_path_factory) -> TrainingData:
     from lib.encoding import encode_clip, load_example
@@ -54,7 +73,8 @@ def training_data(tmp_path_factory) -> TrainingData:
 
     cache_root, clips = conform_sample_triplets(tmp_path_factory.mktemp("training-data"))
     components = build_tiny()
-    latents = [encode_clip(components, clip, cache_root) for clip in clips]
+    with torch_threads(1):
+        latents = [encode_clip(components, clip, cache_root) for clip in clips]
     return TrainingData(components=components, cache_root=cache_root, clips=clips, latents=latents,
                         examples=[load_example(ref.path) for ref in latents])
 

@@ -1,0 +1,47 @@
+"""Hand the heavy half to `train-lora-gpu`: through its deployment (GPU work pool) when this run
+itself came from a deployment and the GPU deployment exists, else in this process (CLI, tests,
+`flow.serve`). The GPU flow writes `gpu_result.json` into the shared staging folder.
+
+Both workers must see the same AV2AV_CACHE_DIR (one machine, or a shared filesystem).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from prefect.deployments import run_deployment
+from prefect.runtime import deployment
+
+from flows.train_lora_gpu import GPU_RESULT, train_lora_gpu
+from lib.config import TrainRequest
+from lib.storage import FileRef
+
+GPU_DEPLOYMENT = os.environ.get("AV2AV_GPU_DEPLOYMENT", "train-lora-gpu/train-lora-gpu")
+
+
+def _gpu_deployment_exists() -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if deployment.get_id() is None:  # local run: no workers to hand off to
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(GPU_DEPLOYMENT)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def run_gpu_flow(request: TrainRequest, clips: list[FileRef], staging: Path,
+                 validation_clips: list[FileRef]) -> dict:
+    if not _gpu_deployment_exists():
+        return train_lora_gpu(request, clips, str(staging), validation_clips)
+    parameters = {"request": request.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
+                  "output_dir": str(staging), "validation_clips": [c.model_dump() for c in validation_clips]}
+    run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2)
+    if not run.state or not run.state.is_completed():
+        message = run.state.message if run.state else "no state"
+        raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
+    return json.loads((staging / GPU_RESULT).read_text())
