@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR := outputs/demo
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean pools deploy serve
 
 $(BIN)/av2av: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,26 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+# --- Prefect server, pools, deployments, workers (see README "Running with a Prefect server") ---
+PREFECT := $(BIN)/prefect
+export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+export AV2AV_PROJECT_DIR ?= $(abspath .)
+
+pools: install
+	$(PREFECT) work-pool create cpu --type process --overwrite
+	$(PREFECT) work-pool create gpu --type process --overwrite
+
+deploy: pools
+	$(PREFECT) --no-prompt deploy --all
+
+serve: install
+	@echo "Prefect UI: http://127.0.0.1:4200  (Ctrl-C stops server and workers)"
+	trap 'kill 0' INT TERM EXIT; \
+	$(PREFECT) server start --host 127.0.0.1 --port 4200 & \
+	until curl -sf $(PREFECT_API_URL)/health >/dev/null; do sleep 1; done; \
+	$(MAKE) deploy && \
+	($(PREFECT) worker start --pool cpu & $(PREFECT) worker start --pool gpu & wait)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -52,6 +52,11 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
 
     Dataset problems end the run Failed, named InvalidDataset (the 422 text as message);
     download problems Failed, named DownloadFailed. Both bill 0.
+
+    Args:
+        request: The training request: dataset URL, LoRA and video/audio settings, validation samples.
+        skip_if_unchanged: Skip (Completed, with a message) when the dataset's content and the
+            parameters match the last successful run with these parameters. Used by the nightly schedule.
     """
     try:
         return _train(request, skip_if_unchanged)

@@ -13,7 +13,7 @@ from lib.storage import FileRef, work_dir
 from lib.training import TrainSettings
 from lib.worker import TrainJob
 from tasks import model_cache
-from tasks.training import encode_latents, render_validation, train_lora_task
+from tasks.training import ValidationPlan, encode_latents, render_validation, train_lora_task
 
 
 GPU_RESULT = "gpu_result.json"
@@ -45,7 +45,12 @@ def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
         job = TrainJob(model=request.model, model_source=model_source, latents=[ref.path for ref in latents],
                        settings=train_settings(request), output_dir=str(output),
                        resume_from=request.resume_from, lora_info=lora_info(request))
-        losses = train_lora_task(job, gpus)
+        plan = None
+        if validation_clips and request.validation_every:
+            plan = ValidationPlan(clips=validation_clips, latents=validation_latents,
+                                  negative_prompt=request.validation_negative_prompt, stg_scale=request.stg_scale,
+                                  seed=request.seed, every=request.validation_every)
+        losses = train_lora_task(job, gpus, plan)
         reel = None
         if validation_clips:
             reel = render_validation(request.model, model_source, validation_clips, validation_latents,
@@ -58,6 +63,7 @@ def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
              "loss.png": loss_curve(losses, output / "loss.png")}
     if reel is not None:
         files["validation.mp4"] = Path(reel)
+    files |= {path.name: path for path in sorted(output.glob("validation-step*.mp4"))}
     result = {"files": {name: str(path) for name, path in files.items()},
               "final_loss": losses[-1], "steps": len(losses)}
     (output / GPU_RESULT).write_text(json.dumps(result))  # read by the CPU flow across processes

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from lib import conditioning, encoding, latents, model, training, worker
 from lib.storage import FileRef
@@ -40,13 +41,45 @@ def _progress_reporter(total_steps: int):
     return report
 
 
+class ValidationPlan(BaseModel):
+    """What periodic validation renders during training (validation_every)."""
+
+    clips: list[FileRef]
+    latents: list[FileRef]
+    negative_prompt: str
+    stg_scale: float
+    seed: int
+    every: int
+
+
+def _periodic_validation(plan: ValidationPlan, job: worker.TrainJob, components):
+    logger = get_run_logger()
+
+    def maybe_render(event: dict) -> None:
+        step = event["step"]
+        if step % plan.every or step == job.settings["steps"]:  # the final reel is rendered after training
+            return
+        path = Path(job.output_dir) / f"validation-step{step:06d}.mp4"
+        _render(components, plan.clips, plan.latents, plan.negative_prompt, plan.stg_scale, plan.seed,
+                job.model, path)
+        logger.info("validation reel at step %d: %s", step, path)
+    return maybe_render
+
+
 @task(cache_policy=NO_CACHE)
-def train_lora_task(job: worker.TrainJob, gpus: int = 1) -> list[float]:
+def train_lora_task(job: worker.TrainJob, gpus: int = 1, validation: ValidationPlan | None = None) -> list[float]:
     """Train in this process (one device), or under torchrun with one process per GPU."""
     if gpus > 1:
         return _train_distributed(job, gpus)
     components = model_cache.components(job.model, job.model_source)
-    return worker.run_job(job, components, _progress_reporter(job.settings["steps"])).losses
+    callbacks = [_progress_reporter(job.settings["steps"])]
+    if validation is not None:
+        callbacks.append(_periodic_validation(validation, job, components))
+
+    def on_step(event: dict) -> None:
+        for callback in callbacks:
+            callback(event)
+    return worker.run_job(job, components, on_step).losses
 
 
 def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
@@ -65,12 +98,17 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
 @task(cache_policy=NO_CACHE)
 def render_validation(model_name: str, model_source: str | None, clips: list[FileRef], latents_files: list[FileRef],
                       negative_prompt: str, stg_scale: float, seed: int, path: Path) -> Path:
+    return _render(model_cache.components(model_name, model_source), clips, latents_files, negative_prompt,
+                   stg_scale, seed, model_name, path)
+
+
+def _render(components, clips, latents_files, negative_prompt, stg_scale, seed, model_name, path) -> Path:
     from lib.preview import render_reel
     from lib.sampling import SamplerSettings
 
     settings = SamplerSettings(steps=sampler_steps(model_name), seed=seed, stg_scale=stg_scale)
-    return render_reel(model_cache.components(model_name, model_source), [c.path for c in clips],
-                       [f.path for f in latents_files], negative_prompt, settings, path)
+    return render_reel(components, [c.path for c in clips], [f.path for f in latents_files],
+                       negative_prompt, settings, path)
 
 
 def sampler_steps(model_name: str) -> int:

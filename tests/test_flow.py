@@ -27,7 +27,20 @@ def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
     return TrainRequest(**(fields | overrides))
 
 
-def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path):
+@pytest.fixture
+def no_training(monkeypatch):
+    """The ingestion half only: the GPU hand-off returns a stub LoRA (training is tested elsewhere)."""
+    import flows.train_lora as module
+
+    def fake_gpu_flow(request, clips, staging, validation_clips):
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / "lora.safetensors").write_bytes(b"stub")
+        return {"files": {"lora.safetensors": str(staging / "lora.safetensors")}, "final_loss": 0.0, "steps": 0}
+
+    monkeypatch.setattr(module, "run_gpu_flow", fake_gpu_flow)
+
+
+def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training):
     request = _request(sample_zip, tmp_path)
     first = train_lora(request, return_state=True)
     assert first.is_completed(), first.message
@@ -58,3 +71,14 @@ def test_no_qualifying_triplet_fails_with_invalid_dataset(tmp_path, media):
         train_lora(_request(bad, tmp_path))
     message = str(caught.value)
     assert "422" in message and "dog: silent_audio" in message and "orphan: missing_end" in message
+
+
+def test_failed_states_are_named_for_the_cause(tmp_path):
+    not_a_zip = tmp_path / "data.zip"
+    not_a_zip.write_text("not a zip")
+    state = train_lora(_request(not_a_zip, tmp_path), return_state=True)
+    assert state.is_failed() and state.name == "InvalidDataset"
+    assert "422" in state.message and "not_a_zip" in state.message
+    state = train_lora(_request(tmp_path / "missing.zip", tmp_path), return_state=True)
+    assert state.is_failed() and state.name == "DownloadFailed" and "missing.zip" in state.message
+    assert not (tmp_path / "out" / "result.json").exists()

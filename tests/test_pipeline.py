@@ -28,11 +28,12 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
     sample = {"prompt": "repl4ce", "video_url": str(make_clip(tmp_path / "s.mp4", 0.5, seed=5)),
               "mask_url": str(make_box_mask(tmp_path / "m.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
               "reference_video_url": str(make_clip(tmp_path / "r.mp4", 0.5, seed=6))}
-    result = train_lora_module.train_lora(_request(sample_zip, tmp_path / "out", [sample]))
+    result = train_lora_module.train_lora(_request(sample_zip, tmp_path / "out", [sample], validation_every=60))
     out = tmp_path / "out"
     assert json.loads((out / "result.json").read_text()) == result
     assert result["billing_units"] == 100 and result["steps"] == 100
-    assert set(result["outputs"]) == {"lora.safetensors", "config.json", "loss.png", "validation.mp4", "report.json"}
+    assert set(result["outputs"]) == {"lora.safetensors", "config.json", "loss.png", "validation.mp4",
+                                      "validation-step000060.mp4", "report.json"}
     for name, info in result["outputs"].items():
         assert sha256_file(out / name) == info["sha256"]
     with safe_open(str(out / "lora.safetensors"), framework="pt") as lora:

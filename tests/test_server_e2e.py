@@ -1,0 +1,493 @@
+"""End to end against a real Prefect server: `prefect server start`, the work pools and the
+deployments of prefect.yaml (exactly as `make deploy`), one process worker per pool, a dataset
+served over loopback HTTP, and `train-lora` started through the REST API as a user (or the UI)
+would. The CPU flow must hand the heavy half to `train-lora-gpu` as its own deployment run on
+the `gpu` pool.
+
+Everything started here runs in its own process group and is stopped (and the temp folder
+removed) at the end, failed or not. On failure the tails of the server and worker logs are
+printed (set AV2AV_E2E_KEEP=1 to keep the temp folder for a closer look).
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PREFECT = str(BIN / "prefect") if (BIN / "prefect").exists() else (shutil.which("prefect") or "prefect")
+
+SERVER_START_S = 120      # health check answered (migrations on a fresh SQLite file included)
+CLI_S = 180               # one `prefect work-pool create` / `prefect deploy --all`
+TRAIN_RUN_S = 420         # the whole train-lora run, GPU hand-off included (2 slow cores)
+FAILING_RUN_S = 240       # the invalid-dataset run
+STOP_S = 20               # SIGTERM → SIGKILL grace per process group
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stack: server, pools, deployments, workers, loopback HTTP server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"<unreadable: {error}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        pass
+
+
+@dataclass
+class Stack:
+    root: Path
+    api: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+    http_server: http.server.ThreadingHTTPServer | None = None
+    http_thread: threading.Thread | None = None
+    client: httpx.Client | None = None
+
+    @property
+    def served(self) -> Path:
+        return self.root / "www"
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.http_server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- processes ------------------------------------------------------------------------
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        self.logs[name] = log
+        return proc
+
+    def cli(self, name: str, *args: str, timeout: float = CLI_S) -> str:
+        """A short `prefect ...` command; its output is kept as a log too."""
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        self.logs[name] = log
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _stop_group(proc)
+                pytest.fail(f"`prefect {' '.join(args)}` ran past {timeout}s:\n{_tail(log)}")
+        output = log.read_text(errors="replace")
+        assert code == 0, f"`prefect {' '.join(args)}` exited {code}:\n{output[-4000:]}"
+        return output
+
+    def log_tails(self, lines: int = 60) -> str:
+        return "\n".join(f"----- {name} ({path}) -----\n{_tail(path, lines)}" for name, path in self.logs.items())
+
+    def wait_healthy(self, timeout: float = SERVER_START_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.procs["server"]
+            if server.poll() is not None:
+                pytest.fail(f"prefect server exited {server.returncode}:\n{self.log_tails()}")
+            try:
+                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"prefect server not healthy after {timeout}s:\n{self.log_tails()}")
+
+    # -- REST -----------------------------------------------------------------------------
+
+    def deployment(self, flow_name: str, deployment_name: str) -> dict:
+        response = self.client.get(f"/deployments/name/{flow_name}/{deployment_name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def create_flow_run(self, deployment_id: str, parameters: dict) -> httpx.Response:
+        return self.client.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters})
+
+    def flow_runs(self, **flow_run_filter) -> list[dict]:
+        body = {"sort": "EXPECTED_START_TIME_ASC", "limit": 200, **flow_run_filter}
+        response = self.client.post("/flow_runs/filter", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def flow_run_logs(self, flow_run_id: str, limit: int = 80) -> str:
+        response = self.client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                          "sort": "TIMESTAMP_ASC", "limit": 200})
+        if response.status_code != 200:
+            return f"<logs unavailable: {response.status_code}>"
+        return "\n".join(f"{row['level']:>3} {row['message']}" for row in response.json()[-limit:])
+
+    def wait_flow_run(self, flow_run_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        run: dict = {}
+        while time.monotonic() < deadline:
+            response = self.client.get(f"/flow_runs/{flow_run_id}")
+            assert response.status_code == 200, response.text
+            run = response.json()
+            if run.get("state_type") in TERMINAL:
+                return run
+            for name in ("worker-cpu", "worker-gpu"):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    pytest.fail(f"{name} exited {proc.returncode} while waiting (see its log tail below)")
+            time.sleep(1)
+        pytest.fail(f"flow run {flow_run_id} not finished after {timeout}s "
+                    f"(state {run.get('state_type')}/{run.get('state_name')}); its logs:\n"
+                    f"{self.flow_run_logs(flow_run_id)}")
+
+    def describe(self, run: dict) -> str:
+        state = run.get("state") or {}
+        return (f"flow run {run.get('name')} ended {state.get('type')}/{state.get('name')}: {state.get('message')}\n"
+                f"--- its logs ---\n{self.flow_run_logs(run['id'])}")
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        # Workers first (their flow runs sit in sessions of their own: stop those too), then the server.
+        for names in (("worker-cpu", "worker-gpu"), ("server",)):
+            _stop_groups([self.procs[name] for name in names if name in self.procs])
+        if self.http_server is not None:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+            self.http_thread.join(timeout=10)
+
+
+def _descendants(pid: int) -> list:
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:  # psutil missing or the process already gone
+        return []
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group (and the groups of its descendants: Prefect starts flow runs
+    with start_new_session), wait, then SIGKILL whatever is left; reap everything."""
+    children = [child for proc in procs for child in _descendants(proc.pid)]
+    groups = {proc.pid for proc in procs}
+    for child in children:
+        try:
+            groups.add(os.getpgid(child.pid))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgid(0))  # never our own group
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:
+            pass
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
+    for child in children:
+        try:
+            child.kill()
+        except Exception:
+            pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    _stop_groups([proc])
+
+
+@pytest.fixture(scope="module")
+def stack(request):
+    """The running stack; stopped and removed at the end even when setup fails halfway."""
+    root = Path(tempfile.mkdtemp(prefix="av2av-e2e-"))
+    stack = Stack(root=root)
+    failed_before = request.session.testsfailed
+    started = time.monotonic()
+    setup_failed = True
+    try:
+        _start(stack)
+        setup_failed = False
+        print(f"\n[e2e] stack up in {time.monotonic() - started:.1f}s (api {stack.api})")
+        yield stack
+    finally:
+        if setup_failed or request.session.testsfailed > failed_before:
+            print(f"\n[e2e] {'stack setup' if setup_failed else 'a test'} failed; log tails "
+                  f"(server, pools, deploy, workers with their flow runs' output):\n{stack.log_tails(120)}")
+        stack.stop()
+        if os.environ.get("AV2AV_E2E_KEEP"):
+            print(f"[e2e] kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"[e2e] stack stopped; {time.monotonic() - started:.1f}s in all")
+
+
+def _start(stack: Stack) -> None:
+    root = stack.root
+    port = _free_port()
+    stack.api = f"http://127.0.0.1:{port}/api"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PREFECT_", "PYTEST_")) and key != "AV2AV_CACHE_DIR"}
+    env.update({
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_URL": stack.api,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        "PREFECT_CLI_COLORS": "false",
+        "PREFECT_CLI_WRAP_LINES": "false",
+        "AV2AV_PROJECT_DIR": str(ROOT),
+        "AV2AV_CACHE_DIR": str(root / "cache"),   # shared by both workers: the hand-off folder
+        "PYTHONUNBUFFERED": "1",
+    })
+    stack.env = env
+
+    # Loopback HTTP server for the datasets (and nothing else).
+    stack.served.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(stack.served))
+    stack.http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    stack.http_thread = threading.Thread(target=stack.http_server.serve_forever, daemon=True)
+    stack.http_thread.start()
+
+    stack.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+    # Build the datasets while the server migrates its database.
+    from lib.synthetic import make_box_mask, make_clip, make_sample_zip
+
+    make_sample_zip(stack.served / "sample.zip", triplets=2)
+    make_clip(stack.served / "val_source.mp4", 0.5, seed=5)
+    make_clip(stack.served / "val_reference.mp4", 0.5, seed=6, frequency_hz=660.0)
+    make_box_mask(stack.served / "val_mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))
+    make_sample_zip(stack.served / "only_silent.zip", triplets=0, include_bad=True)
+    stack.wait_healthy()
+    stack.client = httpx.Client(base_url=stack.api, timeout=30)
+
+    # `make pools`, then the workers (they poll while we deploy), then `make deploy`'s last step.
+    stack.cli("pool-cpu", "work-pool", "create", "cpu", "--type", "process", "--overwrite")
+    stack.cli("pool-gpu", "work-pool", "create", "gpu", "--type", "process", "--overwrite")
+    stack.spawn("worker-cpu", "worker", "start", "--pool", "cpu", "--type", "process")
+    stack.spawn("worker-gpu", "worker", "start", "--pool", "gpu", "--type", "process")
+    stack.cli("deploy", "--no-prompt", "deploy", "--all")
+
+
+def _tiny_request(stack: Stack, zip_name: str, output: Path, **overrides) -> dict:
+    fields = {"training_data_url": f"{stack.base_url}/{zip_name}", "model": "tiny", "number_of_steps": 100,
+              "rank": 8, "number_of_frames": 9, "resolution": "low", "aspect_ratio": "16:9",
+              "output_url": str(output), "trigger_phrase": "repl4ce"}
+    return fields | overrides
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    """Follow a local $ref (pydantic v2 writes '#/$defs/..', Prefect rewrites it to '#/definitions/..')."""
+    while "$ref" in node:
+        *_, section, name = node["$ref"].split("/")
+        node = schema[section][name]
+    for combinator in ("allOf", "anyOf"):  # Optional[Model] / {"allOf": [{"$ref": ...}]}
+        if combinator in node and "properties" not in node:
+            refs = [item for item in node[combinator] if "$ref" in item]
+            if len(refs) == 1:
+                return _resolve(schema, refs[0])
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests (module order: cheap checks first, then the runs)
+
+
+def test_deployments_and_parameter_schema(stack):
+    train = stack.deployment("train-lora", "train-lora")
+    gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
+    nightly = stack.deployment("train-lora", "retrain-nightly")
+    assert train["work_pool_name"] == "cpu" and gpu["work_pool_name"] == "gpu"
+    assert train["enforce_parameter_schema"] and gpu["enforce_parameter_schema"]
+    assert gpu["concurrency_limit"] == 1 or (gpu.get("global_concurrency_limit") or {}).get("limit") == 1
+    assert train["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    assert [s["active"] for s in nightly["schedules"]] == [False]
+    assert nightly["parameters"]["skip_if_unchanged"] is True
+
+    schema = train["parameter_openapi_schema"]
+    assert schema["required"] == ["request"], schema.get("required")
+    assert set(schema["properties"]) == {"request", "skip_if_unchanged"}
+    request_schema = _resolve(schema, schema["properties"]["request"])
+    assert request_schema.get("additionalProperties") is False  # extra="forbid"
+    properties = request_schema["properties"]
+    assert {"training_data_url", "rank", "number_of_steps", "resolution", "validation", "output_url"} <= set(properties)
+    missing = {name: sorted({"title", "description"} - set(prop)) for name, prop in properties.items()
+               if not {"title", "description"} <= set(prop)}
+    assert not missing, f"request fields without title/description: {missing}"
+    assert properties["training_data_url"]["title"] == "Training data URL"
+    assert request_schema["required"] == ["training_data_url"]
+    assert properties["rank"]["enum"] == [8, 16, 32, 64, 128]
+    assert sorted(_resolve(schema, properties["resolution"])["enum"]) == ["high", "low", "medium"]
+    assert sorted(_resolve(schema, properties["aspect_ratio"])["enum"]) == ["16:9", "1:1", "9:16"]
+    steps = properties["number_of_steps"]
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (100, 20000, 2000)
+    sample = _resolve(schema, properties["validation"]["items"])
+    assert {"video_url", "mask_url", "reference_video_url"} <= set(sample["required"])
+
+
+@pytest.mark.parametrize("overrides", [{"rank": 12}, {"number_of_steps": 5}, {"resolution": "ultra"},
+                                       {"no_such_field": 1}], ids=["rank", "steps", "resolution", "extra-field"])
+def test_invalid_parameters_refused_by_server(stack, overrides, tmp_path):
+    train = stack.deployment("train-lora", "train-lora")
+    before = len(stack.flow_runs(deployments={"id": {"any_": [train["id"]]}}))
+    response = stack.create_flow_run(train["id"], {"request": _tiny_request(stack, "sample.zip", tmp_path / "out",
+                                                                            **overrides)})
+    # Prefect answers a schema violation with 409 Conflict, "Error creating flow run: <jsonschema message>".
+    assert response.status_code == 409, (response.status_code, response.text)
+    assert "Error creating flow run" in response.json()["detail"], response.text
+    assert len(stack.flow_runs(deployments={"id": {"any_": [train["id"]]}})) == before, "no flow run may be created"
+
+
+def test_schema_bypass_still_fails_in_the_flow(stack, tmp_path):
+    """create_flow_run accepts `enforce_parameter_schema: false` from any caller; the flow's own
+    pydantic validation must then refuse the request (Failed, before any work is done)."""
+    train = stack.deployment("train-lora", "train-lora")
+    response = stack.client.post(f"/deployments/{train['id']}/create_flow_run", json={
+        "parameters": {"request": _tiny_request(stack, "sample.zip", tmp_path / "out", rank=12)},
+        "enforce_parameter_schema": False})
+    assert response.status_code == 201, response.text
+    run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
+    assert run["state_type"] == "FAILED", stack.describe(run)
+    assert "rank" in (run["state"]["message"] or "") or "rank" in stack.flow_run_logs(run["id"]), stack.describe(run)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_lora_runs_on_both_pools(stack):
+    output = stack.root / "outputs" / "ok"
+    train = stack.deployment("train-lora", "train-lora")
+    gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
+    started = time.monotonic()
+    validation = [{"prompt": "repl4ce the square", "video_url": f"{stack.base_url}/val_source.mp4",
+                   "mask_url": f"{stack.base_url}/val_mask.png",
+                   "reference_video_url": f"{stack.base_url}/val_reference.mp4"}]
+    response = stack.create_flow_run(train["id"], {"request": _tiny_request(
+        stack, "sample.zip", output, validation=validation, validation_number_of_frames=9,
+        validation_resolution="low", validation_aspect_ratio="16:9")})
+    assert response.status_code == 201, response.text
+    run = stack.wait_flow_run(response.json()["id"], TRAIN_RUN_S)
+    print(f"\n[e2e] train-lora run {run['name']}: {run['state_type']} after {time.monotonic() - started:.1f}s")
+    assert run["state_type"] == "COMPLETED", stack.describe(run)
+    assert run["work_pool_name"] == "cpu"
+
+    result = json.loads((output / "result.json").read_text())
+    assert result["billing_units"] == 100 and result["steps"] == 100
+    assert result["accepted_triplets"] == 2 and result["flow_run"] == run["name"]
+    assert set(result["outputs"]) == {"lora.safetensors", "config.json", "loss.png", "report.json", "validation.mp4"}
+    from lib.storage import sha256_file
+
+    for name, info in result["outputs"].items():
+        assert sha256_file(output / name) == info["sha256"], name
+        assert (output / name).stat().st_size == info["size"], name
+    from safetensors import safe_open
+
+    with safe_open(str(output / "lora.safetensors"), framework="pt") as lora:
+        keys = list(lora.keys())
+    assert keys and all(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+                        for k in keys), keys[:10]
+    import av
+
+    with av.open(str(output / "validation.mp4")) as reel:
+        assert reel.streams.video and len(reel.streams.audio) == 1
+    report = json.loads((output / "report.json").read_text())
+    assert report["accepted"] == 2
+    assert {row["name"]: row.get("reason") for row in report["triplets"]}["silent"] == "silent_audio"
+
+    # The heavy half ran as its own deployment run, on the gpu pool, in another process,
+    # as a child of this run (run_deployment links it through a task run of the parent).
+    gpu_runs = stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}})
+    assert [r["state_type"] for r in gpu_runs] == ["COMPLETED"], [(r["name"], r["state_name"]) for r in gpu_runs]
+    gpu_run = gpu_runs[0]
+    assert gpu_run["work_pool_name"] == "gpu"
+    assert gpu_run["parameters"]["output_dir"].startswith(stack.env["AV2AV_CACHE_DIR"])
+    assert len(gpu_run["parameters"]["clips"]) == 2 and len(gpu_run["parameters"]["validation_clips"]) == 1
+    assert gpu_run["infrastructure_pid"] and gpu_run["infrastructure_pid"] != run["infrastructure_pid"]
+    assert gpu_run["parent_task_run_id"], "run_deployment inside a flow links the GPU run as a subflow"
+    parent_task = stack.client.get(f"/task_runs/{gpu_run['parent_task_run_id']}").json()
+    assert parent_task["flow_run_id"] == run["id"]
+
+
+def test_invalid_dataset_fails_with_422_message(stack):
+    output = stack.root / "outputs" / "bad"
+    train = stack.deployment("train-lora", "train-lora")
+    gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
+    gpu_runs_before = len(stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}}))
+    response = stack.create_flow_run(train["id"], {"request": _tiny_request(stack, "only_silent.zip", output)})
+    assert response.status_code == 201, response.text
+    run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
+    assert run["state_type"] == "FAILED" and run["state_name"] == "InvalidDataset", stack.describe(run)
+    message = run["state"]["message"]
+    assert "422" in message and "silent_audio" in message, message
+    assert not (output / "result.json").exists(), "an invalid dataset is never billed"
+    assert len(stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}})) == gpu_runs_before, "no GPU run"
+
+
+def test_not_a_zip_fails_with_invalid_dataset(stack):
+    """A text file served as .zip: refused as a whole archive (also a 422, never a crash)."""
+    (stack.served / "not_a.zip").write_text("this is not a zip archive\n")
+    assert not zipfile.is_zipfile(stack.served / "not_a.zip")
+    output = stack.root / "outputs" / "not-a-zip"
+    train = stack.deployment("train-lora", "train-lora")
+    response = stack.create_flow_run(train["id"], {"request": _tiny_request(stack, "not_a.zip", output)})
+    assert response.status_code == 201, response.text
+    run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
+    assert run["state_type"] == "FAILED" and run["state_name"] == "InvalidDataset", stack.describe(run)
+    assert "422" in run["state"]["message"], run["state"]["message"]
+    assert not (output / "result.json").exists()
