@@ -26,7 +26,7 @@ from lib.lora_io import add_lora  # noqa: E402
 from lib.model import build_tiny  # noqa: E402
 from lib.storage import FileRef  # noqa: E402
 from lib.synthetic import make_clip, make_box_mask  # noqa: E402
-from lib.training import TrainSettings, lr_factor, training_step  # noqa: E402
+from lib.training import TrainSettings, lr_factor, optimizer_step, training_step  # noqa: E402
 
 STEPS = 60
 
@@ -74,11 +74,7 @@ def main() -> None:
 
         def full_step():
             loss, _ = training_step(transformer, transformer, examples, generator, device)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
 
         example = examples[0]
         fixed = build_inputs(transformer, example, torch.tensor(0.5), torch.tensor(0.5),

@@ -89,6 +89,14 @@ def training_step(transformer, model, examples, generator, device) -> tuple[torc
     return masked_loss(video, audio, inputs)
 
 
+def optimizer_step(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
@@ -114,11 +122,7 @@ def train(transformer, examples: list[Example], settings: TrainSettings, checkpo
     began = time.perf_counter()
     for step in range(start, settings.steps):
         loss, parts = training_step(transformer, model, examples, generator, device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
         result.losses.append(parts["loss"])
         if on_step is not None and rank == 0:
             elapsed = time.perf_counter() - began

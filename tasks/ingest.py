@@ -11,23 +11,12 @@ from pydantic import BaseModel, ConfigDict
 from lib import archive, audio, conform, dataset, debug_dataset, geometry, masks, report, storage, video
 from lib.conform import ConformSettings, TripletCheck, TripletResult
 from lib.dataset import Rejection, Triplet
-from lib.errors import TransientDownloadError
 from lib.storage import FileRef
 from tasks.caching import FileContent
+from tasks.retries import retry_transient
 
 
-def retry_transient_only(task, task_run, state) -> bool:
-    """Retry what can heal (network hiccups), never a user's bad input."""
-    try:
-        state.result()
-    except TransientDownloadError:
-        return True
-    except BaseException:
-        return False
-    return False
-
-
-@task(retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=retry_transient_only,
+@task(retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=retry_transient,
       cache_policy=NO_CACHE)
 def fetch_training_data(url: str, cache_root: Path) -> FileRef:
     return storage.fetch(url, cache_root / "downloads")

@@ -1,38 +1,39 @@
 """Upload and report tasks: what the user gets back, and the Prefect artifacts that list it."""
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-
-from lib.upload import TransientUploadError, upload_outputs
-from lib.validation import prepare_samples
-from lib.conform import ConformSettings
-from lib.config import TrainRequest
-from lib.storage import FileRef, work_dir
 from prefect.cache_policies import NO_CACHE
 
-
-def retry_transient_upload(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except TransientUploadError:
-        return True
-    except BaseException:
-        return False
-    return False
+from lib.config import TrainRequest
+from lib.conform import ConformSettings
+from lib.storage import FileRef, work_dir
+from lib.upload import upload_outputs
+from lib.validation import prepare_samples
+from tasks.retries import retry_transient
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient_upload, cache_policy=NO_CACHE)
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def upload(files: dict[str, Path], output_url: str, extra: dict) -> dict:
     result = upload_outputs(files, output_url, extra)
     rows = "\n".join(f"| [{name}]({info['url']}) | {info['size']:,} | `{info['sha256'][:12]}` |"
                      for name, info in result["outputs"].items())
     metrics = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
     create_markdown_artifact(key="training-outputs", description="Outputs of this training run",
-                             markdown=f"# LoRA training outputs\n\n{metrics}\n\n| file | bytes | sha256 |\n|---|---|---|\n{rows}\n")
+                             markdown=f"# LoRA training outputs\n\n{metrics}\n\n| file | bytes | sha256 |\n"
+                                      f"|---|---|---|\n{rows}\n{_loss_plot(files.get('loss.png'))}")
     return result
+
+
+def _loss_plot(path: Path | None) -> str:
+    """The loss curve inline (a data URI), so the UI shows it wherever the outputs went."""
+    if path is None or not Path(path).is_file():
+        return ""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"\n## Loss\n\n![loss curve](data:image/png;base64,{encoded})\n"
 
 
 @task(cache_policy=NO_CACHE)

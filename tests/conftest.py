@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+MEDIA = Path(os.environ.get("AV2AV_MEDIA_DIR", Path(__file__).resolve().parents[2] / "shared" / "media"))
 
 
 def pytest_configure(config):

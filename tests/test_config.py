@@ -61,3 +61,11 @@ def test_frozen_and_every_field_described():
         request.rank = 8
     for name, info in TrainRequest.model_fields.items():
         assert info.description and info.title, name
+
+
+def test_readme_documents_every_parameter():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in TrainRequest.model_fields if f"| `{name}`" not in readme]
+    assert missing == []
