@@ -31,6 +31,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train_step.py
 
 # --- Prefect server, pools, deployments, workers (see README "Running with a Prefect server") ---
 PREFECT := $(BIN)/prefect

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.config import TrainRequest
-from lib.errors import ArchiveError, DownloadError, InvalidDataset
+from lib.errors import ArchiveError, Av2AvError, DownloadError, InvalidDataset
 from lib.report import render_text
 
 CHECK_FLAGS = {  # flag -> request field
@@ -71,12 +71,10 @@ def _explain(error: ValidationError) -> str:
                      for e in error.errors())
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from flows.train_lora import check_dataset  # imports Prefect: only once the arguments are sound
-
-    request = _request(args)
+def _run_flow(run) -> int:
+    """Run a flow; turn our errors into the exit codes and messages users act on."""
     try:
-        document = check_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset)
+        result = run()
     except InvalidDataset as error:
         if error.report:
             print(render_text(error.report))
@@ -85,33 +83,43 @@ def run_check(args: argparse.Namespace) -> int:
     except ArchiveError as error:  # defensive: archive errors normally arrive as InvalidDataset
         print(f"Invalid dataset (422): {error.code}: {error.message}", file=sys.stderr)
         return EXIT_INVALID
-    except DownloadError as error:
-        print(f"Download failed: {error.message}", file=sys.stderr)
+    except DownloadError as error:  # uploads too (UploadError): the message says which
+        print(error.message if "upload" in error.code else f"Download failed: {error.message}", file=sys.stderr)
         return EXIT_DOWNLOAD
-    print(render_text(document))
-    if args.debug_dataset:
-        print(f"debug dataset: {args.debug_dataset}")
-    if args.report:
-        print(f"report: {args.report}")
-    return EXIT_OK
+    except Av2AvError as error:
+        print(f"Failed: {error.message}", file=sys.stderr)
+        return EXIT_DOWNLOAD
+    return result
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from flows.train_lora import check_dataset  # imports Prefect: only once the arguments are sound
+
+    request = _request(args)
+
+    def check() -> int:
+        document = check_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset)
+        print(render_text(document))
+        for label, path in (("debug dataset", args.debug_dataset), ("report", args.report)):
+            if path:
+                print(f"{label}: {path}")
+        return EXIT_OK
+    return _run_flow(check)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    request = TrainRequest.model_validate_json(Path(args.config).read_text())
+    try:
+        text = Path(args.config).read_text()
+    except OSError as error:
+        print(f"Cannot read --config {args.config}: {error.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    request = TrainRequest.model_validate_json(text)
     from flows.train_lora import train_lora
 
-    try:
-        result = train_lora(request)
-    except InvalidDataset as error:
-        if error.report:
-            print(render_text(error.report))
-        print(error.message, file=sys.stderr)
-        return EXIT_INVALID
-    except DownloadError as error:
-        print(f"Download failed: {error.message}", file=sys.stderr)
-        return EXIT_DOWNLOAD
-    print(json.dumps(result, indent=2))
-    return EXIT_OK
+    def train() -> int:
+        print(json.dumps(train_lora(request), indent=2))
+        return EXIT_OK
+    return _run_flow(train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ deployment when one exists, else in-process), uploads the outputs.
 """
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from prefect.states import Completed, Failed
 from flows.gpu_handoff import run_gpu_flow
 from flows.prepare import prepare_dataset
 from lib.config import TrainRequest
-from lib.errors import Av2AvError, DownloadError, InvalidDataset
+from lib.checkpoint import check_checkpoint
+from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest
 from lib.fingerprint import run_fingerprint
 from lib.outputs import billing_units
 from lib.storage import work_dir
+from lib.upload import UploadError
 from tasks import ingest
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
 
@@ -51,7 +54,7 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
     """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content.
 
     Dataset problems end the run Failed, named InvalidDataset (the 422 text as message);
-    download problems Failed, named DownloadFailed. Both bill 0.
+    download problems Failed, named DownloadFailed; upload problems UploadFailed. All bill 0.
 
     Args:
         request: The training request: dataset URL, LoRA and video/audio settings, validation samples.
@@ -62,6 +65,10 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
         return _train(request, skip_if_unchanged)
     except InvalidDataset as error:
         return Failed(name="InvalidDataset", message=error.message, data=error)
+    except InvalidRequest as error:
+        return Failed(name="InvalidRequest", message=error.message, data=error)
+    except UploadError as error:  # before DownloadError: it shares the transient/permanent split
+        return Failed(name="UploadFailed", message=error.message, data=error)
     except DownloadError as error:
         return Failed(name="DownloadFailed", message=error.message, data=error)
 
@@ -69,6 +76,8 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
 def _train(request: TrainRequest, skip_if_unchanged: bool):
     staging = staging_folder()
     output_url = request.output_url or str(Path("outputs") / run_name())
+    if request.resume_from:
+        check_checkpoint(request.resume_from, request.rank)
     with step("fetch"):
         zip_file = ingest.fetch_training_data(request.training_data_url, work_dir())
     fingerprint = run_fingerprint(request, zip_file.sha256)
@@ -94,6 +103,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     with step("upload"):
         result = upload(files, output_url, extra)
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
+    shutil.rmtree(staging, ignore_errors=True)  # everything in it is uploaded now
     print(f"Outputs: {output_url}")
     return result
 

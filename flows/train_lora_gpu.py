@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from prefect import flow, unmapped
 
 from lib.config import TrainRequest
@@ -35,9 +37,14 @@ def _encode(clips: list[FileRef], request: TrainRequest, model_source: str | Non
 @flow(name="train-lora-gpu", log_prints=True)
 def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
                    validation_clips: list[FileRef] | None = None, model_source: str | None = None,
-                   gpus: int = 1) -> dict:
-    """Encode (cached) → train → validate; writes LoRA, config, loss curve and reel to `output_dir`."""
+                   gpus: int | None = None) -> dict:
+    """Encode (cached) → train → validate; writes LoRA, config, loss curve and reel to `output_dir`.
+
+    `gpus` None uses every GPU this worker sees (CUDA_VISIBLE_DEVICES); more than one trains
+    under torchrun (DDP).
+    """
     output = Path(output_dir)
+    gpus = gpus or max(1, torch.cuda.device_count())
     validation_clips = validation_clips or []
     try:
         latents = _encode(clips, request, model_source)
@@ -55,7 +62,7 @@ def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
         if validation_clips:
             reel = render_validation(request.model, model_source, validation_clips, validation_latents,
                                      request.validation_negative_prompt, request.stg_scale, request.seed,
-                                     output / "validation.mp4")
+                                     output / "validation.mp4", output / "lora.safetensors")
     finally:
         model_cache.forget()  # the cached transformer now carries this run's LoRA
     files = {"lora.safetensors": output / "lora.safetensors",
@@ -64,6 +71,7 @@ def train_lora_gpu(request: TrainRequest, clips: list[FileRef], output_dir: str,
     if reel is not None:
         files["validation.mp4"] = Path(reel)
     files |= {path.name: path for path in sorted(output.glob("validation-step*.mp4"))}
+    files |= {f"checkpoints/{path.name}": path for path in sorted((output / "checkpoints").glob("*.safetensors"))}
     result = {"files": {name: str(path) for name, path in files.items()},
               "final_loss": losses[-1], "steps": len(losses)}
     (output / GPU_RESULT).write_text(json.dumps(result))  # read by the CPU flow across processes

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lib.errors import InvalidRequest
 from lib.lora_io import load_lora_state, lora_state_dict, write_atomic
 
 
@@ -27,6 +28,23 @@ def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: to
                 "param_groups": json.dumps(optimizer_state["param_groups"]),
                 "scheduler": json.dumps(scheduler.state_dict())}
     return write_atomic(path, tensors, metadata)
+
+
+def check_checkpoint(path: str | Path, rank: int) -> int:
+    """Refuse, before any download, a resume_from that cannot work; returns its step."""
+    if not Path(path).is_file():
+        raise InvalidRequest(f"resume_from: no checkpoint file at {path}.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            step = int((handle.metadata() or {})["step"])
+            lora_a = next(k for k in handle.keys() if k.startswith("lora.") and ".lora_A." in k)
+            saved_rank = handle.get_slice(lora_a).get_shape()[0]
+    except (KeyError, StopIteration, ValueError, OSError) as error:
+        raise InvalidRequest(f"resume_from: {path} is not a training checkpoint ({error}).") from error
+    if saved_rank != rank:
+        raise InvalidRequest(f"resume_from: {path} holds a rank-{saved_rank} LoRA but the request has "
+                             f"rank={rank}; resume with the rank it was trained with.")
+    return step
 
 
 def load_checkpoint(path: str | Path, transformer, optimizer, scheduler, generator: torch.Generator) -> tuple[int, list[float]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lib import audio, video
@@ -139,22 +140,33 @@ def fit_frames(path: str, duration_s: float, settings: ConformSettings, stretch:
     return video.read_frames(path, times, (settings.width, settings.height))
 
 
-def fit_audio(path: str, start_s: float, settings: ConformSettings, stretch: bool) -> np.ndarray:
-    """(2, window samples) at 16 kHz, aligned to the video's start; stretched like the frames."""
+def fit_audio(path: str, start_s: float, duration_s: float, settings: ConformSettings, stretch: bool) -> np.ndarray:
+    """(2, window samples) at 16 kHz, aligned to the video's start; stretched like the frames.
+
+    Stretching takes exactly the video's span (`duration_s`), padded or trimmed, so audio that
+    runs longer or shorter than the picture stays in sync after the stretch.
+    """
     if not stretch:
         return audio.read_audio(path, start_s, settings.window_s)
-    sound = audio.read_audio(path, start_s, None)
+    sound = audio.read_audio(path, start_s, duration_s)
     return audio.fit_duration(sound, audio.SAMPLE_RATE, settings.window_s, settings.audio_preserve_pitch)
 
 
 def _fit_clip(path: str, facts: ClipFacts, settings: ConformSettings, stretch: bool):
-    return fit_frames(path, facts.duration_s, settings, stretch), fit_audio(path, facts.start_s, settings, stretch)
+    return (fit_frames(path, facts.duration_s, settings, stretch),
+            fit_audio(path, facts.start_s, facts.duration_s, settings, stretch))
 
 
 def content_key(triplet: Triplet, settings: ConformSettings) -> str:
     identity = {"start": triplet.start.sha256, "end": triplet.end.sha256, "mask": triplet.mask.sha256,
                 "caption": triplet.caption, "settings": settings.model_dump(), "version": CONFORM_VERSION}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def clip_metadata(path: str) -> dict[str, str]:
+    """The string metadata stored with a conformed clip (name, caption, frame_rate, sample_rate)."""
+    with safe_open(path, framework="np") as handle:
+        return handle.metadata() or {}
 
 
 def save_clip(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:

@@ -15,7 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from lib.audio import SAMPLE_RATE
-from lib.conform import TripletResult
+from lib.conform import TripletResult, clip_metadata
 from lib.encode import write_video, write_wav
 from lib.storage import FileRef
 
@@ -43,13 +43,6 @@ def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path)
         write(scratch / name)
         archive.write(scratch / name, f"{result.name}/{name}")
     archive.writestr(f"{result.name}/caption.txt", result.caption)
-
-
-def clip_metadata(path: str) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as handle:
-        return handle.metadata() or {}
 
 
 def write_debug_dataset(results: list[TripletResult], report: dict, destination: Path) -> FileRef:

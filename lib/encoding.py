@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lib import latents
 from lib.conditioning import Example
+from lib.conform import clip_metadata
 from lib.model import Components, model_spec
 from lib.storage import FileRef
 
@@ -44,11 +44,6 @@ def latent_key(clip: FileRef, components: Components) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _clip_metadata(path: str) -> dict[str, str]:
-    with safe_open(path, framework="np") as handle:
-        return handle.metadata() or {}
-
-
 def encode_clip(components: Components, clip: FileRef, cache_root: Path) -> FileRef:
     """Encode one conformed clip (unless cached) and return its latents file."""
     key = latent_key(clip, components)
@@ -56,7 +51,7 @@ def encode_clip(components: Components, clip: FileRef, cache_root: Path) -> File
     if path.is_file():
         return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
     tensors = _encode(components, clip.path)
-    metadata = {k: v for k, v in _clip_metadata(clip.path).items() if k in ("name", "caption", "frame_rate")}
+    metadata = {k: v for k, v in clip_metadata(clip.path).items() if k in ("name", "caption", "frame_rate")}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=".latents.", suffix=".safetensors", dir=path.parent)
     os.close(handle)
@@ -70,7 +65,7 @@ def _encode(components: Components, clip_path: str) -> dict[str, torch.Tensor]:
 
     clip = load_numpy(clip_path)
     spec = model_spec(components)
-    caption = _clip_metadata(clip_path).get("caption", "")
+    caption = clip_metadata(clip_path).get("caption", "")
     text = latents.encode_prompts(components, [caption])
     return {
         "target_video": latents.encode_video(components, clip["target"]),
@@ -84,7 +79,7 @@ def _encode(components: Components, clip_path: str) -> dict[str, torch.Tensor]:
 
 def load_example(path: str | Path) -> Example:
     tensors = load_file(str(path))
-    metadata = _clip_metadata(str(path))
+    metadata = clip_metadata(str(path))
     return Example(
         target_video=tensors["target_video"], reference_video=tensors["reference_video"],
         target_audio=tensors["target_audio"], reference_audio=tensors["reference_audio"],

@@ -63,6 +63,12 @@ class MediaError(Av2AvError):
     """One media file cannot be used; `code` is a Reason value."""
 
 
+class InvalidRequest(Av2AvError):
+    """A parameter cannot be honoured (e.g. resume_from names no usable checkpoint). Billed 0."""
+
+    code = "invalid_request"
+
+
 class InvalidDataset(Av2AvError):
     """No triplet qualifies (HTTP-422 style). Carries the report so the caller can show it."""
 

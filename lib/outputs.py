@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # headless workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lib.conditioning import REFERENCE_AUDIO_PLACEMENT  # noqa: E402
-from lib.config import TrainRequest  # noqa: E402
-from lib.lora_io import TARGET_MODULES, TRAINING_TYPE  # noqa: E402
+from lib.conditioning import REFERENCE_AUDIO_PLACEMENT
+from lib.config import TrainRequest
+from lib.lora_io import TARGET_MODULES, TRAINING_TYPE
 
 
 def billing_units(request: TrainRequest) -> int:
@@ -56,6 +52,11 @@ def write_config(request: TrainRequest, path: Path) -> Path:
 
 def loss_curve(losses: list[float], path: Path) -> Path:
     """Raw loss per step and a moving average (single-example losses are noisy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless workers
+    import matplotlib.pyplot as plt
+
     steps = np.arange(1, len(losses) + 1)
     window = max(1, len(losses) // 20)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")

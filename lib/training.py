@@ -119,6 +119,8 @@ def train(transformer, examples: list[Example], settings: TrainSettings, checkpo
     start = 0
     if resume_from:
         start, result.losses = load_checkpoint(resume_from, transformer, optimizer, scheduler, generator)
+        if rank > 0:  # the checkpoint holds rank 0's draws; other ranks must keep drawing differently
+            generator.manual_seed(settings.seed * 1000 + rank + 7919 * start)
     began = time.perf_counter()
     for step in range(start, settings.steps):
         loss, parts = training_step(transformer, model, examples, generator, device)

@@ -52,6 +52,7 @@ def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict
         outputs = {}
         for name, local in files.items():
             target = posixpath.join(root, name)
+            fs.makedirs(posixpath.dirname(target), exist_ok=True)  # names may hold folders (checkpoints/)
             _put(fs, Path(local), None, target)
             outputs[name] = {"url": _url(output_url, name), "size": Path(local).stat().st_size,
                              "sha256": sha256_file(local)}

@@ -16,7 +16,7 @@ import numpy as np
 from lib import audio, video
 from lib.config import ValidationSample
 from lib.conform import ConformSettings, fit_audio, fit_frames, save_clip
-from lib.errors import DownloadError, InvalidDataset, MediaError
+from lib.errors import DownloadError, InvalidDataset, MediaError, Reason
 from lib.masks import conform_mask
 from lib.storage import FileRef, fetch
 
@@ -36,39 +36,43 @@ def fetch_sample(sample: ValidationSample, downloads: Path) -> dict[str, FileRef
     return {role: fetch(url, downloads) for role, url in urls.items()}
 
 
-def _reference_audio(files: dict[str, FileRef], settings: ConformSettings, reference_start_s: float,
+def _reference_audio(files: dict[str, FileRef], settings: ConformSettings, reference: video.VideoInfo,
                      stretch: bool) -> np.ndarray:
     if "reference_audio" in files:
         path = files["reference_audio"].path
         info = audio.check_audio(path, "reference audio")
-        return fit_audio(path, info.start_s or 0.0, settings, stretch)
+        return fit_audio(path, info.start_s or 0.0, reference.duration_s, settings, stretch)
     audio.check_audio(files["reference_video"].path, "reference video (no reference_audio_url given)")
-    return fit_audio(files["reference_video"].path, reference_start_s, settings, stretch)
+    return fit_audio(files["reference_video"].path, reference.start_s, reference.duration_s, settings, stretch)
 
 
 def conform_sample(files: dict[str, FileRef], prompt: str, settings: ConformSettings, cache_root: Path) -> FileRef:
-    """Conform one sample into a clip file; MediaError says what is wrong with which file."""
+    """Conform one sample into a clip file (reused when the same files and settings were conformed
+    before); MediaError says what is wrong with which file."""
+    identity = {role: ref.sha256 for role, ref in files.items()} | {
+        "prompt": prompt, "settings": settings.model_dump(), "version": VALIDATION_VERSION}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    path = cache_root / "validation" / key / "clip.safetensors"
+    if path.is_file():
+        return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
     source, reference = video.probe(files["video"].path), video.probe(files["reference_video"].path)
     short = [info.path for info in (source, reference) if info.duration_s + 1e-3 < settings.window_s]
     if short and not settings.auto_scale_input:
         raise MediaError(f"{', '.join(Path(p).name for p in short)} shorter than the {settings.window_s:.2f} s "
-                         "needed for validation_number_of_frames at validation_frame_rate", "too_short")
+                         "needed for validation_number_of_frames at validation_frame_rate", Reason.TOO_SHORT.value)
     source_frames = fit_frames(source.path, source.duration_s, settings, source.path in short)
     reference_frames = fit_frames(reference.path, reference.duration_s, settings, reference.path in short)
-    reference_audio = _reference_audio(files, settings, reference.start_s, reference.path in short)
+    reference_audio = _reference_audio(files, settings, reference, reference.path in short)
     mask = conform_mask(files["mask"].path, source_frames.source_indices,
                         (source.display_width, source.display_height), (settings.width, settings.height))
     if not mask.any():
-        raise MediaError(f"mask {Path(files['mask'].path).name} selects nothing (no WHITE pixel)", "mask_selects_nothing")
-    identity = {role: ref.sha256 for role, ref in files.items()} | {
-        "prompt": prompt, "settings": settings.model_dump(), "version": VALIDATION_VERSION}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        raise MediaError(f"mask {Path(files['mask'].path).name} selects nothing (no WHITE pixel)", Reason.MASK_SELECTS_NOTHING.value)
     tensors = {"reference": reference_frames.frames, "target": source_frames.frames, "mask": mask,
                "reference_audio": reference_audio.astype(np.float32),
                "target_audio": np.zeros_like(reference_audio, dtype=np.float32)}
     metadata = {"name": "validation", "caption": prompt, "frame_rate": str(settings.frame_rate),
                 "sample_rate": str(audio.SAMPLE_RATE)}
-    return save_clip(cache_root / "validation" / key / "clip.safetensors", tensors, metadata, key)
+    return save_clip(path, tensors, metadata, key)
 
 
 def prepare_samples(samples: tuple[ValidationSample, ...], settings: ConformSettings, cache_root: Path) -> list[FileRef]:

@@ -11,17 +11,18 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from lib import conditioning, encoding, latents, model, training, worker
+from lib import encoding, worker
+from lib.lora_io import add_lora, load_lora_state, read_lora
 from lib.storage import FileRef
 from tasks import model_cache
-from tasks.caching import FileContent
 
 PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
 
 
-@task(task_run_name="encode-{clip.sha256:.12}", persist_result=True,
-      cache_policy=FileContent(lib_modules=(encoding, latents, model)))
+@task(task_run_name="encode-{clip.sha256:.12}", cache_policy=NO_CACHE)
 def encode_latents(clip: FileRef, model_name: str, model_source: str | None, cache_root: Path) -> FileRef:
+    """Latents of one conformed clip. Not Prefect-cached on purpose: the on-disk cache keys on the
+    loaded model's identity (weights source, configs, dtype), which the task's inputs cannot see."""
     return encoding.encode_clip(model_cache.components(model_name, model_source), clip, cache_root)
 
 
@@ -70,6 +71,10 @@ def _periodic_validation(plan: ValidationPlan, job: worker.TrainJob, components)
 def train_lora_task(job: worker.TrainJob, gpus: int = 1, validation: ValidationPlan | None = None) -> list[float]:
     """Train in this process (one device), or under torchrun with one process per GPU."""
     if gpus > 1:
+        if validation is not None:
+            get_run_logger().warning("validation_every is not rendered during multi-GPU training; "
+                                     "the final reel is.")
+        model_cache.forget()  # free this process's copy: every rank loads its own
         return _train_distributed(job, gpus)
     components = model_cache.components(job.model, job.model_source)
     callbacks = [_progress_reporter(job.settings["steps"])]
@@ -97,9 +102,13 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
 
 @task(cache_policy=NO_CACHE)
 def render_validation(model_name: str, model_source: str | None, clips: list[FileRef], latents_files: list[FileRef],
-                      negative_prompt: str, stg_scale: float, seed: int, path: Path) -> Path:
-    return _render(model_cache.components(model_name, model_source), clips, latents_files, negative_prompt,
-                   stg_scale, seed, model_name, path)
+                      negative_prompt: str, stg_scale: float, seed: int, path: Path, lora_path: Path) -> Path:
+    components = model_cache.components(model_name, model_source)
+    if not getattr(components.transformer, "peft_config", None):  # trained in other processes (torchrun)
+        state, info = read_lora(lora_path)
+        add_lora(components.transformer, info["rank"], seed)
+        load_lora_state(components.transformer, state)
+    return _render(components, clips, latents_files, negative_prompt, stg_scale, seed, model_name, path)
 
 
 def _render(components, clips, latents_files, negative_prompt, stg_scale, seed, model_name, path) -> Path:

@@ -48,7 +48,10 @@ def test_prefect_yaml_deployments():
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_nightly_run_skips_an_unchanged_dataset(sample_zip, tmp_path, monkeypatch):
+def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
+    from lib.synthetic import make_sample_zip
+
+    sample_zip = make_sample_zip(tmp_path / "data" / "triplets.zip", triplets=3, duration_s=0.5)
     trainings = []
 
     def fake_gpu_flow(request, clips, staging, validation_clips):
@@ -69,5 +72,8 @@ def test_nightly_run_skips_an_unchanged_dataset(sample_zip, tmp_path, monkeypatc
     assert second.is_completed() and "Skipped" in second.message and "unchanged" in second.message
     assert trainings == [3], "the second run must not train"
     assert json.loads((tmp_path / "nightly" / "result.json").read_text()) == result
-    changed = train_lora(request.model_copy(update={"rank": 8}), skip_if_unchanged=True, return_state=True)
-    assert changed.is_completed() and trainings == [3, 3], "other parameters: a new run"
+    make_sample_zip(sample_zip, triplets=2, duration_s=0.5, include_bad=False)  # new content, same URL
+    changed = train_lora(request, skip_if_unchanged=True, return_state=True)
+    assert changed.is_completed() and "Skipped" not in (changed.message or "") and trainings == [3, 2]
+    again = train_lora(request.model_copy(update={"rank": 8}), skip_if_unchanged=True, return_state=True)
+    assert again.is_completed() and trainings == [3, 2, 2], "other parameters: a new run"
