@@ -35,8 +35,9 @@ bench: install
 
 # --- Prefect server, pools, deployments, workers (see README "Running with a Prefect server") ---
 PREFECT := $(BIN)/prefect
-export PREFECT_API_URL ?= http://127.0.0.1:4200/api
-export AV2AV_PROJECT_DIR ?= $(abspath .)
+# Only these targets talk to a server: `make test` and `make demo` must not inherit its URL.
+pools deploy serve: export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+pools deploy serve: export AV2AV_PROJECT_DIR ?= $(abspath .)
 
 pools: install
 	$(PREFECT) work-pool create cpu --type process --overwrite
