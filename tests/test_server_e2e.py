@@ -67,6 +67,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class RetryBusy(httpx.HTTPTransport):
+    """Retry 503s: the server answers "Service Unavailable" while SQLite is locked under load
+    (2 cores, several processes). Prefect's own client retries these too; this test's raw client
+    must do the same or it measures the box's load instead of the product."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503):
+                return response
+            response.close()
+            time.sleep(0.5 * 2 ** attempt)
+        return response
+
+
 @dataclass
 class Stack:
     root: Path
@@ -317,7 +332,7 @@ def _start(stack: Stack) -> None:
     make_box_mask(stack.served / "val_mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))
     make_sample_zip(stack.served / "only_silent.zip", triplets=0, include_bad=True)
     stack.wait_healthy()
-    stack.client = httpx.Client(base_url=stack.api, timeout=30)
+    stack.client = httpx.Client(base_url=stack.api, timeout=30, transport=RetryBusy())
 
     # `make pools`, then the workers (they poll while we deploy), then `make deploy`'s last step.
     stack.cli("pool-cpu", "work-pool", "create", "cpu", "--type", "process", "--overwrite")
