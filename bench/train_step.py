@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.conditioning import build_inputs, masked_loss, predict  # noqa: E402
+from lib.conditioning import build_inputs  # noqa: E402
 from lib.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
 from lib.dataset import Triplet  # noqa: E402
 from lib.encoding import encode_clip, load_example  # noqa: E402

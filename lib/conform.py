@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from lib.config import TrainRequest
 from lib.dataset import Triplet
 from lib.errors import MediaError, Reason
 from lib.masks import conform_mask
-from lib.storage import FileRef
+from lib.storage import FileRef, atomic_file
 
 CONFORM_VERSION = "1"  # bump when the conformed bytes change for the same inputs
 DURATION_TOLERANCE_S = 1e-3
@@ -172,11 +170,8 @@ def clip_metadata(path: str) -> dict[str, str]:
 def save_clip(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
     """Write atomically. The ref's hash is the content key (inputs + recipe): it names these
     bytes as well as their sha256 would, without reading 100+ MB back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=".clip.", suffix=".safetensors", dir=path.parent)
-    os.close(handle)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, partial, metadata=metadata)
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, partial, metadata=metadata)
     return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
 
 

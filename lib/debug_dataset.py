@@ -6,7 +6,6 @@ reference.wav, target.wav, caption.txt; plus report.json at the top.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from safetensors.numpy import load_file
 from lib.audio import SAMPLE_RATE
 from lib.conform import TripletResult, clip_metadata
 from lib.encode import write_video, write_wav
-from lib.storage import FileRef
+from lib.storage import FileRef, atomic_file
 
 OVERLAY_RGB = np.array([255, 0, 0], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
@@ -46,16 +45,9 @@ def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path)
 
 
 def write_debug_dataset(results: list[TripletResult], report: dict, destination: Path) -> FileRef:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-    os.close(handle)
-    try:
-        with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(partial, "w") as archive:
-            archive.writestr("report.json", json.dumps(report, indent=2))
-            for result in results:
-                _add_triplet(archive, result, Path(scratch))
-        os.replace(partial, destination)
-    except BaseException:
-        os.unlink(partial)
-        raise
+    with atomic_file(destination) as partial, tempfile.TemporaryDirectory() as scratch, \
+            zipfile.ZipFile(partial, "w") as archive:
+        archive.writestr("report.json", json.dumps(report, indent=2))
+        for result in results:
+            _add_triplet(archive, result, Path(scratch))
     return FileRef.of(destination)

@@ -5,8 +5,6 @@ folder (same filesystem, so the final os.replace is atomic) and rename it at the
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from lib.storage import atomic_file
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".wav": "wav"}
 # Lossless codecs get an RGB pixel format by default so pixels round-trip exactly.
@@ -152,11 +152,5 @@ def _atomic(path) -> Iterator[tuple[str, str]]:
     container_format = _CONTAINERS.get(path.suffix.lower())
     if container_format is None:
         raise ValueError(f"{path.name}: unsupported extension; use one of {sorted(_CONTAINERS)}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         yield tmp, container_format
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from lib import latents
 from lib.conditioning import Example
 from lib.conform import clip_metadata
 from lib.model import Components, model_spec
-from lib.storage import FileRef
+from lib.storage import FileRef, atomic_file
 
 ENCODER_VERSION = "1"  # bump when encoded bytes change for the same clip and model
 TEXT_KEYS = ("encoder_hidden_states", "audio_encoder_hidden_states", "encoder_attention_mask")
@@ -52,11 +50,8 @@ def encode_clip(components: Components, clip: FileRef, cache_root: Path) -> File
         return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
     tensors = _encode(components, clip.path)
     metadata = {k: v for k, v in clip_metadata(clip.path).items() if k in ("name", "caption", "frame_rate")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=".latents.", suffix=".safetensors", dir=path.parent)
-    os.close(handle)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
     return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
 
 

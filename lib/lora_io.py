@@ -6,14 +6,14 @@ Alpha = rank, so a plain state dict loads exactly; the peft adapter metadata is 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from lib.storage import atomic_file
 
 PREFIX = "diffusion_model."
 # Every attention projection (self, cross, audio<->video) and the video and audio FFNs: the
@@ -47,16 +47,9 @@ def load_lora_state(transformer, state: dict[str, torch.Tensor]) -> None:
 
 
 def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_file(path) as partial:
         save_file(tensors, partial, metadata=metadata)
         _sort_metadata(partial)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
     return path
 
 

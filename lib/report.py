@@ -9,6 +9,7 @@ from pathlib import Path
 from lib.conform import TripletResult
 from lib.dataset import Rejection
 from lib.errors import InvalidDataset
+from lib.storage import atomic_file
 
 FEW_TRIPLETS = 10
 MASK_COVERAGE_WARN = 0.95
@@ -83,8 +84,6 @@ def render_text(report: dict) -> str:
 
 
 def write_report(report: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(report, indent=2))
-    partial.replace(path)
+    with atomic_file(path) as partial:
+        Path(partial).write_text(json.dumps(report, indent=2))
     return path

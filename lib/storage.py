@@ -9,6 +9,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -53,6 +55,22 @@ def work_dir() -> Path:
     root = Path(os.environ.get("AV2AV_CACHE_DIR", Path.home() / ".cache" / "av2av"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds, so a
+    reader never sees half a file and a failure leaves nothing behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def atomic_dir(final: Path) -> Path:
