@@ -4,7 +4,8 @@
                  --auto-scale-input --debug-dataset OUT.zip --report report.json]
 
 Flags take their help, defaults and choices from the request model (lib/config.py).
-Exit status: 0 at least one triplet qualifies, 2 none does / the request is invalid, 1 download error.
+Exit status: 0 at least one triplet qualifies, 2 none does / the request is invalid / the model's
+weights cannot be found, 1 download error.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.config import TrainRequest
-from lib.errors import ArchiveError, Av2AvError, DownloadError, InvalidDataset
+from lib.errors import ArchiveError, Av2AvError, DownloadError, InvalidDataset, ModelUnavailable
 from lib.report import render_text
 
 CHECK_FLAGS = {  # flag -> request field
@@ -82,6 +83,9 @@ def _run_flow(run) -> int:
         return EXIT_INVALID
     except ArchiveError as error:  # defensive: archive errors normally arrive as InvalidDataset
         print(f"Invalid dataset (422): {error.code}: {error.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except ModelUnavailable as error:
+        print(f"Model unavailable: {error.message}", file=sys.stderr)
         return EXIT_INVALID
     except DownloadError as error:  # uploads too (UploadError): the message says which
         print(error.message if "upload" in error.code else f"Download failed: {error.message}", file=sys.stderr)

@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
 from flows.train_lora_gpu import GPU_RESULT, train_lora_gpu
-from lib.config import TrainRequest
+from lib.plan import RunPlan
 from lib.storage import FileRef
 
 GPU_DEPLOYMENT = os.environ.get("AV2AV_GPU_DEPLOYMENT", "train-lora-gpu/train-lora-gpu")
@@ -34,12 +34,11 @@ def _gpu_deployment_exists() -> bool:
     return True
 
 
-def run_gpu_flow(request: TrainRequest, clips: list[FileRef], staging: Path,
-                 validation_clips: list[FileRef]) -> dict:
+def run_gpu_flow(plan: RunPlan, clips: list[FileRef], staging: Path) -> dict:
     if not _gpu_deployment_exists():
-        return train_lora_gpu(request, clips, str(staging), validation_clips)
-    parameters = {"request": request.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
-                  "output_dir": str(staging), "validation_clips": [c.model_dump() for c in validation_clips]}
+        return train_lora_gpu(plan, clips, str(staging))
+    parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
+                  "output_dir": str(staging)}
     run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2)
     if not run.state or not run.state.is_completed():
         message = run.state.message if run.state else "no state"

@@ -6,9 +6,10 @@ from pathlib import Path
 from prefect import unmapped
 from pydantic import BaseModel, ConfigDict
 
-from lib.conform import ConformSettings, TripletResult
+from lib.conform import TripletResult
 from lib.config import TrainRequest
 from lib.errors import ArchiveError
+from lib.plan import conform_settings
 from lib.report import raise_if_unusable
 from lib.storage import FileRef, work_dir
 from tasks import ingest
@@ -33,7 +34,7 @@ def prepare_dataset(request: TrainRequest, report_path: Path | None = None,
         raise_if_unusable(document)
     matched = ingest.match_files(extracted)
     checks = ingest.check_triplet.map(matched.triplets)
-    results = ingest.conform_triplet.map(matched.triplets, checks, unmapped(ConformSettings.from_request(request)),
+    results = ingest.conform_triplet.map(matched.triplets, checks, unmapped(conform_settings(request)),
                                          unmapped(cache_root)).result()
     document = ingest.build_report(results, matched.rejections, matched.warnings, [], report_path)
     accepted = [r for r in results if r.status == "accepted"]

@@ -16,9 +16,11 @@ from flows.gpu_handoff import run_gpu_flow
 from flows.prepare import prepare_dataset
 from lib.config import TrainRequest
 from lib.checkpoint import check_checkpoint
-from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest
+from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
 from lib.fingerprint import run_fingerprint
-from lib.outputs import billing_units
+from lib.model import check_model_source
+from lib.outputs import billing_units, write_config
+from lib.plan import plan_run
 from lib.storage import work_dir
 from lib.upload import UploadError
 from tasks import ingest
@@ -54,7 +56,8 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
     """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content.
 
     Dataset problems end the run Failed, named InvalidDataset (the 422 text as message);
-    download problems Failed, named DownloadFailed; upload problems UploadFailed. All bill 0.
+    download problems Failed, named DownloadFailed; upload problems UploadFailed; weights that
+    cannot be found ModelUnavailable (checked before the dataset is fetched). All bill 0.
 
     Args:
         request: The training request: dataset URL, LoRA and video/audio settings, validation samples.
@@ -67,6 +70,8 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
         return Failed(name="InvalidDataset", message=error.message, data=error)
     except InvalidRequest as error:
         return Failed(name="InvalidRequest", message=error.message, data=error)
+    except ModelUnavailable as error:
+        return Failed(name="ModelUnavailable", message=error.message, data=error)
     except UploadError as error:  # before DownloadError: it shares the transient/permanent split
         return Failed(name="UploadFailed", message=error.message, data=error)
     except DownloadError as error:
@@ -78,6 +83,8 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     output_url = request.output_url or str(Path("outputs") / run_name())
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
+    # Before any dataset work: a run whose weights cannot be found must not spend minutes first.
+    check_model_source(request.model, request.model_source, request.text_encoder_source)
     with step("fetch"):
         zip_file = ingest.fetch_training_data(request.training_data_url, work_dir())
     fingerprint = run_fingerprint(request, zip_file.sha256)
@@ -91,15 +98,18 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     with step("validation samples"):
         validation_clips = prepare_validation(request)
     print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
+    plan = plan_run(request, validation_clips)
     with step("training"):
-        trained = run_gpu_flow(request, [r.clip for r in prepared.accepted], staging, validation_clips)
+        trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], staging)
     files = {name: Path(path) for name, path in trained["files"].items()}
+    files["config.json"] = write_config(request, plan, staging / "config.json")
     files["report.json"] = staging / "report.json"
     if prepared.debug_dataset is not None:
         files["debug_dataset.zip"] = Path(prepared.debug_dataset.path)
     extra = {"billing_units": billing_units(request), "final_loss": trained["final_loss"],
              "steps": trained["steps"], "accepted_triplets": prepared.report["accepted"],
-             "flow_run": run_name(), "fingerprint": fingerprint}
+             "flow_run": run_name(), "fingerprint": fingerprint,
+             "checkpoints_kept_in": trained.get("checkpoints_kept_in")}
     with step("upload"):
         result = upload(files, output_url, extra)
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})

@@ -1,22 +1,44 @@
-"""In-context conditioning (DESIGN §5), shared by training and validation sampling.
+"""In-context conditioning, shared by training and validation sampling (docs in README, "Conditioning").
 
-One example becomes one transformer call:
-- video tokens = [target (noised where mask = 1, clean with timestep 0 where mask = 0) |
-  reference (clean, timestep 0)], the reference at the *same* positions as the target;
-- audio tokens = [target (noised) | reference (clean, timestep 0)], the reference placed on the
-  time axis *before* the target, ending REFERENCE_AUDIO_GAP_S before 0, so the two never share
-  a position.
+One example becomes one transformer call, reference tokens first as Lightricks' IC-LoRA strategy
+(ltx-trainer `flexible.py`) lays them out:
+- video tokens = [reference (clean, timestep 0) | target (noised where mask = 1, clean with
+  timestep 0 where mask = 0)]. The reference covers the target's frame: a reference encoded at
+  1/`reference_downscale` resolution gets its spatial positions scaled back up, so token for token
+  it sits over the same pixels;
+- audio tokens = [reference (clean, timestep 0) | target (noised)]. `reference_audio_positions`:
+  "aligned" gives the reference the target's own time positions (flexible.py), "before" puts it on
+  negative time ending REFERENCE_AUDIO_GAP_S before 0 (Lightricks' Dub-It convention).
 Loss (training) is on regenerated video tokens and target audio tokens only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 TIMESTEP_SCALE = 1000.0        # the transformer's timesteps and sigma are on 0..1000
-REFERENCE_AUDIO_GAP_S = 0.04   # gap between the reference audio's end and the target's start
-REFERENCE_AUDIO_PLACEMENT = {"placement": "before_target", "gap_s": REFERENCE_AUDIO_GAP_S}
+REFERENCE_AUDIO_GAP_S = 0.04   # "before": gap between the reference audio's end and the target's start
+
+
+@dataclass(frozen=True)
+class ConditioningSettings:
+    """How references are laid out; recorded in config.json and the LoRA's metadata, because an
+    inference tool must reproduce it for the LoRA to behave as trained."""
+
+    reference_audio_positions: Literal["aligned", "before"] = "aligned"
+    reference_downscale: Literal[1, 2] = 1
+
+    def describe(self) -> dict:
+        audio = ({"positions": "aligned", "description": "the target's own time positions"}
+                 if self.reference_audio_positions == "aligned" else
+                 {"positions": "before", "gap_s": REFERENCE_AUDIO_GAP_S,
+                  "description": f"negative time, ending {REFERENCE_AUDIO_GAP_S} s before the target starts"})
+        return {"token_order": "reference first, then target",
+                "reference_video": {"positions": "the target's (spatial positions scaled by the downscale)",
+                                    "downscale_factor": self.reference_downscale, "timestep": 0},
+                "reference_audio": {**audio, "timestep": 0}}
 
 
 @dataclass
@@ -56,69 +78,93 @@ class ModelInputs:
     """Keyword arguments for one transformer call, plus what the loss needs."""
 
     kwargs: dict
-    video_tokens: int              # the target's video tokens come first in the output
+    video_tokens: int              # the target tokens, last in the sequence (after the reference)
     audio_tokens: int
     video_mask: torch.Tensor       # (Nv,) float, 1 = regenerated (in the loss), 0 = kept
     video_velocity: torch.Tensor   # (Nv, C) flow-matching target eps - x0
     audio_velocity: torch.Tensor   # (La, D)
 
 
-def reference_audio_coords(transformer, length: int, device) -> torch.Tensor:
-    """Coordinates of `length` reference audio latents, shifted to end GAP seconds before 0.
+def reference_audio_coords(transformer, length: int, positions: str, device) -> torch.Tensor:
+    """Time coordinates of `length` reference audio latents under the chosen convention.
 
-    Built by hand: prepare_audio_coords clamps negative shifts to 0.
+    "before" is built by hand: prepare_audio_coords clamps negative shifts to 0.
     """
     coords = transformer.audio_rope.prepare_audio_coords(1, length, device)
+    if positions == "aligned":
+        return coords
     return coords - (coords[..., -1:, 1:2] + REFERENCE_AUDIO_GAP_S)
+
+
+def reference_video_coords(transformer, target_shape: tuple[int, int, int], reference_shape: tuple[int, int, int],
+                           frame_rate: float, device) -> torch.Tensor:
+    """The reference's own grid, its height and width positions scaled onto the target's pixels."""
+    frames, height, width = reference_shape
+    coords = transformer.rope.prepare_video_coords(1, frames, height, width, device, fps=frame_rate)
+    scale = torch.tensor([1.0, target_shape[1] / height, target_shape[2] / width], device=device)
+    return coords * scale.to(coords.dtype)[None, :, None, None]
 
 
 def build_inputs(transformer, example: Example, video_sigma: torch.Tensor, audio_sigma: torch.Tensor,
                  video_noise: torch.Tensor, audio_noise: torch.Tensor,
-                 noisy_video: torch.Tensor | None = None, noisy_audio: torch.Tensor | None = None) -> ModelInputs:
+                 noisy_video: torch.Tensor | None = None, noisy_audio: torch.Tensor | None = None,
+                 conditioning: ConditioningSettings = ConditioningSettings(),
+                 dtype: torch.dtype = torch.float32) -> ModelInputs:
     """Assemble the transformer call for one example at noise levels (video_sigma, audio_sigma) in [0, 1].
 
     Training passes clean latents + noise; the sampler passes its current `noisy_*` tokens instead
-    (kept video tokens are always reset to the clean target, as in training).
+    (kept video tokens are always reset to the clean target, as in training). Latents and text go
+    in as `dtype` (the base's compute dtype); the loss targets stay fp32.
     """
     device = video_noise.device
-    frames, height, width = example.video_mask.shape
-    mask = example.video_mask.reshape(-1).to(device=device, dtype=video_noise.dtype)
-    clean_video = pack_video(example.target_video).to(device, video_noise.dtype)
-    clean_audio = pack_audio(example.target_audio).to(device, audio_noise.dtype)
+    target_shape = tuple(example.video_mask.shape)
+    mask = example.video_mask.reshape(-1).to(device=device, dtype=torch.float32)
+    clean_video = pack_video(example.target_video).to(device, torch.float32)
+    clean_audio = pack_audio(example.target_audio).to(device, torch.float32)
     if noisy_video is None:
         noisy_video = (1 - video_sigma) * clean_video + video_sigma * video_noise
     if noisy_audio is None:
         noisy_audio = (1 - audio_sigma) * clean_audio + audio_sigma * audio_noise
-    noisy_video = torch.where(mask[:, None] > 0, noisy_video, clean_video)
-    reference_video = pack_video(example.reference_video).to(device, video_noise.dtype)
-    reference_audio = pack_audio(example.reference_audio).to(device, audio_noise.dtype)
+    noisy_video = torch.where(mask[:, None] > 0, noisy_video.float(), clean_video)
+    reference_video = pack_video(example.reference_video).to(device, torch.float32)
+    reference_audio = pack_audio(example.reference_audio).to(device, torch.float32)
 
+    frames, height, width = target_shape
     video_coords = transformer.rope.prepare_video_coords(1, frames, height, width, device, fps=example.frame_rate)
+    reference_coords = reference_video_coords(transformer, target_shape, tuple(example.reference_video.shape[1:]),
+                                              example.frame_rate, device)
     audio_coords = transformer.audio_rope.prepare_audio_coords(1, clean_audio.shape[0], device)
-    video_t = video_sigma * TIMESTEP_SCALE
-    audio_t = audio_sigma * TIMESTEP_SCALE
+    reference_audio_coords_ = reference_audio_coords(transformer, len(reference_audio),
+                                                     conditioning.reference_audio_positions, device)
+    video_t = (video_sigma * TIMESTEP_SCALE).float()
+    audio_t = (audio_sigma * TIMESTEP_SCALE).float()
     kwargs = dict(
-        hidden_states=torch.cat([noisy_video, reference_video])[None],
-        audio_hidden_states=torch.cat([noisy_audio, reference_audio])[None],
-        timestep=torch.cat([video_t * mask, torch.zeros(len(reference_video), device=device)])[None],
-        audio_timestep=torch.cat([audio_t.expand(len(clean_audio)),
-                                  torch.zeros(len(reference_audio), device=device)])[None],
+        hidden_states=torch.cat([reference_video, noisy_video])[None].to(dtype),
+        audio_hidden_states=torch.cat([reference_audio, noisy_audio])[None].to(dtype),
+        timestep=torch.cat([torch.zeros(len(reference_video), device=device), video_t * mask])[None],
+        audio_timestep=torch.cat([torch.zeros(len(reference_audio), device=device),
+                                  audio_t.expand(len(clean_audio))])[None],
         sigma=video_t.reshape(1), audio_sigma=audio_t.reshape(1),
-        video_coords=torch.cat([video_coords, video_coords], dim=2),
-        audio_coords=torch.cat([audio_coords, reference_audio_coords(transformer, len(reference_audio), device)], dim=2),
+        video_coords=torch.cat([reference_coords, video_coords], dim=2),
+        audio_coords=torch.cat([reference_audio_coords_, audio_coords], dim=2),
         fps=example.frame_rate, use_cross_timestep=True, return_dict=False,
-        **{name: tensor.to(device) for name, tensor in example.text.items()},
+        **{name: _text_input(tensor, device, dtype) for name, tensor in example.text.items()},
         audio_encoder_attention_mask=example.text["encoder_attention_mask"].to(device),
     )
     return ModelInputs(kwargs=kwargs, video_tokens=len(clean_video), audio_tokens=len(clean_audio),
-                       video_mask=mask, video_velocity=video_noise - clean_video,
-                       audio_velocity=audio_noise - clean_audio)
+                       video_mask=mask, video_velocity=video_noise.float() - clean_video,
+                       audio_velocity=audio_noise.float() - clean_audio)
 
 
-def predict(transformer, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Velocity predictions for the target tokens only: (Nv, C) video, (La, D) audio."""
-    video, audio = transformer(**inputs.kwargs)
-    return video[0, : inputs.video_tokens], audio[0, : inputs.audio_tokens]
+def _text_input(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    # Embeddings take the model's dtype; the attention mask keeps its own.
+    return tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
+
+
+def predict(transformer, inputs: ModelInputs, **extra) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 velocity predictions for the target tokens only (they come last): (Nv, C) video, (La, D) audio."""
+    video, audio = transformer(**inputs.kwargs, **extra)
+    return video[0, -inputs.video_tokens:].float(), audio[0, -inputs.audio_tokens:].float()
 
 
 def masked_loss(video_prediction: torch.Tensor, audio_prediction: torch.Tensor,

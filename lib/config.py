@@ -148,6 +148,10 @@ class TrainRequest(BaseModel):
         1.0, ge=0.0, le=3.0, title="STG scale",
         description="Spatio-temporal guidance scale for validation (0 disables it).",
     )
+    validation_steps: int = Field(
+        30, ge=2, le=100, title="Validation sampling steps (extension)",
+        description="Denoising steps per validation sample (the LTX-2 pipeline uses 30-40).",
+    )
     debug_dataset: bool = Field(
         False, title="Debug dataset",
         description="Return an archive of the preprocessed data for inspection.",
@@ -161,6 +165,38 @@ class TrainRequest(BaseModel):
     model: Literal["ltx-2.3", "tiny"] = Field(
         "ltx-2.3", title="Model (extension)",
         description="Base model: the real LTX-2.3, or a tiny random model for tests and demos.",
+    )
+    model_source: str | None = Field(
+        None, title="Model source (extension)",
+        description="Where the LTX-2.3 weights are: a diffusers folder or hub id "
+        "(diffusers/LTX-2.3-Diffusers), or Lightricks' single-file .safetensors checkpoint. "
+        "Default: $AV2AV_MODEL_SOURCE on the GPU worker, else the hub id.",
+    )
+    text_encoder_source: str | None = Field(
+        None, title="Text encoder source (extension)",
+        description="Gemma 3 folder or hub id, needed with a single-file model_source (the "
+        "checkpoint holds no text encoder). Default: $AV2AV_TEXT_ENCODER_SOURCE, else "
+        "google/gemma-3-12b-it.",
+    )
+    reference_audio_positions: Literal["aligned", "before"] = Field(
+        "aligned", title="Reference audio positions (extension)",
+        description="Where the reference audio sits in time: aligned = the target's own positions "
+        "(Lightricks' IC-LoRA convention); before = negative time, ending 0.04 s before the target "
+        "(Lightricks' Dub-It convention). Inference must use the same; it is recorded in the outputs.",
+    )
+    reference_downscale: Literal[1, 2] = Field(
+        2, title="Reference video downscale (extension)",
+        description="Encode the reference video at 1/2 resolution (4x fewer reference tokens, as "
+        "Lightricks' LTX-2.3 IC-LoRAs) or at full resolution (1). Recorded in the outputs.",
+    )
+    lora_dtype: Literal["bf16", "fp32"] = Field(
+        "bf16", title="LoRA file precision (extension)",
+        description="Precision of the saved LoRA weights (training always keeps them in fp32).",
+    )
+    upload_checkpoints: bool = Field(
+        False, title="Upload checkpoints (extension)",
+        description="Also upload the resumable checkpoints; otherwise they stay in the GPU worker's "
+        "checkpoint folder ($AV2AV_CACHE_DIR/checkpoints/<run>).",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, title="Seed (extension)", description="Random seed.")
     checkpoint_every: int | None = Field(

@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lib import audio, video
-from lib.config import TrainRequest
 from lib.dataset import Triplet
 from lib.errors import MediaError, Reason
 from lib.masks import conform_mask
@@ -40,23 +39,6 @@ class ConformSettings(BaseModel):
     audio_normalize: bool
     audio_preserve_pitch: bool
     trigger_phrase: str = ""
-
-    @classmethod
-    def from_request(cls, request: TrainRequest) -> "ConformSettings":
-        width, height = request.bucket
-        return cls(number_of_frames=request.number_of_frames, frame_rate=request.frame_rate,
-                   width=width, height=height, auto_scale_input=request.auto_scale_input,
-                   audio_normalize=request.audio_normalize,
-                   audio_preserve_pitch=request.audio_preserve_pitch,
-                   trigger_phrase=request.trigger_phrase)
-
-    @classmethod
-    def for_validation(cls, request: TrainRequest) -> "ConformSettings":
-        width, height = request.validation_bucket
-        return cls(number_of_frames=request.validation_number_of_frames,
-                   frame_rate=request.validation_frame_rate, width=width, height=height,
-                   auto_scale_input=request.auto_scale_input, audio_normalize=request.audio_normalize,
-                   audio_preserve_pitch=request.audio_preserve_pitch)
 
     @property
     def window_s(self) -> float:

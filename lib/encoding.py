@@ -20,7 +20,7 @@ from lib.conform import clip_metadata
 from lib.model import Components, model_spec
 from lib.storage import FileRef, atomic_file
 
-ENCODER_VERSION = "1"  # bump when encoded bytes change for the same clip and model
+ENCODER_VERSION = "2"  # bump when encoded bytes change for the same clip and model
 TEXT_KEYS = ("encoder_hidden_states", "audio_encoder_hidden_states", "encoder_attention_mask")
 
 
@@ -37,34 +37,55 @@ def latent_mask(mask: np.ndarray, temporal: int = 8, spatial: int = 32) -> torch
     return torch.nn.functional.max_pool2d(grouped, spatial)[0] > 0
 
 
-def latent_key(clip: FileRef, components: Components) -> str:
-    identity = {"clip": clip.sha256, "model": components.identity, "encoder": ENCODER_VERSION}
+def reference_size(height: int, width: int, downscale: int, multiple: int = 32) -> tuple[int, int]:
+    """Pixel size the reference video is encoded at: 1/downscale of the bucket, floored to the
+    VAE's stride (e.g. 768x768 -> 384x384; 512x288 -> 256x128). Positions are scaled back onto the
+    target's frame in lib.conditioning, so a non-exact ratio still covers the same picture."""
+    return (max(multiple, height // downscale // multiple * multiple),
+            max(multiple, width // downscale // multiple * multiple))
+
+
+def downscale_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, height, width, 3) uint8, antialiased (area-like) bilinear."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def latent_key(clip: FileRef, components: Components, reference_downscale: int = 1) -> str:
+    identity = {"clip": clip.sha256, "model": components.identity, "encoder": ENCODER_VERSION,
+                "reference_downscale": reference_downscale}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def encode_clip(components: Components, clip: FileRef, cache_root: Path) -> FileRef:
+def encode_clip(components: Components, clip: FileRef, cache_root: Path, reference_downscale: int = 1) -> FileRef:
     """Encode one conformed clip (unless cached) and return its latents file."""
-    key = latent_key(clip, components)
+    key = latent_key(clip, components, reference_downscale)
     path = cache_root / "latents" / key / "latents.safetensors"
     if path.is_file():
         return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
-    tensors = _encode(components, clip.path)
+    tensors = _encode(components, clip.path, reference_downscale)
     metadata = {k: v for k, v in clip_metadata(clip.path).items() if k in ("name", "caption", "frame_rate")}
     with atomic_file(path) as partial:
         save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
     return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
 
 
-def _encode(components: Components, clip_path: str) -> dict[str, torch.Tensor]:
+def _encode(components: Components, clip_path: str, reference_downscale: int) -> dict[str, torch.Tensor]:
     from safetensors.numpy import load_file as load_numpy
 
     clip = load_numpy(clip_path)
     spec = model_spec(components)
     caption = clip_metadata(clip_path).get("caption", "")
     text = latents.encode_prompts(components, [caption])
+    _, height, width, _ = clip["reference"].shape
+    reference = downscale_frames(clip["reference"], *reference_size(height, width, reference_downscale,
+                                                                   spec["spatial_compression"]))
     return {
         "target_video": latents.encode_video(components, clip["target"]),
-        "reference_video": latents.encode_video(components, clip["reference"]),
+        "reference_video": latents.encode_video(components, reference),
         "target_audio": latents.encode_audio(components, clip["target_audio"]),
         "reference_audio": latents.encode_audio(components, clip["reference_audio"]),
         "video_mask": latent_mask(clip["mask"], spec["temporal_compression"], spec["spatial_compression"]),

@@ -69,6 +69,13 @@ class InvalidRequest(Av2AvError):
     code = "invalid_request"
 
 
+class ModelUnavailable(Av2AvError):
+    """The base model's weights cannot be found or are not LTX-2.3. Billed 0; checked before any
+    dataset work, and the message says where it looked and how to point elsewhere."""
+
+    code = "model_unavailable"
+
+
 class InvalidDataset(Av2AvError):
     """No triplet qualifies (HTTP-422 style). Carries the report so the caller can show it."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import cast_adapter_dtype
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -24,18 +25,26 @@ TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2
 TRAINING_TYPE = "av2av-masked"
 
 
+ADAPTER_NAME = "default"   # diffusers' add_adapter default
+
+
 def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -> None:
-    """Attach a fresh LoRA (alpha = rank) to every attention projection; init depends on `seed` only."""
+    """Attach a fresh fp32 LoRA (alpha = rank) to every targeted projection; init depends on `seed` only.
+
+    `add_adapter` creates the adapter in the base model's dtype; a bf16 adapter (and its AdamW
+    state) would round small updates away, so it is upcast as peft's own `get_peft_model` does.
+    """
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer.add_adapter(config)
+        transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+    cast_adapter_dtype(transformer, ADAPTER_NAME)
 
 
-def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
+def lora_state_dict(transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The adapter's tensors under the `diffusion_model.` prefix (unprefixed keys are ignored by diffusers)."""
     state = get_peft_model_state_dict(transformer)
-    return {f"{PREFIX}{key}": tensor.detach().to("cpu", torch.float32).contiguous() for key, tensor in state.items()}
+    return {f"{PREFIX}{key}": tensor.detach().to("cpu", dtype).contiguous() for key, tensor in state.items()}
 
 
 def load_lora_state(transformer, state: dict[str, torch.Tensor]) -> None:
@@ -68,13 +77,20 @@ def _sort_metadata(path: str) -> None:
             handle.write(text.ljust(size))
 
 
-def save_lora(transformer, path: Path, rank: int, info: dict) -> Path:
-    """Write the LoRA file; `info` (base model, trigger phrase, ...) goes into the metadata as JSON."""
+def save_lora(transformer, path: Path, rank: int, info: dict, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the LoRA file in `dtype` (bf16 by default: half the bytes, as Lightricks ships LoRAs).
+
+    `info` (base model, trigger phrase, reference conventions, ...) goes into the metadata as JSON
+    under `av2av`; `reference_downscale_factor` is also a top-level key, the name Lightricks'
+    IC-LoRA loaders read.
+    """
     adapter = {"transformer.r": rank, "transformer.lora_alpha": rank,
                "transformer.target_modules": list(TARGET_MODULES)}
     metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter),
                 "av2av": json.dumps({"rank": rank, "alpha": rank, "training_type": TRAINING_TYPE, **info})}
-    return write_atomic(path, lora_state_dict(transformer), metadata)
+    if "reference_downscale" in info:
+        metadata["reference_downscale_factor"] = str(info["reference_downscale"])
+    return write_atomic(path, lora_state_dict(transformer, dtype), metadata)
 
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

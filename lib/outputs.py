@@ -7,46 +7,45 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.conditioning import REFERENCE_AUDIO_PLACEMENT
 from lib.config import TrainRequest
 from lib.lora_io import TARGET_MODULES, TRAINING_TYPE
+from lib.plan import RunPlan
 
 
 def billing_units(request: TrainRequest) -> int:
     return max(100, request.number_of_steps)
 
 
-def base_model_name(request: TrainRequest) -> str:
-    return "LTX-2.3" if request.model == "ltx-2.3" else "LTX-2.3 (tiny random test preset)"
-
-
-def lora_info(request: TrainRequest) -> dict:
-    return {"base_model": base_model_name(request), "trigger_phrase": request.trigger_phrase}
-
-
-def config_document(request: TrainRequest) -> dict:
+def config_document(request: TrainRequest, plan: RunPlan) -> dict:
     width, height = request.bucket
+    sampler = plan.validation.sampler
     return {
         "training_type": TRAINING_TYPE,
         "trigger_phrase": request.trigger_phrase,
-        "base_model": base_model_name(request),
+        "base_model": plan.lora_info["base_model"],
         "rank": request.rank,
         "alpha": request.rank,
+        "lora_dtype": plan.lora_dtype,
         "target_modules": list(TARGET_MODULES),
         "number_of_frames": request.number_of_frames,
         "frame_rate": request.frame_rate,
         "resolution": {"name": request.resolution, "aspect_ratio": request.aspect_ratio,
                        "width": width, "height": height},
         "mask_convention": "WHITE = regenerate, BLACK = keep",
-        "reference_video": "in-context tokens at the target's positions, timestep 0",
-        "reference_audio": REFERENCE_AUDIO_PLACEMENT,
+        "conditioning": plan.conditioning.describe(),
+        "reference_audio_positions": plan.conditioning.reference_audio_positions,
+        "reference_downscale_factor": plan.conditioning.reference_downscale,
+        "validation_sampler": {"steps": sampler.steps, "cfg_video": sampler.video_guidance,
+                               "cfg_audio": sampler.audio_guidance, "stg_scale": sampler.stg_scale,
+                               "modality_scale": sampler.modality_scale,
+                               "guidance_rescale": sampler.guidance_rescale},
         "request": request.model_dump(mode="json"),
     }
 
 
-def write_config(request: TrainRequest, path: Path) -> Path:
+def write_config(request: TrainRequest, plan: RunPlan, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_document(request), indent=2))
+    path.write_text(json.dumps(config_document(request, plan), indent=2))
     return path
 
 

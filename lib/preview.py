@@ -6,19 +6,20 @@ from pathlib import Path
 from safetensors.numpy import load_file
 
 from lib import latents
+from lib.conditioning import ConditioningSettings
 from lib.encoding import load_example
 from lib.model import Components
 from lib.reel import composite, write_reel
 from lib.sampling import SamplerSettings, sample
 
 
-def render_sample(components: Components, clip_path: str, latents_path: str,
-                  negative_text: dict, settings: SamplerSettings) -> dict:
+def render_sample(components: Components, clip_path: str, latents_path: str, negative_text: dict,
+                  settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings()) -> dict:
     """Sample one validation clip; the generated panel keeps the source's pixels outside the mask."""
     clip = load_file(clip_path)
     example = load_example(latents_path)
     video_latents, audio_latents = sample(components.transformer, components.scheduler, example,
-                                          negative_text, settings)
+                                          negative_text, settings, conditioning, components.dtype)
     generated = latents.decode_video(components, video_latents)
     waveform, sample_rate = latents.decode_audio(components, audio_latents)
     return {"source": clip["target"], "mask": clip["mask"], "reference": clip["reference"],
@@ -28,12 +29,13 @@ def render_sample(components: Components, clip_path: str, latents_path: str,
 
 
 def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_prompt: str,
-                settings: SamplerSettings, path: Path) -> Path:
+                settings: SamplerSettings, path: Path,
+                conditioning: ConditioningSettings = ConditioningSettings()) -> Path:
     negative_text = latents.encode_prompts(components, [negative_prompt])
     was_training = components.transformer.training
     components.transformer.eval()
     try:
-        samples = [render_sample(components, clip, lat, negative_text, settings)
+        samples = [render_sample(components, clip, lat, negative_text, settings, conditioning)
                    for clip, lat in zip(clips, latent_files)]
     finally:
         components.transformer.train(was_training)

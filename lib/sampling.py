@@ -1,7 +1,12 @@
-"""Validation sampler (DESIGN §6): Euler over the flow-matching schedule, seeded, with CFG for
-video and audio (negative prompt) and STG (an extra pass with self-attention skipped in chosen
-blocks). The kept region and both references are conditioned by lib.conditioning.build_inputs,
-the very code training uses.
+"""Validation sampler: Euler over the flow-matching schedule, seeded, with the LTX-2 pipeline's
+guidance terms and defaults (the diffusers LTX-2 pipeline's `__call__`, Lightricks' IC-LoRA validation):
+CFG (video 3, audio 7, against the negative prompt), STG (self-attention skipped in chosen blocks),
+modality isolation (3: audio<->video cross-attention switched off) and guidance rescale (0.7).
+As in the pipeline, the terms are combined on the predicted clean latents (x0) and the rescale
+matches the guided prediction's spread to the conditional one's.
+
+The kept region and both references are conditioned by lib.conditioning.build_inputs, the very
+code training uses, with the same reference conventions.
 """
 from __future__ import annotations
 
@@ -11,20 +16,32 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lib.conditioning import Example, ModelInputs, build_inputs, pack_audio, pack_video, unpack_audio, unpack_video
-
-VIDEO_GUIDANCE = 3.0   # the LTX-2 pipeline's defaults
-AUDIO_GUIDANCE = 7.0
-STG_BLOCK = 28         # the pipeline's default; clamped to the model's depth
+from lib import precision
+from lib.conditioning import (ConditioningSettings, Example, ModelInputs, build_inputs, pack_audio, pack_video,
+                              predict, unpack_audio, unpack_video)
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int = 30
     seed: int = 0
-    stg_scale: float = 1.0
-    video_guidance: float = VIDEO_GUIDANCE
-    audio_guidance: float = AUDIO_GUIDANCE
+    video_guidance: float = 3.0     # CFG; 1 disables
+    audio_guidance: float = 7.0
+    stg_scale: float = 1.0          # 0 disables
+    stg_block: int = 28             # the pipeline's default block; clamped to the model's depth
+    modality_scale: float = 3.0     # modality isolation; 1 disables
+    guidance_rescale: float = 0.7   # 0 disables
+
+    def passes(self) -> list[str]:
+        """Transformer calls per step, in order: each enabled guidance term costs one."""
+        passes = ["cond"]
+        if self.video_guidance != 1 or self.audio_guidance != 1:
+            passes.append("uncond")
+        if self.stg_scale > 0:
+            passes.append("stg")
+        if self.modality_scale != 1:
+            passes.append("modality")
+        return passes
 
 
 def sigma_schedule(scheduler, steps: int, tokens: int) -> torch.Tensor:
@@ -39,40 +56,58 @@ def sigma_schedule(scheduler, steps: int, tokens: int) -> torch.Tensor:
     return scheduler.sigmas.float()
 
 
-def stg_blocks(transformer) -> list[int]:
-    return [min(STG_BLOCK, transformer.config.num_layers - 1)]
+def _pass_arguments(transformer, settings: SamplerSettings) -> dict[str, dict]:
+    block = min(settings.stg_block, transformer.config.num_layers - 1)
+    return {"cond": {}, "uncond": {}, "stg": {"spatio_temporal_guidance_blocks": [block]},
+            "modality": {"isolate_modalities": True}}
 
 
-def _velocity(transformer, inputs: ModelInputs, **extra) -> tuple[torch.Tensor, torch.Tensor]:
-    video, audio = transformer(**inputs.kwargs, **extra)
-    return video[0, : inputs.video_tokens].float(), audio[0, : inputs.audio_tokens].float()
+def _rescale(guided: torch.Tensor, cond: torch.Tensor, factor: float, rows: torch.Tensor | None) -> torch.Tensor:
+    """Pull the guided prediction's std back towards the conditional one's (2305.08891 §3.4)."""
+    if factor <= 0:
+        return guided
+    selected = (lambda t: t[rows]) if rows is not None else (lambda t: t)
+    ratio = selected(cond).std() / selected(guided).std().clamp(min=1e-12)
+    return factor * guided * ratio + (1 - factor) * guided
 
 
-def guided_velocity(transformer, cond: ModelInputs, uncond: ModelInputs, settings: SamplerSettings):
-    """cond + (g - 1)(cond - uncond) + stg (cond - perturbed), per modality."""
-    video, audio = _velocity(transformer, cond)
-    video_uncond, audio_uncond = _velocity(transformer, uncond)
-    guided_video = video + (settings.video_guidance - 1) * (video - video_uncond)
-    guided_audio = audio + (settings.audio_guidance - 1) * (audio - audio_uncond)
-    if settings.stg_scale > 0:
-        video_stg, audio_stg = _velocity(transformer, cond, spatio_temporal_guidance_blocks=stg_blocks(transformer))
-        guided_video = guided_video + settings.stg_scale * (video - video_stg)
-        guided_audio = guided_audio + settings.stg_scale * (audio - audio_stg)
-    return guided_video, guided_audio
+def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs, settings: SamplerSettings,
+              sigma: torch.Tensor, video: torch.Tensor, audio: torch.Tensor):
+    """Guided clean-latent predictions (video, audio) at noise level `sigma` from states (video, audio)."""
+    arguments = _pass_arguments(transformer, settings)
+    x0 = {}
+    for name in settings.passes():
+        inputs = uncond if name == "uncond" else cond
+        video_v, audio_v = predict(transformer, inputs, **arguments[name])
+        x0[name] = (video - sigma * video_v, audio - sigma * audio_v)
+    scales = {"uncond": (settings.video_guidance - 1, settings.audio_guidance - 1),
+              "stg": (settings.stg_scale, settings.stg_scale),
+              "modality": (settings.modality_scale - 1, settings.modality_scale - 1)}
+    guided = list(x0["cond"])
+    for name, (video_scale, audio_scale) in scales.items():
+        if name in x0:
+            guided[0] = guided[0] + video_scale * (x0["cond"][0] - x0[name][0])
+            guided[1] = guided[1] + audio_scale * (x0["cond"][1] - x0[name][1])
+    regenerated = cond.video_mask > 0
+    return (_rescale(guided[0], x0["cond"][0], settings.guidance_rescale, regenerated),
+            _rescale(guided[1], x0["cond"][1], settings.guidance_rescale, None))
 
 
 @torch.no_grad()
 def sample(transformer, scheduler, example: Example, negative_text: dict[str, torch.Tensor],
-           settings: SamplerSettings) -> tuple[torch.Tensor, torch.Tensor]:
+           settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings(),
+           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate the masked video region and the whole target audio for `example`.
 
     `example.target_video` holds the source's latents (its kept tokens stay clean throughout);
-    `example.target_audio` only gives the audio shape. Returns unbatched latents
-    (C, F, h, w) and (C, L, M), ready for lib.latents.decode_*.
+    `example.target_audio` only gives the audio shape. The state is kept in fp32; the model sees
+    it in its own `dtype` under autocast. Returns unbatched fp32 latents (C, F, h, w) and
+    (C, L, M), ready for lib.latents.decode_*.
     """
-    device = next(transformer.parameters()).device
+    first = next(transformer.parameters())
+    device, dtype = first.device, dtype or first.dtype
     generator = torch.Generator().manual_seed(settings.seed)
-    clean_video = pack_video(example.target_video)
+    clean_video = pack_video(example.target_video).float()
     video = torch.randn(clean_video.shape, generator=generator).to(device)
     audio = torch.randn(pack_audio(example.target_audio).shape, generator=generator).to(device)
     unconditional = copy.copy(example)
@@ -80,12 +115,14 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
     sigmas = sigma_schedule(scheduler, settings.steps, len(clean_video)).to(device)
     for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
         state = dict(video_sigma=sigma, audio_sigma=sigma, video_noise=video, audio_noise=audio,
-                     noisy_video=video, noisy_audio=audio)
+                     noisy_video=video, noisy_audio=audio, conditioning=conditioning, dtype=dtype)
         cond = build_inputs(transformer, example, **state)
         uncond = build_inputs(transformer, unconditional, **state)
-        video_velocity, audio_velocity = guided_velocity(transformer, cond, uncond, settings)
-        video = video + (next_sigma - sigma) * video_velocity
-        audio = audio + (next_sigma - sigma) * audio_velocity
+        with precision.autocast(device, dtype):
+            video_x0, audio_x0 = guided_x0(transformer, cond, uncond, settings, sigma, video, audio)
+        # Euler on the velocity implied by the guided x0: v = (x_t - x0) / sigma.
+        video = video + (next_sigma - sigma) * (video - video_x0) / sigma
+        audio = audio + (next_sigma - sigma) * (audio - audio_x0) / sigma
     mask = example.video_mask.reshape(-1, 1).to(device)
     video = torch.where(mask, video, clean_video.to(device))  # kept tokens: exactly the source
     frames, height, width = example.video_mask.shape

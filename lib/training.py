@@ -15,14 +15,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lib import precision
 from lib.checkpoint import load_checkpoint, save_checkpoint
-from lib.conditioning import Example, build_inputs, masked_loss, pack_audio, predict
+from lib.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
 from lib.lora_io import add_lora
 
-# Shifted logit-normal sigmas (the LTX-2 recipe): the shift grows with sequence length.
+# Shifted logit-normal sigmas, the LTX-2 recipe (ltx-trainer's ShiftedLogitNormalTimestepSampler):
+# the shift is linear in the modality's own token count through (1024, 0.95) and (4096, 2.05),
+# capped above at 4096 tokens (beyond it both stretch bounds saturate) and NOT clamped below, so
+# short audio sequences get small shifts; samples are stretched between the 0.5th and 99.9th
+# percentiles of the shifted normal, reflected at EPS, with a uniform fallback 10 % of the time.
 SHIFT_SEQ_LEN = (1024, 4096)
 SHIFT_RANGE = (0.95, 2.05)
 UNIFORM_FRACTION = 0.1
+SIGMA_EPS = 1e-3
+NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
 
 
 @dataclass(frozen=True)
@@ -48,15 +55,19 @@ class TrainResult:
 
 def sequence_shift(tokens: int) -> float:
     (low_len, high_len), (low, high) = SHIFT_SEQ_LEN, SHIFT_RANGE
-    fraction = min(max((tokens - low_len) / (high_len - low_len), 0.0), 1.0)
-    return low + fraction * (high - low)
+    return low + (min(tokens, high_len) - low_len) * (high - low) / (high_len - low_len)
 
 
-def sample_sigma(generator: torch.Generator, tokens: int) -> torch.Tensor:
-    """sigmoid(N(shift, 1)) most of the time, uniform for a fraction (keeps the extremes trained)."""
-    if torch.rand((), generator=generator) < UNIFORM_FRACTION:
-        return torch.rand((), generator=generator)
-    return torch.sigmoid(torch.randn((), generator=generator) + sequence_shift(tokens))
+def sample_sigmas(generator: torch.Generator, tokens: int, count: int = 1) -> torch.Tensor:
+    """`count` noise levels in (0, 1] for a sequence of `tokens` tokens of one modality."""
+    shift = sequence_shift(tokens)
+    logit_normal = torch.sigmoid(torch.randn(count, generator=generator, dtype=torch.float64) + shift)
+    low, high = (torch.sigmoid(torch.tensor(shift + bound, dtype=torch.float64)) for bound in (NORMAL_LOW, NORMAL_HIGH))
+    stretched = (logit_normal - low) / (high - low)
+    stretched = torch.where(stretched >= SIGMA_EPS, stretched, 2 * SIGMA_EPS - stretched).clamp(0, 1)
+    uniform = (1 - SIGMA_EPS) * torch.rand(count, generator=generator, dtype=torch.float64) + SIGMA_EPS
+    use_uniform = torch.rand(count, generator=generator, dtype=torch.float64) < UNIFORM_FRACTION
+    return torch.where(use_uniform, uniform, stretched).float()
 
 
 def lr_factor(settings: TrainSettings) -> Callable[[int], float]:
@@ -71,20 +82,29 @@ def lr_factor(settings: TrainSettings) -> Callable[[int], float]:
 
 
 def _draw(generator: torch.Generator, examples: list[Example]):
+    """One example, and per modality its own sigma (from its own token count) and noise."""
     example = examples[int(torch.randint(len(examples), (), generator=generator))]
-    tokens = example.video_mask.numel()
-    video_sigma, audio_sigma = sample_sigma(generator, tokens), sample_sigma(generator, tokens)
-    video_noise = torch.randn(tokens, example.target_video.shape[0], generator=generator)
-    audio_noise = torch.randn(pack_audio(example.target_audio).shape, generator=generator)
+    video_tokens = example.video_mask.numel()
+    audio_shape = pack_audio(example.target_audio).shape
+    video_sigma = sample_sigmas(generator, video_tokens)[0]
+    audio_sigma = sample_sigmas(generator, audio_shape[0])[0]
+    video_noise = torch.randn(video_tokens, example.target_video.shape[0], generator=generator)
+    audio_noise = torch.randn(audio_shape, generator=generator)
     return example, video_sigma, audio_sigma, video_noise, audio_noise
 
 
-def training_step(transformer, model, examples, generator, device) -> tuple[torch.Tensor, dict]:
-    """One example: draw sigma and noise, condition, predict, masked loss (not yet backpropagated)."""
+def training_step(transformer, model, examples, generator, device,
+                  conditioning: ConditioningSettings = ConditioningSettings(),
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+    """One example: draw sigma and noise, condition, predict, masked loss (not yet backpropagated).
+
+    `dtype` is the frozen base's compute dtype: inputs are cast to it and the forward runs under
+    autocast, while the fp32 LoRA weights receive fp32 gradients.
+    """
     example, video_sigma, audio_sigma, video_noise, audio_noise = _draw(generator, examples)
     inputs = build_inputs(transformer, example, video_sigma.to(device), audio_sigma.to(device),
-                          video_noise.to(device), audio_noise.to(device))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                          video_noise.to(device), audio_noise.to(device), conditioning=conditioning, dtype=dtype)
+    with precision.autocast(device, dtype):
         video, audio = predict(model, inputs)
     return masked_loss(video, audio, inputs)
 
@@ -102,10 +122,11 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(transformer, examples: list[Example], settings: TrainSettings, checkpoint_dir: Path | None = None,
-          resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train a LoRA on `transformer` in place; returns the loss history."""
+          resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
+          conditioning: ConditioningSettings = ConditioningSettings()) -> TrainResult:
+    """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place; returns the losses."""
     rank, world = _distributed()
-    device = next(transformer.parameters()).device
+    device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
     add_lora(transformer, settings.rank, settings.seed)
     if device.type == "cuda":
         transformer.enable_gradient_checkpointing()
@@ -123,7 +144,7 @@ def train(transformer, examples: list[Example], settings: TrainSettings, checkpo
             generator.manual_seed(settings.seed * 1000 + rank + 7919 * start)
     began = time.perf_counter()
     for step in range(start, settings.steps):
-        loss, parts = training_step(transformer, model, examples, generator, device)
+        loss, parts = training_step(transformer, model, examples, generator, device, conditioning, dtype)
         optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
         result.losses.append(parts["loss"])
         if on_step is not None and rank == 0:

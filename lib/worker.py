@@ -13,29 +13,33 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
+from lib import precision
 from lib.encoding import load_example
 from lib.lora_io import lora_state_dict, save_lora
-from lib.training import TrainResult, TrainSettings, train
+from lib.plan import RunPlan
+from lib.training import TrainResult, train
 
 
 class TrainJob(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    model: str
-    model_source: str | None = None
+    plan: RunPlan
     latents: list[str]
-    settings: dict              # TrainSettings fields
-    output_dir: str
-    resume_from: str | None = None
-    lora_info: dict = {}        # metadata for the LoRA file: base model, trigger phrase, ...
+    output_dir: str                 # lora.safetensors, losses.json
+    checkpoint_dir: str | None = None
 
 
-def lora_digest(transformer) -> str:
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over keys and raw bytes (any dtype, bf16 included)."""
     digest = hashlib.sha256()
-    for key, tensor in sorted(lora_state_dict(transformer).items()):
+    for key, tensor in sorted(tensors.items()):
         digest.update(key.encode())
-        digest.update(tensor.numpy().tobytes())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def lora_digest(transformer, dtype: torch.dtype = torch.float32) -> str:
+    return tensors_digest(lora_state_dict(transformer, dtype))
 
 
 def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
@@ -43,18 +47,23 @@ def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
     from lib.model import load_model
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    plan = job.plan
     if components is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-        components = load_model(job.model, device=device, source=job.model_source)
-    settings = TrainSettings(**job.settings)
+        components = load_model(plan.model, device=device, source=plan.model_source,
+                                text_encoder_source=plan.text_encoder_source)
     output = Path(job.output_dir)
     output.mkdir(parents=True, exist_ok=True)  # the digests below are written before any atomic write creates it
     examples = [load_example(path) for path in job.latents]
-    result = train(components.transformer, examples, settings, output / "checkpoints", job.resume_from, on_step)
+    checkpoints = Path(job.checkpoint_dir) if job.checkpoint_dir else output / "checkpoints"
+    result = train(components.transformer, examples, plan.train, checkpoints, plan.resume_from, on_step,
+                   plan.conditioning)
     if world > 1:  # every rank records its LoRA: DDP must leave them identical
-        (output / f"lora-digest-rank{rank}.txt").write_text(lora_digest(components.transformer))
+        lora_dtype = precision.dtype_named(plan.lora_dtype)
+        (output / f"lora-digest-rank{rank}.txt").write_text(lora_digest(components.transformer, lora_dtype))
     if rank == 0:
-        save_lora(components.transformer, output / "lora.safetensors", settings.rank, job.lora_info)
+        save_lora(components.transformer, output / "lora.safetensors", plan.train.rank, plan.lora_info,
+                  precision.dtype_named(plan.lora_dtype))
         (output / "losses.json").write_text(json.dumps(result.losses))
     return result
 

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lib.config import TrainRequest
-from lib.conform import ConformSettings
+from lib.plan import validation_conform_settings
 from lib.storage import FileRef, work_dir
 from lib.upload import upload_outputs
 from lib.validation import prepare_samples
@@ -39,7 +39,7 @@ def _loss_plot(path: Path | None) -> str:
 @task(cache_policy=NO_CACHE)
 def prepare_validation(request: TrainRequest) -> list[FileRef]:
     """Fetch and conform every validation sample before any GPU is asked for (422 on failure)."""
-    return prepare_samples(request.validation, ConformSettings.for_validation(request), work_dir())
+    return prepare_samples(request.validation, validation_conform_settings(request), work_dir())
 
 
 def _variable_name(request: TrainRequest) -> str:

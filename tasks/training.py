@@ -9,10 +9,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
 from lib import encoding, worker
 from lib.lora_io import add_lora, load_lora_state, read_lora
+from lib.plan import RunPlan, ValidationPlan
 from lib.storage import FileRef
 from tasks import model_cache
 
@@ -20,10 +20,10 @@ PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
 
 
 @task(task_run_name="encode-{clip.sha256:.12}", cache_policy=NO_CACHE)
-def encode_latents(clip: FileRef, model_name: str, model_source: str | None, cache_root: Path) -> FileRef:
+def encode_latents(clip: FileRef, plan: RunPlan, cache_root: Path) -> FileRef:
     """Latents of one conformed clip. Not Prefect-cached on purpose: the on-disk cache keys on the
     loaded model's identity (weights source, configs, dtype), which the task's inputs cannot see."""
-    return encoding.encode_clip(model_cache.components(model_name, model_source), clip, cache_root)
+    return encoding.encode_clip(model_cache.for_plan(plan), clip, cache_root, plan.conditioning.reference_downscale)
 
 
 def _progress_reporter(total_steps: int):
@@ -42,44 +42,34 @@ def _progress_reporter(total_steps: int):
     return report
 
 
-class ValidationPlan(BaseModel):
-    """What periodic validation renders during training (validation_every)."""
-
-    clips: list[FileRef]
-    latents: list[FileRef]
-    negative_prompt: str
-    stg_scale: float
-    seed: int
-    every: int
-
-
-def _periodic_validation(plan: ValidationPlan, job: worker.TrainJob, components):
+def _periodic_validation(job: worker.TrainJob, components):
     logger = get_run_logger()
+    plan = job.plan
 
     def maybe_render(event: dict) -> None:
         step = event["step"]
-        if step % plan.every or step == job.settings["steps"]:  # the final reel is rendered after training
+        if step % plan.validation.every or step == plan.train.steps:  # the final reel comes after training
             return
         path = Path(job.output_dir) / f"validation-step{step:06d}.mp4"
-        _render(components, plan.clips, plan.latents, plan.negative_prompt, plan.stg_scale, plan.seed,
-                job.model, path)
+        _render(components, plan, path)
         logger.info("validation reel at step %d: %s", step, path)
     return maybe_render
 
 
 @task(cache_policy=NO_CACHE)
-def train_lora_task(job: worker.TrainJob, gpus: int = 1, validation: ValidationPlan | None = None) -> list[float]:
+def train_lora_task(job: worker.TrainJob, gpus: int = 1) -> list[float]:
     """Train in this process (one device), or under torchrun with one process per GPU."""
+    periodic = bool(job.plan.validation.every and job.plan.validation.latents)
     if gpus > 1:
-        if validation is not None:
+        if periodic:
             get_run_logger().warning("validation_every is not rendered during multi-GPU training; "
                                      "the final reel is.")
         model_cache.forget()  # free this process's copy: every rank loads its own
         return _train_distributed(job, gpus)
-    components = model_cache.components(job.model, job.model_source)
-    callbacks = [_progress_reporter(job.settings["steps"])]
-    if validation is not None:
-        callbacks.append(_periodic_validation(validation, job, components))
+    components = model_cache.for_plan(job.plan)
+    callbacks = [_progress_reporter(job.plan.train.steps)]
+    if periodic:
+        callbacks.append(_periodic_validation(job, components))
 
     def on_step(event: dict) -> None:
         for callback in callbacks:
@@ -101,25 +91,18 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
 
 
 @task(cache_policy=NO_CACHE)
-def render_validation(model_name: str, model_source: str | None, clips: list[FileRef], latents_files: list[FileRef],
-                      negative_prompt: str, stg_scale: float, seed: int, path: Path, lora_path: Path) -> Path:
-    components = model_cache.components(model_name, model_source)
+def render_validation(plan: RunPlan, path: Path, lora_path: Path) -> Path:
+    components = model_cache.for_plan(plan)
     if not getattr(components.transformer, "peft_config", None):  # trained in other processes (torchrun)
         state, info = read_lora(lora_path)
-        add_lora(components.transformer, info["rank"], seed)
+        add_lora(components.transformer, info["rank"], plan.train.seed)
         load_lora_state(components.transformer, state)
-    return _render(components, clips, latents_files, negative_prompt, stg_scale, seed, model_name, path)
+    return _render(components, plan, path)
 
 
-def _render(components, clips, latents_files, negative_prompt, stg_scale, seed, model_name, path) -> Path:
+def _render(components, plan: RunPlan, path: Path) -> Path:
     from lib.preview import render_reel
-    from lib.sampling import SamplerSettings
 
-    settings = SamplerSettings(steps=sampler_steps(model_name), seed=seed, stg_scale=stg_scale)
-    return render_reel(components, [c.path for c in clips], [f.path for f in latents_files],
-                       negative_prompt, settings, path)
-
-
-def sampler_steps(model_name: str) -> int:
-    # The tiny preset is random: a few steps show the plumbing; the real model needs ~30.
-    return 30 if model_name == "ltx-2.3" else 4
+    validation: ValidationPlan = plan.validation
+    return render_reel(components, [c.path for c in validation.clips], [f.path for f in validation.latents],
+                       validation.negative_prompt, validation.sampler, path, plan.conditioning)

@@ -65,3 +65,15 @@ def test_download_error_exits_1(tmp_path, capfd):
 def test_bad_parameter_exits_2_naming_the_field(sample_zip, capfd):
     assert main(["check", str(sample_zip), "--frames", "500"]) == 2
     assert "number_of_frames" in capfd.readouterr().err
+
+
+def test_unavailable_model_exits_2_with_one_line(sample_zip, tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
+    request = {"training_data_url": str(sample_zip), "model": "ltx-2.3",
+               "model_source": str(tmp_path / "missing" / "ltx-2.3-22b.safetensors")}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    assert main(["train", "--config", str(tmp_path / "request.json")]) == 2
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert lines[-1].startswith("Model unavailable: model_source: no file at") and "ltx-2.3-22b.safetensors" in lines[-1]

@@ -54,7 +54,7 @@ def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
     sample_zip = make_sample_zip(tmp_path / "data" / "triplets.zip", triplets=3, duration_s=0.5)
     trainings = []
 
-    def fake_gpu_flow(request, clips, staging, validation_clips):
+    def fake_gpu_flow(plan, clips, staging):
         trainings.append(len(clips))
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")

@@ -14,11 +14,19 @@ from lib.errors import InvalidDataset
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def _task_states(flow_state) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    return {run.name: run.state.name for run in runs}
+def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
+    """Task run states of a finished flow run. The server records task runs from events, which can
+    lag on a busy machine: wait (up to 15 s) until at least `expected` are there."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+        if len(runs) >= expected or time.monotonic() > deadline:
+            return {run.name: run.state.name for run in runs}
+        time.sleep(0.5)
 
 
 def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
@@ -32,7 +40,7 @@ def no_training(monkeypatch):
     """The ingestion half only: the GPU hand-off returns a stub LoRA (training is tested elsewhere)."""
     import flows.train_lora as module
 
-    def fake_gpu_flow(request, clips, staging, validation_clips):
+    def fake_gpu_flow(plan, clips, staging):
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"stub")
         return {"files": {"lora.safetensors": str(staging / "lora.safetensors")}, "final_loss": 0.0, "steps": 0}
@@ -82,3 +90,22 @@ def test_failed_states_are_named_for_the_cause(tmp_path):
     state = train_lora(_request(tmp_path / "missing.zip", tmp_path), return_state=True)
     assert state.is_failed() and state.name == "DownloadFailed" and "missing.zip" in state.message
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_unavailable_model_ends_the_run_before_the_dataset_is_fetched(sample_zip, tmp_path, monkeypatch):
+    import time
+
+    import flows.train_lora as module
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("the dataset was fetched before the model source was checked")
+
+    monkeypatch.setattr(module.ingest, "fetch_training_data", no_fetch)
+    monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))   # nothing downloaded, no network
+    began = time.monotonic()
+    state = train_lora(_request(sample_zip, tmp_path, model="ltx-2.3"), return_state=True)
+    assert time.monotonic() - began < 30
+    assert state.is_failed() and state.name == "ModelUnavailable"
+    assert "diffusers/LTX-2.3-Diffusers" in state.message and "model_source" in state.message
+    assert not (tmp_path / "out" / "result.json").exists()   # nothing uploaded, billed 0

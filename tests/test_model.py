@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lib import latents as L
-from lib.model import (LTX23_FLAGS, MODULE_NAMES, build_tiny, config_hash, load_model, model_spec,
-                       save_pretrained, to_pipeline)
+from lib.errors import ModelUnavailable
+from lib.model import (LTX23_FLAGS, MODULE_NAMES, build_tiny, check_model_source, config_hash, load_model,
+                       model_spec, save_pretrained, to_pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_save_then_load_through_the_real_path(tiny, tmp_path, offline, monkeypat
         got = _forward(loaded, video, audio, prompts, t, t, t)
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
-    monkeypatch.setenv("AV2AV_LTX23_PATH", str(tmp_path))   # env var stands in for the hub id
+    monkeypatch.setenv("AV2AV_MODEL_SOURCE", str(tmp_path))   # a deployment's env var stands in for the hub id
     assert load_model("ltx-2.3", device="cpu").identity == loaded.identity
 
 
@@ -144,8 +145,10 @@ def test_loading_refuses_a_non_23_transformer(tiny, tmp_path, offline):
     save_pretrained(tiny, tmp_path)
     config_file = tmp_path / "transformer" / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "cross_attn_mod": False}))
-    with pytest.raises(ValueError, match="not an LTX-2.3"):
+    with pytest.raises(ModelUnavailable, match="not an LTX-2.3"):
         load_model("ltx-2.3", source=tmp_path, device="cpu")
+    with pytest.raises(ModelUnavailable, match="not an LTX-2.3"):
+        check_model_source("ltx-2.3", str(tmp_path))
 
 
 def test_log_mel_shape_and_values():

@@ -40,7 +40,8 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
         assert all(k.startswith("diffusion_model.") and ".lora_" in k for k in lora.keys())
     config = json.loads((out / "config.json").read_text())
     assert config["training_type"] == "av2av-masked" and config["trigger_phrase"] == "repl4ce"
-    assert config["reference_audio"]["placement"] == "before_target" and config["request"]["rank"] == 8
+    assert config["reference_audio_positions"] == "aligned" and config["request"]["rank"] == 8
+    assert config["reference_downscale_factor"] == 2 and config["lora_dtype"] == "bf16"
     with av.open(str(out / "validation.mp4")) as reel:
         assert reel.streams.video[0].width == 4 * 512 and len(reel.streams.audio) == 1
 

@@ -435,7 +435,7 @@ def test_train_lora_runs_on_both_pools(stack):
                    "reference_video_url": f"{stack.base_url}/val_reference.mp4"}]
     response = stack.create_flow_run(train["id"], {"request": _tiny_request(
         stack, "sample.zip", output, validation=validation, validation_number_of_frames=9,
-        validation_resolution="low", validation_aspect_ratio="16:9")})
+        validation_resolution="low", validation_aspect_ratio="16:9", validation_steps=4)})
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], TRAIN_RUN_S)
     print(f"\n[e2e] train-lora run {run['name']}: {run['state_type']} after {time.monotonic() - started:.1f}s")
@@ -472,7 +472,7 @@ def test_train_lora_runs_on_both_pools(stack):
     gpu_run = gpu_runs[0]
     assert gpu_run["work_pool_name"] == "gpu"
     assert gpu_run["parameters"]["output_dir"].startswith(stack.env["AV2AV_CACHE_DIR"])
-    assert len(gpu_run["parameters"]["clips"]) == 2 and len(gpu_run["parameters"]["validation_clips"]) == 1
+    assert len(gpu_run["parameters"]["clips"]) == 2 and len(gpu_run["parameters"]["plan"]["validation"]["clips"]) == 1
     assert gpu_run["infrastructure_pid"] and gpu_run["infrastructure_pid"] != run["infrastructure_pid"]
     assert gpu_run["parent_task_run_id"], "run_deployment inside a flow links the GPU run as a subflow"
     parent_task = stack.client.get(f"/task_runs/{gpu_run['parent_task_run_id']}").json()

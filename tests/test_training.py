@@ -6,7 +6,6 @@ Two synthetic triplets are conformed (17 frames, 512x288) and encoded once per s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -19,12 +18,12 @@ import torch
 from safetensors import safe_open
 
 from lib import latents as latents_module
-from lib.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, build_inputs, masked_loss, pack_audio,
-                              pack_video, predict)
+from lib.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, ConditioningSettings, build_inputs,
+                              masked_loss, pack_audio, pack_video, predict)
 from lib.encoding import encode_clip, latent_key
 from lib.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save_lora
 from lib.training import TrainSettings, train, training_step
-from lib.worker import TrainJob
+from lib.worker import TrainJob, tensors_digest
 from tests.training_fixtures import (CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
                                      single_thread, training_data)
 
@@ -89,12 +88,12 @@ def test_loss_gradient_is_zero_at_kept_and_reference_tokens(training_data):
         loss.backward()
         video_grad, audio_grad = recorder.video.grad[0], recorder.audio.grad[0]
         assert video_grad.shape[0] == 2 * video_tokens and audio_grad.shape[0] == 2 * audio_tokens
-        target_grad = video_grad[:video_tokens]
-        assert torch.count_nonzero(video_grad[video_tokens:]) == 0        # reference video
+        target_grad = video_grad[video_tokens:]                           # [reference | target]
+        assert torch.count_nonzero(video_grad[:video_tokens]) == 0        # reference video
         assert torch.count_nonzero(target_grad[~regenerated]) == 0        # kept target video
         assert (target_grad[regenerated].abs().sum(dim=1) > 0).all()      # every regenerated token
-        assert torch.count_nonzero(audio_grad[audio_tokens:]) == 0        # reference audio
-        assert (audio_grad[:audio_tokens].abs().sum(dim=1) > 0).all()     # every target audio token
+        assert torch.count_nonzero(audio_grad[:audio_tokens]) == 0        # reference audio
+        assert (audio_grad[audio_tokens:].abs().sum(dim=1) > 0).all()     # every target audio token
 
 
 def test_kept_region_targets_carry_no_loss(training_data):
@@ -168,24 +167,26 @@ def test_model_inputs_layout(training_data):
     assert torch.equal(clean, LTX2Pipeline._pack_latents(example.target_video[None])[0])
     assert torch.equal(clean_audio, LTX2Pipeline._pack_audio_latents(example.target_audio[None])[0])
 
-    # video: [target | reference]; kept tokens clean at timestep 0, regenerated noised at sigma
+    # video: [reference | target], as ltx-trainer's flexible strategy; kept target tokens clean at
+    # timestep 0, regenerated ones noised at sigma
     hidden, timestep = kwargs["hidden_states"][0], kwargs["timestep"][0]
+    target, target_t = hidden[nv:], timestep[nv:]
     assert hidden.shape == (2 * nv, clean.shape[1]) and timestep.shape == (2 * nv,)
-    assert torch.equal(hidden[:nv][~regenerated], clean[~regenerated])
-    assert torch.count_nonzero(timestep[:nv][~regenerated]) == 0
+    assert torch.equal(hidden[:nv], reference) and torch.count_nonzero(timestep[:nv]) == 0
+    assert torch.equal(target[~regenerated], clean[~regenerated])
+    assert torch.count_nonzero(target_t[~regenerated]) == 0
     noised = (1 - video_sigma) * clean + video_sigma * video_noise
-    assert torch.equal(hidden[:nv][regenerated], noised[regenerated])
-    assert torch.allclose(timestep[:nv][regenerated], video_sigma * TIMESTEP_SCALE)
-    assert torch.equal(hidden[nv:], reference) and torch.count_nonzero(timestep[nv:]) == 0
+    assert torch.equal(target[regenerated], noised[regenerated])
+    assert torch.allclose(target_t[regenerated], video_sigma * TIMESTEP_SCALE)
     assert torch.allclose(kwargs["sigma"], (video_sigma * TIMESTEP_SCALE).reshape(1))
     assert torch.allclose(kwargs["audio_sigma"], (audio_sigma * TIMESTEP_SCALE).reshape(1))
     assert kwargs["use_cross_timestep"] is True
 
-    # audio: [target noised at its own sigma | reference clean at timestep 0]
+    # audio: [reference clean at timestep 0 | target noised at its own sigma]
     audio_hidden, audio_t = kwargs["audio_hidden_states"][0], kwargs["audio_timestep"][0]
-    assert torch.equal(audio_hidden[:na], (1 - audio_sigma) * clean_audio + audio_sigma * audio_noise)
-    assert torch.allclose(audio_t[:na], audio_sigma * TIMESTEP_SCALE)
-    assert torch.equal(audio_hidden[na:], reference_audio) and torch.count_nonzero(audio_t[na:]) == 0
+    assert torch.equal(audio_hidden[na:], (1 - audio_sigma) * clean_audio + audio_sigma * audio_noise)
+    assert torch.allclose(audio_t[na:], audio_sigma * TIMESTEP_SCALE)
+    assert torch.equal(audio_hidden[:na], reference_audio) and torch.count_nonzero(audio_t[:na]) == 0
 
     # velocity targets
     assert torch.equal(inputs.video_velocity, video_noise - clean)
@@ -194,21 +195,43 @@ def test_model_inputs_layout(training_data):
     # coordinates: reference video at the target's positions, in the rope's frame-major order
     video_coords = kwargs["video_coords"]
     assert video_coords.shape == (1, 3, 2 * nv, 2)
-    assert torch.equal(video_coords[:, :, nv:], video_coords[:, :, :nv])
+    assert torch.equal(video_coords[:, :, :nv], video_coords[:, :, nv:])
     expected = base.rope.prepare_video_coords(1, frames, height, width, CPU, fps=example.frame_rate)
-    assert torch.equal(video_coords[:, :, :nv], expected)
+    assert torch.equal(video_coords[:, :, nv:], expected)
     f, h, w = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
-    assert torch.equal(video_coords[0, 1, :nv, 0], 32.0 * h.reshape(-1))
-    assert torch.equal(video_coords[0, 2, :nv, 0], 32.0 * w.reshape(-1))
-    assert (video_coords[0, 0, :nv, 0].diff() >= 0).all()  # time never decreases along the tokens
-    # reference audio strictly before the target, ending GAP seconds before 0
+    assert torch.equal(video_coords[0, 1, nv:, 0], 32.0 * h.reshape(-1))
+    assert torch.equal(video_coords[0, 2, nv:, 0], 32.0 * w.reshape(-1))
+    assert (video_coords[0, 0, nv:, 0].diff() >= 0).all()  # time never decreases along the tokens
+    # default "aligned": the reference audio takes the target's own time positions
     audio_coords = kwargs["audio_coords"][0, 0]
     assert audio_coords.shape == (2 * na, 2)
-    assert torch.equal(audio_coords[:na], base.audio_rope.prepare_audio_coords(1, na, CPU)[0, 0])
-    assert audio_coords[:na].min() == 0
-    assert (audio_coords[na:] < 0).all()
-    assert audio_coords[na:, 1].max().item() == pytest.approx(-REFERENCE_AUDIO_GAP_S, abs=1e-6)
-    assert torch.allclose(audio_coords[na:].diff(dim=0), audio_coords[:na].diff(dim=0))  # same spacing
+    target_audio_coords = base.audio_rope.prepare_audio_coords(1, na, CPU)[0, 0]
+    assert torch.equal(audio_coords[na:], target_audio_coords) and torch.equal(audio_coords[:na], target_audio_coords)
+
+    # "before": strictly before the target, ending GAP seconds before 0, same spacing
+    before = build_inputs(base, example, *draw, conditioning=ConditioningSettings("before")).kwargs["audio_coords"][0, 0]
+    assert torch.equal(before[na:], target_audio_coords)
+    assert (before[:na] < 0).all()
+    assert before[:na, 1].max().item() == pytest.approx(-REFERENCE_AUDIO_GAP_S, abs=1e-6)
+    assert torch.allclose(before[:na].diff(dim=0), before[na:].diff(dim=0))
+
+
+def test_half_resolution_reference_covers_the_target_frame(training_data):
+    from tests.training_fixtures import synthetic_example
+
+    base = training_data.components.transformer
+    full = synthetic_example(training_data.components, frames=3, height=8, width=8)
+    half = synthetic_example(training_data.components, frames=3, height=8, width=8, reference_scale=2)
+    tokens = {}
+    for name, example in (("full", full), ("half", half)):
+        draw = fixed_draw(example)
+        inputs = build_inputs(base, example, *draw)
+        tokens[name] = inputs.kwargs["hidden_states"].shape[1] - inputs.video_tokens
+        coords = inputs.kwargs["video_coords"][0]
+        reference, target = coords[:, : tokens[name]], coords[:, tokens[name]:]
+        assert reference[1:].max() == target[1:].max() and reference[1:].min() == target[1:].min()
+        assert torch.equal(reference[0].unique(), target[0].unique())   # same frames in time
+    assert tokens["half"] * 4 == tokens["full"] == 3 * 8 * 8
 
 
 # --- 3. reproducibility ---------------------------------------------------------------------
@@ -239,7 +262,8 @@ def test_lora_file_loads_into_diffusers_pipeline(training_data, tmp_path):
 
     rank = 8
     transformer, _ = _train(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))
-    path = save_lora(transformer, tmp_path / "lora.safetensors", rank, {"base_model": "tiny", "trigger_phrase": "x"})
+    path = save_lora(transformer, tmp_path / "lora.safetensors", rank, {"base_model": "tiny", "trigger_phrase": "x"},
+                     dtype=torch.float32)
 
     tensors, info = read_lora(path)
     targeted = _targeted_linear_names(training_data.components.transformer)
@@ -295,8 +319,14 @@ def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
 def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
     steps = 5
     output = tmp_path / "out"
-    job = TrainJob(model="tiny", latents=[ref.path for ref in training_data.latents], output_dir=str(output),
-                   settings=dict(rank=8, steps=steps, learning_rate=5e-3, seed=0))
+    from lib.config import TrainRequest
+    from lib.plan import plan_run
+
+    request = TrainRequest(training_data_url="unused.zip", model="tiny", rank=8, number_of_steps=100,
+                           learning_rate=5e-3)
+    plan = plan_run(request)
+    plan = plan.model_copy(update={"train": dataclasses.replace(plan.train, steps=steps, warmup_steps=0)})
+    job = TrainJob(plan=plan, latents=[ref.path for ref in training_data.latents], output_dir=str(output))
     job_file = tmp_path / "job.json"
     job_file.write_text(job.model_dump_json())
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT)}
@@ -308,11 +338,8 @@ def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
     digests = [(output / f"lora-digest-rank{rank}.txt").read_text() for rank in (0, 1)]
     assert digests[0] == digests[1]
     tensors, _ = read_lora(output / "lora.safetensors")
-    saved = hashlib.sha256()
-    for key, tensor in sorted(tensors.items()):
-        saved.update(key.encode())
-        saved.update(tensor.numpy().tobytes())
-    assert saved.hexdigest() == digests[0]   # the file is what both ranks hold
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}   # the default lora_dtype
+    assert tensors_digest(tensors) == digests[0]   # the file is what both ranks hold
     assert len(json.loads((output / "losses.json").read_text())) == steps
 
 
@@ -353,6 +380,7 @@ def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data,
 
     from flows.train_lora_gpu import train_lora_gpu
     from lib.config import TrainRequest
+    from lib.plan import plan_run
 
     monkeypatch.setenv("AV2AV_CACHE_DIR", str(training_data.cache_root))  # where the latents already are
     _refuse_encoding(monkeypatch)
@@ -360,8 +388,9 @@ def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data,
     def train_with_rank(rank: int) -> dict[str, str]:
         request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17,
                                resolution="low", aspect_ratio="16:9", rank=rank, number_of_steps=100,
-                               output_url=str(tmp_path / f"rank{rank}"))
-        state = train_lora_gpu(request, training_data.clips, str(tmp_path / f"rank{rank}"), return_state=True)
+                               output_url=str(tmp_path / f"rank{rank}"), reference_downscale=1)
+        state = train_lora_gpu(plan_run(request), training_data.clips, str(tmp_path / f"rank{rank}"),
+                               return_state=True)
         assert state.is_completed(), state.message
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(

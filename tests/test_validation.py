@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import binary_dilation
 
 from lib.config import TrainRequest, ValidationSample
-from lib.conform import ConformSettings
+from lib.plan import validation_conform_settings
 from lib.encoding import encode_clip, load_example
 from lib.latents import encode_prompts
 from lib.model import build_tiny
@@ -33,7 +33,7 @@ def prepared(tmp_path_factory):
                   mask_url=str(make_box_mask(folder / "mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
                   reference_video_url=str(make_clip(folder / "reference.mp4", 0.5, seed=2)))
     request = _request(folder, **fields)
-    clip = prepare_samples(request.validation, ConformSettings.for_validation(request), folder)[0]
+    clip = prepare_samples(request.validation, validation_conform_settings(request), folder)[0]
     components = build_tiny()
     latents = encode_clip(components, clip, folder)
     negative = encode_prompts(components, [request.validation_negative_prompt])
@@ -78,7 +78,8 @@ def test_stg_changes_the_output_and_zero_skips_the_extra_pass(prepared):
         finally:
             restore()
         perturbed = [c for c in calls if c]
-        assert len(calls) == 3 * (3 if stg else 2) and len(perturbed) == (3 if stg else 0)
+        # cond, uncond, modality isolation (+ STG) per step; tests/test_recipe.py covers the rest
+        assert len(calls) == 3 * (4 if stg else 3) and len(perturbed) == (3 if stg else 0)
     assert not np.allclose(outputs[0.0][0].numpy(), outputs[1.0][0].numpy())
     again = sample(transformer, components.scheduler, example, prepared["negative"], SamplerSettings(steps=3))
     assert np.array_equal(again[0].numpy(), outputs[1.0][0].numpy()), "seeded: same settings, same output"
@@ -104,7 +105,7 @@ def test_silent_reference_without_reference_audio_is_a_422(tmp_path, media):
                        mask_url=str(media / "masks" / "runningcar_mask_square_432x240.png"),
                        reference_video_url=str(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4"))
     with pytest.raises(InvalidValidationSample, match="422.*silent_audio"):
-        prepare_samples(request.validation, ConformSettings.for_validation(request), tmp_path)
+        prepare_samples(request.validation, validation_conform_settings(request), tmp_path)
 
 
 def test_separate_reference_audio_rescues_a_silent_reference(tmp_path, media):
@@ -112,7 +113,7 @@ def test_separate_reference_audio_rescues_a_silent_reference(tmp_path, media):
                        mask_url=str(media / "masks" / "runningcar_mask_square_432x240.png"),
                        reference_video_url=str(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4"),
                        reference_audio_url=str(media / "h264_mp3_640x360_25fps_9.6s_chaplin.mp4"))
-    clip = prepare_samples(request.validation, ConformSettings.for_validation(request), tmp_path)[0]
+    clip = prepare_samples(request.validation, validation_conform_settings(request), tmp_path)[0]
     from safetensors.numpy import load_file
 
     assert np.abs(load_file(clip.path)["reference_audio"]).max() > 0.1
@@ -122,4 +123,4 @@ def test_unreachable_url_is_a_422(tmp_path):
     request = _request(tmp_path, prompt="p", video_url=str(tmp_path / "missing.mp4"), mask_url="m.png",
                        reference_video_url="r.mp4")
     with pytest.raises(InvalidValidationSample, match="missing.mp4"):
-        prepare_samples(request.validation, ConformSettings.for_validation(request), tmp_path)
+        prepare_samples(request.validation, validation_conform_settings(request), tmp_path)

@@ -107,3 +107,27 @@ def evaluation_loss(transformer, examples: list[Example], draws: int = 16, seed:
         losses = [training_step(transformer, transformer, examples, generator, CPU)[0].item()
                   for _ in range(draws)]
     return sum(losses) / len(losses)
+
+
+def synthetic_example(components: Components, frames: int = 2, height: int = 2, width: int = 3,
+                      audio_latents: int = 5, seed: int = 0, reference_scale: int = 1) -> Example:
+    """A random-latent example with the preset's shapes (no encoding), for forward-pass checks."""
+    from lib.model import model_spec
+
+    spec = model_spec(components)
+    generator = torch.Generator().manual_seed(seed)
+    video_shape = (spec["video_latent_channels"], frames, height, width)
+    reference_shape = (spec["video_latent_channels"], frames, height // reference_scale, width // reference_scale)
+    audio_shape = (spec["audio_latent_channels"], audio_latents, spec["audio_latent_mel_bins"])
+    length, width_text = spec["max_sequence_length"], components.transformer.config.cross_attention_dim
+    mask = torch.zeros(frames, height, width, dtype=torch.bool)
+    mask[:, : max(1, height // 2)] = True
+    return Example(target_video=torch.randn(video_shape, generator=generator),
+                   reference_video=torch.randn(reference_shape, generator=generator),
+                   target_audio=torch.randn(audio_shape, generator=generator),
+                   reference_audio=torch.randn(audio_shape, generator=generator), video_mask=mask,
+                   text={"encoder_hidden_states": torch.randn(1, length, width_text, generator=generator),
+                         "audio_encoder_hidden_states": torch.randn(
+                             1, length, components.transformer.config.audio_cross_attention_dim, generator=generator),
+                         "encoder_attention_mask": torch.ones(1, length, dtype=torch.int64)},
+                   frame_rate=24.0)

@@ -1,93 +1,23 @@
-"""LTX-2.3 components: the only module that builds or loads them (tests/test_layering.py checks).
-
-Two presets share every class and code path: `ltx-2.3` loads a diffusers-format folder or hub id,
-`tiny` builds the same classes with random weights small enough for CPU tests. Everything else
-in lib/ takes a `Components` and reads the numbers it needs from `model_spec`.
-Verified facts behind the tiny configs: shared/notes/ltx23-diffusers-facts.md.
-"""
+"""The loaded model as one value (`Components`), the tiny preset, and what the rest of lib/ may
+ask of a model (`model_spec`, `to_pipeline`, the cache identity) without touching its classes."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-PRESETS = ("tiny", "ltx-2.3")
-DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
-SOURCE_ENV = "AV2AV_LTX23_PATH"
-MAX_SEQUENCE_LENGTH = 1024          # LTX2Pipeline's default prompt length
-TINY_MAX_SEQUENCE_LENGTH = 32       # a multiple of the tiny connectors' 8 registers; keeps tests cheap
-MODULE_NAMES = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
-# What makes a transformer 2.3 rather than 2.0 (facts note); checked when loading a folder.
-LTX23_FLAGS = dict(gated_attn=True, audio_gated_attn=True, cross_attn_mod=True, audio_cross_attn_mod=True,
-                   use_prompt_embeddings=False, perturbed_attn=True, rope_type="split")
+from lib.model.configs import (TINY_AUDIO_VAE, TINY_CONNECTORS, TINY_GEMMA_TEXT, TINY_GEMMA_VISION,
+                               TINY_MAX_SEQUENCE_LENGTH, TINY_SCHEDULER, TINY_SPECIALS, TINY_TRANSFORMER, TINY_VAE,
+                               TINY_VOCODER)
 
-# --- tiny configs: the facts note's, which satisfy its shape rules (widths, registers, BWE) ---
-TINY_TRANSFORMER = dict(
-    in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-    num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-    vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20, base_height=2048, base_width=2048,
-    audio_in_channels=16, audio_out_channels=16, audio_patch_size=1, audio_patch_size_t=1,
-    audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16,
-    audio_scale_factor=4, audio_pos_embed_max_pos=20, audio_sampling_rate=16000, audio_hop_length=160,
-    num_layers=2, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
-    norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=32, attention_bias=True,
-    attention_out_bias=True, rope_theta=10000.0, rope_double_precision=True, causal_offset=1,
-    timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000, **LTX23_FLAGS)
-TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 16, 32, 32),
-    down_block_types=("LTX2VideoDownBlock3D",) * 4, decoder_block_out_channels=(8, 16, 16, 32),
-    layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
-    spatio_temporal_scaling=(True,) * 4, decoder_spatio_temporal_scaling=(True,) * 4,
-    decoder_inject_noise=(False,) * 5,
-    downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-    upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
-    upsample_residual=(False,) * 4, upsample_factor=(2, 2, 1, 2), timestep_conditioning=False,
-    patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6, encoder_causal=True, decoder_causal=False,
-    encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="zeros",
-    # Must be explicit: the class would derive 64/16 from the scaling flags (facts note, gotcha 1).
-    spatial_compression_ratio=32, temporal_compression_ratio=8)
-TINY_AUDIO_VAE = dict(
-    base_channels=16, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=None,
-    in_channels=2, resolution=256, latent_channels=4, norm_type="pixel", causality_axis="height",
-    dropout=0.0, mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True,
-    mel_bins=16, double_z=True)
-TINY_VOCODER = dict(
-    in_channels=32, hidden_channels=64, out_channels=2, upsample_kernel_sizes=[11, 4, 4, 4, 4, 4],
-    upsample_factors=[5, 2, 2, 2, 2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1]],
-    act_fn="snakebeta", antialias=True, antialias_ratio=2, antialias_kernel_size=12, final_act_fn=None,
-    final_bias=False, bwe_in_channels=32, bwe_hidden_channels=32, bwe_out_channels=2,
-    bwe_upsample_kernel_sizes=[12, 11, 4, 4, 4], bwe_upsample_factors=[6, 5, 2, 2, 2],
-    bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1]], bwe_act_fn="snakebeta", bwe_antialias=True,
-    bwe_final_act_fn=None, bwe_final_bias=False, filter_length=512, hop_length=80, window_length=512,
-    num_mel_channels=16, input_sampling_rate=16000, output_sampling_rate=48000)
-TINY_CONNECTORS = dict(
-    caption_channels=32, text_proj_in_factor=3,   # Gemma hidden_size, num_hidden_layers + 1
-    video_connector_num_attention_heads=2, video_connector_attention_head_dim=8,
-    video_connector_num_layers=1, video_connector_num_learnable_registers=8, video_gated_attn=True,
-    audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=8,
-    audio_connector_num_layers=1, audio_connector_num_learnable_registers=8, audio_gated_attn=True,
-    connector_rope_base_seq_len=4096, rope_theta=10000.0, rope_double_precision=True,
-    causal_temporal_positioning=False, rope_type="split", per_modality_projections=True,
-    video_hidden_dim=16, audio_hidden_dim=16, proj_bias=True)
-TINY_SCHEDULER = dict(
-    num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
-    base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1, time_shift_type="exponential")
-TINY_GEMMA_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
-                       pad_token_id=0)
-# Gemma3ForConditionalGeneration insists on a vision tower even for text (gotcha 12).
-TINY_GEMMA_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         image_size=28, patch_size=14)
-TINY_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
-                 "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+MAX_SEQUENCE_LENGTH = 1024          # LTX2Pipeline's default prompt length
+MODULE_NAMES = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
 
 
 @dataclass
@@ -166,49 +96,9 @@ def _randomize_latent_stats(vae, audio_vae) -> None:
         module.latents_std.copy_(0.75 + 0.5 * torch.rand(size))
 
 
-def load_pretrained(source: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.bfloat16) -> Components:
-    """Load a diffusers-format LTX-2.3 folder or hub id: the path the real weights take."""
-    from diffusers import LTX2Pipeline, LTX2VideoTransformer3DModel
-
-    source = str(Path(source).resolve()) if Path(source).is_dir() else str(source)
-    # Read the small config first: a 2.0 checkpoint should fail before tens of GB are loaded.
-    _check_is_23(LTX2VideoTransformer3DModel.load_config(source, subfolder="transformer"), source)
-    pipe = LTX2Pipeline.from_pretrained(source, dtype=dtype)
-    parts = {name: getattr(pipe, name) for name in (*MODULE_NAMES, "tokenizer", "scheduler")}
-    for name in MODULE_NAMES:
-        parts[name].to(device=device).eval()
-    return _with_identity(parts, "ltx-2.3", source, torch.device(device), dtype)
-
-
-def _check_is_23(config, source: str) -> None:
-    # A 2.0 checkpoint loads into the same classes but trains and samples differently.
-    wrong = {k: config.get(k) for k, v in LTX23_FLAGS.items() if config.get(k) != v}
-    if wrong:
-        raise ValueError(f"{source} is not an LTX-2.3 transformer; these flags differ: {wrong}")
-
-
 def save_pretrained(components: Components, folder: str | Path) -> None:
     """Write the diffusers folder layout (model_index.json + one folder per component)."""
     to_pipeline(components).save_pretrained(str(folder))
-
-
-def load_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-               source: str | Path | None = None) -> Components:
-    """Preset name -> components on `device` (cuda if there is one) in `dtype` (bf16 on cuda, else fp32)."""
-    if model not in PRESETS:
-        raise ValueError(f"unknown model {model!r}; choose one of {PRESETS}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if model == "ltx-2.3":
-        return load_pretrained(source or os.environ.get(SOURCE_ENV) or DEFAULT_LTX23_SOURCE, device, dtype)
-    tiny = build_tiny()
-    if (device, dtype) == (tiny.device, tiny.dtype):
-        return tiny
-    for name in MODULE_NAMES:
-        getattr(tiny, name).to(device=device, dtype=dtype)
-    identity = _identity("tiny", tiny.identity.split("|")[1], dtype, config_hash(tiny))
-    return dataclasses.replace(tiny, device=device, dtype=dtype, identity=identity)
 
 
 def to_pipeline(components: Components):

@@ -1,0 +1,16 @@
+"""LTX-2.3: the only package that builds or loads its parts (tests/test_layering.py checks).
+
+Two presets share every class and code path: `ltx-2.3` loads a diffusers folder or hub id, or
+Lightricks' single-file checkpoint; `tiny` builds the same classes with random weights small
+enough for CPU tests. Everything else in lib/ takes a `Components` and reads the numbers it needs
+from `model_spec`.
+"""
+from lib.model.components import (MODULE_NAMES, Components, build_tiny, config_hash, model_spec, save_pretrained,
+                                  to_pipeline)
+from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
+from lib.model.loading import (DEFAULT_LTX23_SOURCE, PRESETS, SOURCE_ENV, TEXT_ENCODER_ENV, check_model_source,
+                               load_model, load_pretrained, load_single_file, save_single_file)
+
+__all__ = ["MODULE_NAMES", "Components", "build_tiny", "config_hash", "model_spec", "save_pretrained", "to_pipeline",
+           "LTX23_CONFIG_DIR", "LTX23_FLAGS", "DEFAULT_LTX23_SOURCE", "PRESETS", "SOURCE_ENV", "TEXT_ENCODER_ENV",
+           "check_model_source", "load_model", "load_pretrained", "load_single_file", "save_single_file"]

@@ -1,0 +1,221 @@
+"""Where the LTX-2.3 weights come from, and loading them: a diffusers folder or hub id, or
+Lightricks' single-file checkpoint plus a Gemma 3 folder. `check_model_source` answers cheaply,
+before any dataset work, whether a run's weights can be found at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lib import precision
+from lib.errors import ModelUnavailable
+from lib.model.components import MODULE_NAMES, Components, _identity, _with_identity, build_tiny, config_hash
+from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
+from lib.model.single_file import split_checkpoint, to_diffusers_key, to_lightricks_key
+
+PRESETS = ("tiny", "ltx-2.3")
+DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
+DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it"
+SOURCE_ENV = "AV2AV_MODEL_SOURCE"
+TEXT_ENCODER_ENV = "AV2AV_TEXT_ENCODER_SOURCE"
+HUB_TIMEOUT_S = 10
+CONFIGS_METADATA_KEY = "av2av_diffusers_configs"
+HOW_TO_POINT = ("Set the request's model_source (or $AV2AV_MODEL_SOURCE on the GPU worker) to a diffusers "
+                "folder, a hub id, or Lightricks' single-file .safetensors (with text_encoder_source or "
+                "$AV2AV_TEXT_ENCODER_SOURCE naming a Gemma 3 folder).")
+
+
+def resolve_sources(source: str | None, text_encoder_source: str | None) -> tuple[str, str]:
+    return (str(source or os.environ.get(SOURCE_ENV) or DEFAULT_LTX23_SOURCE),
+            str(text_encoder_source or os.environ.get(TEXT_ENCODER_ENV) or DEFAULT_TEXT_ENCODER_SOURCE))
+
+
+def is_single_file(source: str) -> bool:
+    return source.endswith(".safetensors")
+
+
+def check_model_source(model: str, source: str | None = None, text_encoder_source: str | None = None) -> str:
+    """Refuse at once (ModelUnavailable) weights that cannot be found; returns the source checked.
+
+    Reads configs and headers only: a local folder's 2.3 flags, a single file's key list, or the
+    hub's answer (with a time-out), so a wrong source costs seconds, not a dataset's preparation.
+    """
+    if model == "tiny":
+        return "tiny"
+    if model not in PRESETS:
+        raise ModelUnavailable(f"model: unknown model {model!r}; choose one of {PRESETS}.")
+    source, text_encoder = resolve_sources(source, text_encoder_source)
+    if is_single_file(source):
+        _check_single_file(source)
+        _check_folder_or_hub(text_encoder, "config.json", "text encoder (Gemma 3)")
+    elif Path(source).is_dir():
+        _check_is_23(_load_transformer_config(source), source)
+    else:
+        _check_folder_or_hub(source, "model_index.json", "LTX-2.3 weights")
+    return source
+
+
+def _load_transformer_config(source: str) -> dict:
+    from diffusers import LTX2VideoTransformer3DModel
+
+    try:
+        return LTX2VideoTransformer3DModel.load_config(source, subfolder="transformer")
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(f"model_source: {source} is not a diffusers LTX-2.3 folder "
+                               f"({type(error).__name__}: {error}). {HOW_TO_POINT}") from error
+
+
+def _check_is_23(config, source: str) -> None:
+    # A 2.0 checkpoint loads into the same classes but trains and samples differently.
+    wrong = {k: config.get(k) for k, v in LTX23_FLAGS.items() if config.get(k) != v}
+    if wrong:
+        raise ModelUnavailable(f"model_source: {source} is not an LTX-2.3 transformer; these flags differ: "
+                               f"{wrong}. {HOW_TO_POINT}")
+
+
+def _check_single_file(path: str) -> None:
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise ModelUnavailable(f"model_source: no file at {path}. {HOW_TO_POINT}")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            parts = split_checkpoint(handle.keys())
+    except Exception as error:   # safetensors raises its own error types for a bad header
+        raise ModelUnavailable(f"model_source: {path} is not a readable .safetensors checkpoint "
+                               f"({type(error).__name__}: {error}). {HOW_TO_POINT}") from error
+    missing = [name for name in ("transformer", "connectors", "vae", "audio_vae", "vocoder") if not parts[name]]
+    if missing:
+        raise ModelUnavailable(f"model_source: {path} holds no weights for {', '.join(missing)}; expected "
+                               f"Lightricks' LTX-2.3 single-file layout. {HOW_TO_POINT}")
+
+
+def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
+    if Path(source).is_dir():
+        if not (Path(source) / marker).is_file():
+            raise ModelUnavailable(f"{what}: {source} has no {marker}. {HOW_TO_POINT}")
+        return
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, marker), str):
+        return   # already downloaded: the run needs no network
+    try:
+        HfApi().model_info(source, timeout=HUB_TIMEOUT_S)
+    except Exception as error:   # DNS, time-out, 401/404: all mean "not reachable from here"
+        raise ModelUnavailable(f"{what}: {source} is neither a local folder nor in the Hugging Face cache, and "
+                               f"the hub did not answer ({type(error).__name__}: {str(error)[:200]}). "
+                               f"{HOW_TO_POINT}") from error
+
+
+def load_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               source: str | Path | None = None, text_encoder_source: str | None = None) -> Components:
+    """Preset name -> components on `device` (cuda if there is one) in `dtype` (precision.compute_dtype)."""
+    if model not in PRESETS:
+        raise ValueError(f"unknown model {model!r}; choose one of {PRESETS}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or precision.compute_dtype(device)
+    if model == "ltx-2.3":
+        source, text_encoder = resolve_sources(source, text_encoder_source)
+        if is_single_file(source):
+            return load_single_file(source, text_encoder, device, dtype)
+        return load_pretrained(source, device, dtype)
+    tiny = build_tiny()
+    if (device, dtype) == (tiny.device, tiny.dtype):
+        return tiny
+    for name in MODULE_NAMES:
+        getattr(tiny, name).to(device=device, dtype=dtype)
+    identity = _identity("tiny", tiny.identity.split("|")[1], dtype, config_hash(tiny))
+    return dataclasses.replace(tiny, device=device, dtype=dtype, identity=identity)
+
+
+def load_pretrained(source: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.bfloat16) -> Components:
+    """Load a diffusers-format LTX-2.3 folder or hub id."""
+    from diffusers import LTX2Pipeline
+
+    source = str(Path(source).resolve()) if Path(source).is_dir() else str(source)
+    # Read the small config first: a 2.0 checkpoint should fail before tens of GB are loaded.
+    _check_is_23(_load_transformer_config(source), source)
+    pipe = LTX2Pipeline.from_pretrained(source, dtype=dtype)
+    parts = {name: getattr(pipe, name) for name in (*MODULE_NAMES, "tokenizer", "scheduler")}
+    for name in MODULE_NAMES:
+        parts[name].to(device=device).eval()
+    return _with_identity(parts, "ltx-2.3", source, torch.device(device), dtype)
+
+
+def _classes() -> dict:
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
+
+    return {"transformer": LTX2VideoTransformer3DModel, "connectors": LTX2TextConnectors,
+            "vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
+
+
+def load_single_file(path: str, text_encoder_source: str, device: torch.device, dtype: torch.dtype) -> Components:
+    """Lightricks' one-file 2.3 checkpoint + a Gemma 3 folder -> components, each loaded strictly.
+
+    Tensors are read one by one straight onto `device` in `dtype` into modules built on the meta
+    device, so host memory never holds a second copy of the 19 B transformer.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from safetensors import safe_open
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+    _check_single_file(path)
+    parts = {}
+    with safe_open(path, framework="pt", device=str(device)) as handle:
+        keys = split_checkpoint(handle.keys())
+        configs = _configs(handle.metadata() or {})
+        for name, cls in _classes().items():
+            with init_empty_weights():
+                module = cls.from_config(configs[name])
+            renamed = ((to_diffusers_key(name, key), key) for key in keys[name])
+            # On CPU, get_tensor returns views into the mapped file at arbitrary offsets; owned
+            # (aligned) copies compute bit-identically to a diffusers-folder load.
+            state = {new: handle.get_tensor(key).to(dtype=dtype, copy=device.type == "cpu")
+                     for new, key in renamed if new is not None}
+            _load_strict(module, state, name, path)
+            parts[name] = module.eval()
+    parts["text_encoder"] = Gemma3ForConditionalGeneration.from_pretrained(text_encoder_source, dtype=dtype)
+    parts["text_encoder"].to(device).eval()
+    parts["tokenizer"] = AutoTokenizer.from_pretrained(text_encoder_source)
+    parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(str(LTX23_CONFIG_DIR / "scheduler"))
+    return _with_identity(parts, "ltx-2.3", f"{Path(path).resolve()}+{text_encoder_source}", device, dtype)
+
+
+def _configs(metadata: dict) -> dict[str, dict]:
+    """Component configs: the real 2.3 ones shipped here, unless the file names its own (files
+    written by `save_single_file` do, so other architectures such as the tiny preset round-trip)."""
+    if CONFIGS_METADATA_KEY in metadata:
+        return json.loads(metadata[CONFIGS_METADATA_KEY])
+    return {name: cls.load_config(str(LTX23_CONFIG_DIR / name)) for name, cls in _classes().items()}
+
+
+def _load_strict(module, state: dict, name: str, path: str) -> None:
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelUnavailable(f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
+                               f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).")
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def save_single_file(components: Components, path: str | Path) -> Path:
+    """Write the transformer, connectors, VAEs and vocoder in Lightricks' single-file layout."""
+    from safetensors.torch import save_file
+
+    tensors, configs = {}, {}
+    for name in _classes():
+        module = getattr(components, name)
+        configs[name] = dict(module.config)
+        for key, tensor in module.state_dict().items():
+            tensors[to_lightricks_key(name, key)] = tensor.detach().cpu().contiguous()
+    metadata = {"format": "pt", CONFIGS_METADATA_KEY: json.dumps(configs, default=list)}
+    save_file(tensors, str(path), metadata=metadata)
+    return Path(path)
