@@ -32,6 +32,7 @@ test: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/check_startup.py
 
 # --- Prefect server, pools, deployments, workers (see README "Running with a Prefect server") ---
 PREFECT := $(BIN)/prefect

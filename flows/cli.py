@@ -2,10 +2,14 @@
 
     av2av check <zip or URL> [--frames N --fps F --resolution R --aspect-ratio A
                  --auto-scale-input --debug-dataset OUT.zip --report report.json]
+    av2av train --config request.json
+    av2av sample DIR
 
-Flags take their help, defaults and choices from the request model (lib/config.py).
-Exit status: 0 at least one triplet qualifies, 2 none does / the request is invalid / the model's
-weights cannot be found, 1 download error.
+Flags take their help, defaults and choices from the request model (lib/config.py). `check` runs
+the dataset steps without Prefect (no server, no model libraries), so it starts in about a second.
+Expected refusals print one line per problem, never a traceback. Exit status: 0 success; 2 the
+request, the dataset or the model's weights are unusable (nothing qualifies, a bad parameter,
+ModelUnavailable); 1 a download or upload failed, or anything else went wrong.
 """
 from __future__ import annotations
 
@@ -19,8 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.config import TrainRequest
-from lib.errors import ArchiveError, Av2AvError, DownloadError, InvalidDataset, ModelUnavailable
-from lib.report import render_text
+from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
 
 CHECK_FLAGS = {  # flag -> request field
     "--frames": "number_of_frames",
@@ -35,7 +38,8 @@ EXIT_OK, EXIT_DOWNLOAD, EXIT_INVALID = 0, 1, 2
 
 def _add_field_flag(parser: argparse.ArgumentParser, flag: str, field_name: str) -> None:
     info = TrainRequest.model_fields[field_name]
-    help_text = f"{info.description} (default: {info.default})"
+    # argparse %-formats help strings: a literal % (e.g. "frames % 8") must be doubled
+    help_text = f"{info.description} (default: {info.default})".replace("%", "%%")
     if info.annotation is bool:
         parser.add_argument(flag, dest=field_name, action="store_true", default=None, help=help_text)
         return
@@ -72,43 +76,45 @@ def _explain(error: ValidationError) -> str:
                      for e in error.errors())
 
 
-def _run_flow(run) -> int:
-    """Run a flow; turn our errors into the exit codes and messages users act on."""
-    try:
-        result = run()
-    except InvalidDataset as error:
-        if error.report:
-            print(render_text(error.report))
-        print(error.message, file=sys.stderr)
-        return EXIT_INVALID
-    except ArchiveError as error:  # defensive: archive errors normally arrive as InvalidDataset
-        print(f"Invalid dataset (422): {error.code}: {error.message}", file=sys.stderr)
-        return EXIT_INVALID
-    except ModelUnavailable as error:
-        print(f"Model unavailable: {error.message}", file=sys.stderr)
-        return EXIT_INVALID
-    except DownloadError as error:  # uploads too (UploadError): the message says which
-        print(error.message if "upload" in error.code else f"Download failed: {error.message}", file=sys.stderr)
-        return EXIT_DOWNLOAD
-    except Av2AvError as error:
-        print(f"Failed: {error.message}", file=sys.stderr)
-        return EXIT_DOWNLOAD
-    return result
+def _refusal(error: BaseException) -> tuple[int, str] | None:
+    """An expected refusal -> (exit status, the one line to print); None for a real bug."""
+    from lib.upload import UploadError
+
+    if isinstance(error, InvalidDataset):
+        return EXIT_INVALID, error.message
+    if isinstance(error, (InvalidRequest, ModelUnavailable)):
+        label = "Model unavailable" if isinstance(error, ModelUnavailable) else "Invalid request"
+        return EXIT_INVALID, f"{label}: {error.message}"
+    if isinstance(error, UploadError):
+        return EXIT_DOWNLOAD, f"Upload failed: {error.message}"
+    if isinstance(error, DownloadError):
+        return EXIT_DOWNLOAD, f"Download failed: {error.message}"
+    return None
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from flows.train_lora import check_dataset  # imports Prefect: only once the arguments are sound
-
     request = _request(args)
+    print(f"Checking {request.training_data_url} ...", file=sys.stderr, flush=True)
+    from flows.prepare import local_steps, prepare_dataset   # no Prefect: nothing to start, nothing to log
 
-    def check() -> int:
-        document = check_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset)
-        print(render_text(document))
-        for label, path in (("debug dataset", args.debug_dataset), ("report", args.report)):
-            if path:
-                print(f"{label}: {path}")
-        return EXIT_OK
-    return _run_flow(check)
+    from lib.report import render_text
+
+    try:
+        document = prepare_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset,
+                                   steps=local_steps()).report
+    except Av2AvError as error:
+        refusal = _refusal(error)
+        if refusal is None:
+            raise
+        if isinstance(error, InvalidDataset) and error.report:
+            print(render_text(error.report))
+        print(refusal[1], file=sys.stderr)
+        return refusal[0]
+    print(render_text(document))
+    for label, path in (("debug dataset", args.debug_dataset), ("report", args.report)):
+        if path:
+            print(f"{label}: {path}")
+    return EXIT_OK
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -120,14 +126,27 @@ def run_train(args: argparse.Namespace) -> int:
     request = TrainRequest.model_validate_json(text)
     from flows.train_lora import train_lora
 
-    def train() -> int:
-        print(json.dumps(train_lora(request), indent=2))
+    state = train_lora(request, return_state=True)
+    if state.is_completed():
+        print(json.dumps(state.result(), indent=2))
         return EXIT_OK
-    return _run_flow(train)
+    from lib.report import render_text
+
+    error = state.result(raise_on_failure=False)
+    refusal = _refusal(error) if isinstance(error, BaseException) else None
+    if refusal is None:
+        print(f"Failed ({state.name}): {state.message}", file=sys.stderr)
+        return EXIT_DOWNLOAD
+    if isinstance(error, InvalidDataset) and error.report:
+        print(render_text(error.report))
+    print(refusal[1], file=sys.stderr)
+    return refusal[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # A live bar on a terminal, plain progress lines when piped (lib/progress.py).
+    os.environ.setdefault("AV2AV_PROGRESS", "bar" if sys.stderr.isatty() else "lines")
     # The local ephemeral API's telemetry write races its own startup on SQLite ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)

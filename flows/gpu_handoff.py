@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from prefect.deployments import run_deployment
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 
 from flows.train_lora_gpu import GPU_RESULT, train_lora_gpu
 from lib.plan import RunPlan
@@ -35,11 +35,14 @@ def _gpu_deployment_exists() -> bool:
 
 
 def run_gpu_flow(plan: RunPlan, clips: list[FileRef], staging: Path) -> dict:
+    """Run the GPU half as `<this run's name>-gpu`, giving it this run's id so it links back and
+    mirrors its progress here."""
+    parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
     if not _gpu_deployment_exists():
-        return train_lora_gpu(plan, clips, str(staging))
+        return train_lora_gpu.with_options(flow_run_name=name)(plan, clips, str(staging), parent_run_id=parent_id)
     parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
-                  "output_dir": str(staging)}
-    run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2)
+                  "output_dir": str(staging), "parent_run_id": parent_id}
+    run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2, flow_run_name=name)
     if not run.state or not run.state.is_completed():
         message = run.state.message if run.state else "no state"
         raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")

@@ -1,18 +1,26 @@
-"""Dataset preparation (DESIGN §4), the CPU half of `train-lora`: steps 1–12 of the pipeline."""
+"""Dataset preparation, the CPU half of `train-lora`: fetch → extract → match → check → conform →
+report, with the same orchestration for two step sets:
+- `prefect_steps()`: Prefect tasks (cached by content, retried, with artifacts) inside a flow run;
+- `local_steps()`: the same lib calls, no Prefect at all, for `av2av check` (no server to start,
+  no task engine; conformed clips are still reused from the content-addressed cache).
+"""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import unmapped
 from pydantic import BaseModel, ConfigDict
 
-from lib.conform import TripletResult
 from lib.config import TrainRequest
+from lib.conform import TripletResult
 from lib.errors import ArchiveError
 from lib.plan import conform_settings
+from lib.progress import Progress
 from lib.report import raise_if_unusable
 from lib.storage import FileRef, work_dir
-from tasks import ingest
 
 
 class PreparedDataset(BaseModel):
@@ -22,24 +30,86 @@ class PreparedDataset(BaseModel):
     debug_dataset: FileRef | None = None
 
 
-def prepare_dataset(request: TrainRequest, report_path: Path | None = None,
-                    debug_dataset_path: Path | None = None, zip_file: FileRef | None = None) -> PreparedDataset:
+@dataclass(frozen=True)
+class Steps:
+    fetch: Callable          # (url, cache_root) -> FileRef
+    extract: Callable        # (zip FileRef, cache_root, display name) -> ExtractedArchive
+    match: Callable          # (ExtractedArchive) -> MatchOutcome
+    check: Callable          # (Triplet) -> TripletCheck
+    conform: Callable        # (Triplet, TripletCheck, ConformSettings, cache_root) -> TripletResult
+    report: Callable         # (results, rejections, warnings, errors, report path) -> report dict
+    debug: Callable          # (accepted results, report, destination) -> FileRef
+    map_triplets: Callable   # (step, label, per-triplet argument lists, shared arguments) -> results
+
+
+def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
+    from prefect import unmapped
+
+    from tasks import ingest
+
+    def map_triplets(step, label, per_triplet, shared=()):
+        futures = step.map(*per_triplet, *[unmapped(value) for value in shared])
+        with Progress(len(futures), label, log=log, unit="triplet") as progress:
+            for done, future in enumerate(futures, 1):
+                future.wait()
+                progress.update(done)
+        return [future.result() for future in futures]
+    return Steps(fetch=ingest.fetch_training_data, extract=ingest.extract_archive, match=ingest.match_files,
+                 check=ingest.check_triplet, conform=ingest.conform_triplet, report=ingest.build_report,
+                 debug=ingest.write_debug_dataset, map_triplets=map_triplets)
+
+
+def local_steps() -> Steps:
+    from lib import archive, conform, dataset, debug_dataset, report, storage
+
+    def fetch(url: str, cache_root: Path) -> FileRef:
+        return storage.fetch(url, cache_root / "downloads")
+
+    def build_report(results, rejections, warnings, errors, report_path):
+        document = report.build_report(results, rejections, warnings, errors)
+        if report_path is not None:
+            report.write_report(document, report_path)
+        return document
+
+    def map_triplets(step, label, per_triplet, shared=()):
+        items = list(zip(*per_triplet))
+        with ThreadPoolExecutor(os.cpu_count() or 2) as pool, \
+                Progress(len(items), label, unit="triplet") as progress:
+            futures = [pool.submit(step, *item, *shared) for item in items]
+            for done, future in enumerate(futures, 1):
+                future.exception()
+                progress.update(done)
+        return [future.result() for future in futures]
+    return Steps(fetch=fetch, extract=archive.extract_cached,
+                 match=lambda extracted: dataset.match_extracted(extracted.root, extracted.names),
+                 check=conform.check_triplet, conform=conform.conform_triplet, report=build_report,
+                 debug=debug_dataset.write_debug_dataset, map_triplets=map_triplets)
+
+
+def display_name(url: str) -> str:
+    """The user's name for the archive: the last part of its URL or path."""
+    return Path(url.split("?")[0].rstrip("/")).name or url
+
+
+def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debug_dataset_path: Path | None = None,
+                    zip_file: FileRef | None = None, steps: Steps | None = None) -> PreparedDataset:
     """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies."""
+    steps = steps or prefect_steps()
     cache_root = work_dir()
-    zip_file = zip_file or ingest.fetch_training_data(request.training_data_url, cache_root)
+    zip_file = zip_file or steps.fetch(request.training_data_url, cache_root)
     try:
-        extracted = ingest.extract_archive(zip_file, cache_root)
+        extracted = steps.extract(zip_file, cache_root, display_name(request.training_data_url))
     except ArchiveError as error:
-        document = ingest.build_report([], [], [], [{"code": error.code, "message": error.message}], report_path)
+        document = steps.report([], [], [], [{"code": error.code, "message": error.message}], report_path)
         raise_if_unusable(document)
-    matched = ingest.match_files(extracted)
-    checks = ingest.check_triplet.map(matched.triplets)
-    results = ingest.conform_triplet.map(matched.triplets, checks, unmapped(conform_settings(request)),
-                                         unmapped(cache_root)).result()
-    document = ingest.build_report(results, matched.rejections, matched.warnings, [], report_path)
+    matched = steps.match(extracted)
+    checks = steps.map_triplets(steps.check, "checking triplets", [matched.triplets])
+    results = steps.map_triplets(steps.conform, "fitting triplets", [matched.triplets, checks],
+                                 (conform_settings(request), cache_root))
+    document = steps.report(results, matched.rejections, matched.warnings, [], report_path)
     accepted = [r for r in results if r.status == "accepted"]
     debug = None
     if debug_dataset_path is not None and accepted:
-        debug = ingest.write_debug_dataset(accepted, document, debug_dataset_path)
+        debug = steps.debug(accepted, document, debug_dataset_path)
     raise_if_unusable(document)
     return PreparedDataset(report=document, accepted=accepted, debug_dataset=debug)

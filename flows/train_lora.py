@@ -4,16 +4,17 @@ deployment when one exists, else in-process), uploads the outputs.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Failed, State
 
 from flows.gpu_handoff import run_gpu_flow
-from flows.prepare import prepare_dataset
+from flows.prepare import prefect_steps, prepare_dataset
 from lib.config import TrainRequest
 from lib.checkpoint import check_checkpoint
 from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
@@ -42,6 +43,33 @@ def step(name: str):
         raise StepFailed(f"Step '{name}' failed: {type(error).__name__}: {error}") from error
 
 
+# Expected refusals -> the Failed state's name. UploadError before DownloadError: it subclasses it.
+FAILED_STATE_NAMES = ((InvalidDataset, "InvalidDataset"), (InvalidRequest, "InvalidRequest"),
+                      (ModelUnavailable, "ModelUnavailable"), (UploadError, "UploadFailed"),
+                      (DownloadError, "DownloadFailed"))
+REFUSALS = tuple(kind for kind, _ in FAILED_STATE_NAMES)
+
+
+def refused(error: Av2AvError) -> State:
+    """One clear log line and a Failed state named for the cause (billed 0), no traceback."""
+    name = next(name for kind, name in FAILED_STATE_NAMES if isinstance(error, kind))
+    get_run_logger().error("%s: %s", name, error.message)
+    return Failed(name=name, message=error.message, data=error)
+
+
+class _QuietRefusals(logging.Filter):
+    """The engine re-raises a Failed state's exception when a worker ends the run and logs it with
+    a traceback ("Engine execution exited with unexpected exception"): for an expected refusal,
+    already logged as one line by `refused`, that traceback would make a bad zip look like a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, REFUSALS) and "unexpected exception" in record.getMessage())
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_QuietRefusals())
+
+
 def run_name() -> str:
     return flow_run.get_name() or "local-run"
 
@@ -66,16 +94,8 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
     """
     try:
         return _train(request, skip_if_unchanged)
-    except InvalidDataset as error:
-        return Failed(name="InvalidDataset", message=error.message, data=error)
-    except InvalidRequest as error:
-        return Failed(name="InvalidRequest", message=error.message, data=error)
-    except ModelUnavailable as error:
-        return Failed(name="ModelUnavailable", message=error.message, data=error)
-    except UploadError as error:  # before DownloadError: it shares the transient/permanent split
-        return Failed(name="UploadFailed", message=error.message, data=error)
-    except DownloadError as error:
-        return Failed(name="DownloadFailed", message=error.message, data=error)
+    except REFUSALS as error:
+        return refused(error)
 
 
 def _train(request: TrainRequest, skip_if_unchanged: bool):
@@ -94,7 +114,8 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
                                  f"since run '{previous.get('flow_run')}'; nothing retrained, nothing billed.")
     with step("prepare dataset"):
         prepared = prepare_dataset(request, staging / "report.json",
-                                   staging / "debug_dataset.zip" if request.debug_dataset else None, zip_file)
+                                   staging / "debug_dataset.zip" if request.debug_dataset else None, zip_file,
+                                   prefect_steps(get_run_logger().info))
     with step("validation samples"):
         validation_clips = prepare_validation(request)
     print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
@@ -111,7 +132,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
              "flow_run": run_name(), "fingerprint": fingerprint,
              "checkpoints_kept_in": trained.get("checkpoints_kept_in")}
     with step("upload"):
-        result = upload(files, output_url, extra)
+        result = upload(files, output_url, extra, trained.get("previews", []))
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
     shutil.rmtree(staging, ignore_errors=True)  # everything in it is uploaded now
     print(f"Outputs: {output_url}")
@@ -122,6 +143,10 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
 def check_dataset(request: TrainRequest, report_path: str | None = None,
                   debug_dataset_path: str | None = None) -> dict:
     """Only the dataset checks: the per-triplet report, before any GPU is involved."""
-    prepared = prepare_dataset(request, Path(report_path) if report_path else None,
-                               Path(debug_dataset_path) if debug_dataset_path else None)
+    try:
+        prepared = prepare_dataset(request, Path(report_path) if report_path else None,
+                                   Path(debug_dataset_path) if debug_dataset_path else None,
+                                   steps=prefect_steps(get_run_logger().info))
+    except REFUSALS as error:
+        return refused(error)
     return prepared.report

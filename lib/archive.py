@@ -10,8 +10,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pydantic import BaseModel, ConfigDict
+
 from lib.errors import ArchiveCode, ArchiveError
-from lib.storage import atomic_dir, publish_dir
+from lib.storage import FileRef, atomic_dir, publish_dir
 
 CHUNK_BYTES = 1 << 20
 
@@ -80,13 +82,28 @@ def _copy_counted(source, target, info: zipfile.ZipInfo, budget: int, limits: Ar
     return written
 
 
-def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[str]:
+class ExtractedArchive(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    root: str
+    names: list[str]
+
+
+def extract_cached(zip_file: FileRef, cache_root: Path, display_name: str) -> ExtractedArchive:
+    """Extract into the content-addressed `extracted/<sha256>` folder (reused when there)."""
+    root = cache_root / "extracted" / zip_file.sha256
+    return ExtractedArchive(root=str(root), names=safe_extract(zip_file.path, root, display_name=display_name))
+
+
+def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = ArchiveLimits(),
+                 display_name: str | None = None) -> list[str]:
     """Extract `zip_path` into `dest` (created atomically); return the member names extracted.
 
     If `dest` already exists it is assumed complete (content-addressed callers) and reused.
+    Messages name the archive as `display_name` (the user's file name, not a cache name).
     """
+    shown = display_name or Path(zip_path).name
     if not zipfile.is_zipfile(zip_path):
-        raise ArchiveError(f"{Path(zip_path).name} is not a .zip archive; upload the triplets "
+        raise ArchiveError(f"{shown} is not a .zip archive; upload the triplets "
                            "as a single .zip file.", ArchiveCode.NOT_A_ZIP.value)
     try:
         with zipfile.ZipFile(zip_path) as zip_file:
@@ -106,7 +123,7 @@ def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = Archi
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     except (zipfile.BadZipFile, NotImplementedError, EOFError) as error:
-        raise ArchiveError(f"{Path(zip_path).name} is a damaged or unsupported zip: {error}",
+        raise ArchiveError(f"{shown} is a damaged or unsupported zip: {error}",
                            ArchiveCode.NOT_A_ZIP.value) from error
     publish_dir(staging, dest)
     return names

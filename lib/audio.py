@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import librosa
 import numpy as np
-import pyloudnorm
 
 from lib.errors import MediaError, Reason
 
@@ -236,6 +235,8 @@ def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
 
     None when the clip is shorter than one 400 ms gating block or gates to -inf (silent).
     """
+    import pyloudnorm   # pulls in scipy.signal (1.4 s): only conforming needs it, not `av2av check`'s start-up
+
     meter = pyloudnorm.Meter(sample_rate)
     if audio.shape[-1] < meter.block_size * sample_rate:
         return None

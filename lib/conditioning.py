@@ -14,31 +14,13 @@ Loss (training) is on regenerated video tokens and target audio tokens only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from lib.settings import REFERENCE_AUDIO_GAP_S, ConditioningSettings
+
 TIMESTEP_SCALE = 1000.0        # the transformer's timesteps and sigma are on 0..1000
-REFERENCE_AUDIO_GAP_S = 0.04   # "before": gap between the reference audio's end and the target's start
-
-
-@dataclass(frozen=True)
-class ConditioningSettings:
-    """How references are laid out; recorded in config.json and the LoRA's metadata, because an
-    inference tool must reproduce it for the LoRA to behave as trained."""
-
-    reference_audio_positions: Literal["aligned", "before"] = "aligned"
-    reference_downscale: Literal[1, 2] = 1
-
-    def describe(self) -> dict:
-        audio = ({"positions": "aligned", "description": "the target's own time positions"}
-                 if self.reference_audio_positions == "aligned" else
-                 {"positions": "before", "gap_s": REFERENCE_AUDIO_GAP_S,
-                  "description": f"negative time, ending {REFERENCE_AUDIO_GAP_S} s before the target starts"})
-        return {"token_order": "reference first, then target",
-                "reference_video": {"positions": "the target's (spatial positions scaled by the downscale)",
-                                    "downscale_factor": self.reference_downscale, "timestep": 0},
-                "reference_audio": {**audio, "timestep": 0}}
+__all__ = ["REFERENCE_AUDIO_GAP_S", "ConditioningSettings"]   # re-exported: the settings live in lib.settings
 
 
 @dataclass

@@ -6,6 +6,7 @@ Names and semantics are the product spec's (shared/spec/av2av-masked.md); fields
 """
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +38,23 @@ def bucket_size(resolution: Resolution, aspect_ratio: AspectRatio) -> tuple[int,
     return BUCKETS[resolution][aspect_ratio]
 
 
+EXTENSION_NOTE = "Addition to the spec."
+
+
+def _show(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _number(default, description: str, ge=None, le=None, gt=None, unit: str = "", extension: bool = False,
+            **kwargs):
+    """A numeric field whose help text states its range, so the run form shows it before submitting."""
+    low = _show(ge) if ge is not None else f"more than {_show(gt)}"
+    bounds = f"{low}–{_show(le)}" if ge is not None else f"{low}, at most {_show(le)}"
+    text = f"{description} Range: {bounds}{' ' + unit if unit else ''}."
+    return Field(default, description=f"{text} {EXTENSION_NOTE}" if extension else text,
+                 ge=ge, le=le, gt=gt, **kwargs)
+
+
 class ValidationSample(BaseModel):
     model_config = FROZEN
 
@@ -52,9 +70,9 @@ class ValidationSample(BaseModel):
         description="The reference video (its audio track is also used as the audio reference) "
         "guiding the regenerated audio+video."
     )
-    reference_audio_url: str | None = Field(
-        None,
-        description="A separate reference audio; if omitted, the reference video's own track is "
+    reference_audio_url: str = Field(
+        "",
+        description="A separate reference audio; if empty, the reference video's own track is "
         "used and must contain audio.",
     )
 
@@ -67,8 +85,8 @@ class TrainRequest(BaseModel):
     # Dataset
     training_data_url: str = Field(
         title="Training data URL",
-        description="URL to the .zip archive of reference/target/mask triplets (with audio): "
-        "<name>_start.<ext>, <name>_end.<ext>, <name>_mask.<ext>, optional <name>.txt.",
+        description="URL of the .zip archive of triplets with audio: name_start.mp4 (reference), "
+        "name_end.mp4 (target), name_mask.png or .mp4, optional name.txt caption.",
         min_length=1,
     )
     trigger_phrase: str = Field(
@@ -77,25 +95,19 @@ class TrainRequest(BaseModel):
     )
     # Training
     rank: Literal[8, 16, 32, 64, 128] = Field(
-        32, title="Rank", description="LoRA capacity (alpha = rank)."
+        32, title="Rank", description="LoRA capacity (alpha = rank). One of 8, 16, 32, 64, 128."
     )
-    number_of_steps: int = Field(
-        2000, ge=100, le=20000, title="Number of steps",
-        description="Number of optimization steps.",
-    )
-    learning_rate: float = Field(
-        2e-4, gt=0, le=1e-2, title="Learning rate", description="Optimization step size."
-    )
+    number_of_steps: int = _number(2000, "Number of optimization steps.", ge=100, le=20000, unit="steps",
+                                   title="Number of steps")
+    learning_rate: float = _number(2e-4, "Optimization step size.", gt=0, le=1e-2, title="Learning rate")
     # Video
-    number_of_frames: int = Field(
-        89, ge=9, le=121, title="Number of frames",
-        description="Frames per training clip. Must satisfy frames % 8 == 1; other values are "
-        "snapped down to the nearest valid count.",
-    )
-    frame_rate: int = Field(24, ge=8, le=60, title="Frame rate", description="Target frames per second.")
+    number_of_frames: int = _number(
+        89, "Frames per training clip. Must be 8k+1 (9, 17, ..., 121); other values are snapped down.",
+        ge=9, le=121, unit="frames", title="Number of frames")
+    frame_rate: int = _number(24, "Target frame rate.", ge=8, le=60, unit="fps", title="Frame rate")
     resolution: Resolution = Field(
         "medium", title="Resolution",
-        description="Resolution bucket: low 512/288, medium 768/448, high 960/544 (long/short side).",
+        description="Resolution bucket: low 512/288, medium 768/448, high 960/544 px (long/short side).",
     )
     aspect_ratio: AspectRatio = Field("1:1", title="Aspect ratio", description="Aspect ratio of the bucket.")
     auto_scale_input: bool = Field(
@@ -108,10 +120,9 @@ class TrainRequest(BaseModel):
         description="Off for this mode: scene splitting would desync the reference/target/mask "
         "triplet. Provide pre-split clips instead.",
     )
-    split_input_duration_threshold: float = Field(
-        30.0, ge=1.0, le=60.0, title="Split duration threshold",
-        description="Duration threshold for scene splitting (only relevant if splitting were enabled).",
-    )
+    split_input_duration_threshold: float = _number(
+        30.0, "Duration threshold for scene splitting (only relevant if splitting were enabled).",
+        ge=1.0, le=60.0, unit="s", title="Split duration threshold")
     # Audio
     audio_normalize: bool = Field(
         True, title="Normalize audio",
@@ -124,93 +135,90 @@ class TrainRequest(BaseModel):
     # Validation
     validation: tuple[ValidationSample, ...] = Field(
         (), max_length=2, title="Validation samples",
-        description="Up to 2 validation samples {prompt, video_url, mask_url, "
-        "reference_video_url, reference_audio_url?}.",
+        description="Up to 2 validation samples, each with prompt, video_url, mask_url, "
+        "reference_video_url and an optional reference_audio_url.",
     )
     validation_negative_prompt: str = Field(
         DEFAULT_NEGATIVE_PROMPT, title="Validation negative prompt",
         description="Negative prompt for validation sampling (a built-in quality prompt by default).",
     )
-    validation_number_of_frames: int = Field(
-        89, ge=9, le=121, title="Validation number of frames",
-        description="Frames per validation sample; snapped down to 8k+1.",
-    )
-    validation_frame_rate: int = Field(
-        24, ge=8, le=60, title="Validation frame rate", description="Validation frames per second."
-    )
+    validation_number_of_frames: int = _number(
+        89, "Frames per validation sample; snapped down to 8k+1.", ge=9, le=121, unit="frames",
+        title="Validation number of frames")
+    validation_frame_rate: int = _number(24, "Validation frame rate.", ge=8, le=60, unit="fps",
+                                         title="Validation frame rate")
     validation_resolution: Resolution = Field(
         "high", title="Validation resolution", description="Resolution bucket of validation samples."
     )
     validation_aspect_ratio: AspectRatio = Field(
         "1:1", title="Validation aspect ratio", description="Aspect ratio of validation samples."
     )
-    stg_scale: float = Field(
-        1.0, ge=0.0, le=3.0, title="STG scale",
-        description="Spatio-temporal guidance scale for validation (0 disables it).",
-    )
-    validation_steps: int = Field(
-        30, ge=2, le=100, title="Validation sampling steps (extension)",
-        description="Denoising steps per validation sample (the LTX-2 pipeline uses 30-40).",
-    )
+    stg_scale: float = _number(1.0, "Spatio-temporal guidance scale for validation (0 disables it).",
+                               ge=0.0, le=3.0, title="STG scale")
     debug_dataset: bool = Field(
         False, title="Debug dataset",
         description="Return an archive of the preprocessed data for inspection.",
     )
-    # Extensions (ours, not in the product spec)
-    output_url: str | None = Field(
-        None, title="Output URL (extension)",
-        description="fsspec destination for the outputs (local path, file://, memory://, s3://, "
-        "gs://). Default: a local outputs/<run> folder.",
+    # Our additions to the product spec: each description says so.
+    validation_steps: int = _number(
+        30, "Denoising steps per validation sample (the LTX-2 pipeline uses 30-40).",
+        ge=2, le=100, unit="steps", extension=True, title="Validation sampling steps")
+    output_url: str = Field(
+        "", title="Output location",
+        description="Where the outputs go: a local folder, file://, memory://, s3:// or gs:// URL. "
+        "Empty: a local outputs/RUN-NAME folder on the CPU worker. Addition to the spec.",
     )
     model: Literal["ltx-2.3", "tiny"] = Field(
-        "ltx-2.3", title="Model (extension)",
-        description="Base model: the real LTX-2.3, or a tiny random model for tests and demos.",
+        "ltx-2.3", title="Base model",
+        description="The real LTX-2.3, or a tiny random model for tests and demos. Addition to the spec.",
     )
-    model_source: str | None = Field(
-        None, title="Model source (extension)",
+    model_source: str = Field(
+        "", title="Model weights",
         description="Where the LTX-2.3 weights are: a diffusers folder or hub id "
         "(diffusers/LTX-2.3-Diffusers), or Lightricks' single-file .safetensors checkpoint. "
-        "Default: $AV2AV_MODEL_SOURCE on the GPU worker, else the hub id.",
+        "Empty: $AV2AV_MODEL_SOURCE on the GPU worker, else the hub id. Addition to the spec.",
     )
-    text_encoder_source: str | None = Field(
-        None, title="Text encoder source (extension)",
+    text_encoder_source: str = Field(
+        "", title="Text encoder weights",
         description="Gemma 3 folder or hub id, needed with a single-file model_source (the "
-        "checkpoint holds no text encoder). Default: $AV2AV_TEXT_ENCODER_SOURCE, else "
-        "google/gemma-3-12b-it.",
+        "checkpoint holds no text encoder). Empty: $AV2AV_TEXT_ENCODER_SOURCE, else "
+        "google/gemma-3-12b-it. Addition to the spec.",
     )
     reference_audio_positions: Literal["aligned", "before"] = Field(
-        "aligned", title="Reference audio positions (extension)",
+        "aligned", title="Reference audio positions",
         description="Where the reference audio sits in time: aligned = the target's own positions "
         "(Lightricks' IC-LoRA convention); before = negative time, ending 0.04 s before the target "
-        "(Lightricks' Dub-It convention). Inference must use the same; it is recorded in the outputs.",
+        "(Lightricks' Dub-It convention). Inference must use the same; it is recorded in the outputs. "
+        "Addition to the spec.",
     )
     reference_downscale: Literal[1, 2] = Field(
-        2, title="Reference video downscale (extension)",
-        description="Encode the reference video at 1/2 resolution (4x fewer reference tokens, as "
-        "Lightricks' LTX-2.3 IC-LoRAs) or at full resolution (1). Recorded in the outputs.",
+        2, title="Reference video downscale",
+        description="2: encode the reference video at half resolution (4x fewer reference tokens, as "
+        "Lightricks' LTX-2.3 IC-LoRAs); 1: full resolution. Recorded in the outputs. Addition to the spec.",
     )
     lora_dtype: Literal["bf16", "fp32"] = Field(
-        "bf16", title="LoRA file precision (extension)",
-        description="Precision of the saved LoRA weights (training always keeps them in fp32).",
+        "bf16", title="LoRA file precision",
+        description="Precision of the saved LoRA weights (training always keeps them in fp32). "
+        "Addition to the spec.",
     )
     upload_checkpoints: bool = Field(
-        False, title="Upload checkpoints (extension)",
+        False, title="Upload checkpoints",
         description="Also upload the resumable checkpoints; otherwise they stay in the GPU worker's "
-        "checkpoint folder ($AV2AV_CACHE_DIR/checkpoints/<run>).",
+        "checkpoint folder ($AV2AV_CACHE_DIR/checkpoints). Addition to the spec.",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, title="Seed (extension)", description="Random seed.")
-    checkpoint_every: int | None = Field(
-        None, ge=1, title="Checkpoint every (extension)",
-        description="Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps.",
+    seed: int = _number(0, "Random seed: the same seed and data give the same LoRA.",
+                        ge=0, le=2**31 - 1, extension=True, title="Seed")
+    checkpoint_every: int = _number(
+        0, "Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps; 0 = never.",
+        ge=0, le=20000, unit="steps", extension=True, title="Checkpoint every")
+    resume_from: str = Field(
+        "", title="Resume from",
+        description="Path of a checkpoint file on the GPU worker to continue training from; empty = "
+        "start fresh. Addition to the spec.",
     )
-    resume_from: str | None = Field(
-        None, title="Resume from (extension)",
-        description="Path of a checkpoint file to continue training from.",
-    )
-    validation_every: int | None = Field(
-        None, ge=1, title="Validation every (extension)",
-        description="Also render the validation samples every N steps (always at the end).",
-    )
+    validation_every: int = _number(
+        0, "Also render the validation samples every N steps (always at the end); 0 = only at the end.",
+        ge=0, le=20000, unit="steps", extension=True, title="Validation every")
 
     @field_validator("number_of_frames", "validation_number_of_frames")
     @classmethod
@@ -240,3 +248,21 @@ class TrainRequest(BaseModel):
     @property
     def validation_bucket(self) -> tuple[int, int]:
         return bucket_size(self.validation_resolution, self.validation_aspect_ratio)
+
+
+def parameter_table() -> str:
+    """README's parameter table, generated from the model so the two never disagree
+    (tests/test_config.py checks README holds exactly this)."""
+    def default(info) -> str:
+        if info.is_required():
+            return "required"
+        return f"`{json.dumps(info.default)}`" if info.default not in ((), "") else "empty"
+    rows = ["| parameter | default | description |", "|---|---|---|"]
+    for name, info in TrainRequest.model_fields.items():
+        description = info.description.replace("|", "/")
+        if name == "validation_negative_prompt":
+            default_text = "built-in"
+        else:
+            default_text = default(info)
+        rows.append(f"| `{name}` | {default_text} | {description} |")
+    return "\n".join(rows)

@@ -159,10 +159,27 @@ def save_clip(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, st
 
 def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
                     cache_root: Path) -> TripletResult:
-    """Fit an accepted-by-check triplet to the window and bucket; reject with a reason otherwise."""
+    """Fit an accepted-by-check triplet to the window and bucket; reject with a reason otherwise.
+
+    The outcome is stored beside the conformed clip, keyed by content and settings, so a rerun
+    (the CLI's check, a flow whose Prefect cache is gone) reads it back instead of decoding again.
+    """
     base = dict(name=triplet.name, reference=check.reference, target=check.target)
     if check.reason is not None:
         return TripletResult(status="rejected", reason=check.reason.value, message=check.message, **base)
+    outcome = cache_root / "conformed" / content_key(triplet, settings) / "result.json"
+    if outcome.is_file():
+        cached = TripletResult.model_validate_json(outcome.read_text())
+        if cached.clip is None or Path(cached.clip.path).is_file():
+            return cached
+    result = _conform(triplet, check, settings, cache_root, base)
+    with atomic_file(outcome) as partial:
+        Path(partial).write_text(result.model_dump_json())
+    return result
+
+
+def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache_root: Path,
+             base: dict) -> TripletResult:
     clips = {"reference": check.reference, "target": check.target}
     short = {role: f for role, f in clips.items() if f.duration_s + DURATION_TOLERANCE_S < settings.window_s}
     try:

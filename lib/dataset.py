@@ -122,6 +122,20 @@ class Triplet(BaseModel):
     caption: str = ""
 
 
+class MatchOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    triplets: list[Triplet]
+    rejections: list[Rejection]
+    warnings: list[str]
+
+
+def match_extracted(root: str | Path, names: list[str]) -> MatchOutcome:
+    """Match an extracted archive's files into content-hashed triplets."""
+    matching = match_triplets(names)
+    triplets = triplets_from_manifest(matching.manifest, Path(root))
+    return MatchOutcome(triplets=triplets, rejections=matching.rejections, warnings=matching.warnings)
+
+
 def read_caption(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace").strip()
 

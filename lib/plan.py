@@ -10,12 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from lib.conditioning import ConditioningSettings
 from lib.config import TrainRequest
 from lib.conform import ConformSettings
-from lib.sampling import SamplerSettings
+from lib.settings import ConditioningSettings, SamplerSettings, TrainSettings
 from lib.storage import FileRef
-from lib.training import TrainSettings
 
 WARMUP_FRACTION, WARMUP_MAX_STEPS = 0.1, 100   # linear warmup over min(100, 10 % of the steps)
 

@@ -30,13 +30,16 @@ def render_sample(components: Components, clip_path: str, latents_path: str, neg
 
 def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_prompt: str,
                 settings: SamplerSettings, path: Path,
-                conditioning: ConditioningSettings = ConditioningSettings()) -> Path:
+                conditioning: ConditioningSettings = ConditioningSettings(), on_sample=None) -> Path:
     negative_text = latents.encode_prompts(components, [negative_prompt])
     was_training = components.transformer.training
     components.transformer.eval()
     try:
-        samples = [render_sample(components, clip, lat, negative_text, settings, conditioning)
-                   for clip, lat in zip(clips, latent_files)]
+        samples = []
+        for clip, latents_file in zip(clips, latent_files):
+            samples.append(render_sample(components, clip, latents_file, negative_text, settings, conditioning))
+            if on_sample is not None:
+                on_sample(len(samples))
     finally:
         components.transformer.train(was_training)
     return write_reel(path, samples, samples[0]["frame_rate"])

@@ -58,3 +58,26 @@ def write_reel(path: Path, samples: list[dict], frame_rate: float) -> Path:
         sound.append(fit_audio_length(sample["audio"], sample["sample_rate"], seconds))
     write_video(path, np.concatenate(frames), frame_rate, np.concatenate(sound, axis=1), REEL_SAMPLE_RATE)
     return path
+
+
+def animated_previews(reel: Path, frames_per_sample: int, folder: Path, width: int = 960,
+                      fps: float = 8.0) -> list[Path]:
+    """One small animated WebP per sample of a reel (all four panels, `width` px wide, `fps`
+    frames per second), small enough to show inline in a Prefect artifact."""
+    import av
+    from PIL import Image
+
+    with av.open(str(reel)) as container:
+        stream = container.streams.video[0]
+        step = max(1, round(float(stream.average_rate or 24) / fps))
+        frames = [frame.to_image() for frame in container.decode(stream)]
+    paths = []
+    for index, start in enumerate(range(0, len(frames), frames_per_sample), 1):
+        picked = frames[start:start + frames_per_sample:step]
+        height = round(picked[0].height * width / picked[0].width / 2) * 2
+        picked = [image.resize((width, height), Image.Resampling.LANCZOS) for image in picked]
+        path = folder / f"preview-{index}.webp"
+        picked[0].save(path, save_all=True, append_images=picked[1:], duration=int(1000 / fps), loop=0,
+                       quality=60, method=4)
+        paths.append(path)
+    return paths

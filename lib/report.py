@@ -66,9 +66,11 @@ def raise_if_unusable(report: dict) -> None:
 
 
 def table_rows(report: dict) -> list[dict]:
-    """Flat rows for a Prefect table artifact and the CLI table."""
-    return [{column: row.get(column) if row.get(column) is not None else "" for column in COLUMNS}
-            | {"message": row.get("message", "")} for row in report["triplets"]]
+    """Flat rows for a Prefect table artifact: why a triplet was rejected comes right after its name
+    (the UI cuts off the last columns on a narrow screen)."""
+    columns = ("name", "status", "reason", "message", *COLUMNS[3:])
+    return [{column: row.get(column) if row.get(column) is not None else "" for column in columns}
+            for row in report["triplets"]]
 
 
 def render_text(report: dict) -> str:

@@ -11,7 +11,6 @@ code training uses, with the same reference conventions.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,29 +18,9 @@ import torch
 from lib import precision
 from lib.conditioning import (ConditioningSettings, Example, ModelInputs, build_inputs, pack_audio, pack_video,
                               predict, unpack_audio, unpack_video)
+from lib.settings import SamplerSettings
 
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    steps: int = 30
-    seed: int = 0
-    video_guidance: float = 3.0     # CFG; 1 disables
-    audio_guidance: float = 7.0
-    stg_scale: float = 1.0          # 0 disables
-    stg_block: int = 28             # the pipeline's default block; clamped to the model's depth
-    modality_scale: float = 3.0     # modality isolation; 1 disables
-    guidance_rescale: float = 0.7   # 0 disables
-
-    def passes(self) -> list[str]:
-        """Transformer calls per step, in order: each enabled guidance term costs one."""
-        passes = ["cond"]
-        if self.video_guidance != 1 or self.audio_guidance != 1:
-            passes.append("uncond")
-        if self.stg_scale > 0:
-            passes.append("stg")
-        if self.modality_scale != 1:
-            passes.append("modality")
-        return passes
+__all__ = ["SamplerSettings"]   # re-exported: the settings live in lib.settings
 
 
 def sigma_schedule(scheduler, steps: int, tokens: int) -> torch.Tensor:

@@ -108,6 +108,19 @@ def is_transient(error: BaseException) -> bool:
                for cause in _chain(error))
 
 
+def describe_cause(error: BaseException, url: str) -> str:
+    """The informative part of an error chain: fsspec reports a DNS failure, a refused connection
+    or an HTTP 404 alike as `FileNotFoundError: <url>`; the real cause is further down."""
+    for cause in _chain(error):
+        status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
+        if isinstance(status, int):
+            return f"HTTP {status} {getattr(cause, 'message', '') or ''}".strip()
+        text = str(cause)
+        if text and text.strip("'\"") != url:
+            return f"{type(cause).__name__}: {text}"
+    return f"{type(error).__name__}: {error}"
+
+
 def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
     """Stream `url` (any fsspec URL or a local path) into `dest_dir/<sha256><suffix>`.
 
@@ -135,7 +148,7 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
     except Exception as error:  # fsspec backends raise their own types; classify, then wrap
         os.unlink(partial)
         kind = TransientDownloadError if is_transient(error) else DownloadError
-        raise kind(f"Could not download {url}: {type(error).__name__}: {error}") from error
+        raise kind(f"Could not download {url}: {describe_cause(error, url)}") from error
     final = dest_dir / f"{digest.hexdigest()}{suffix}"
     os.replace(partial, final)
     return FileRef(path=str(final), sha256=digest.hexdigest(), size=size)

@@ -19,6 +19,9 @@ from lib import precision
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
 from lib.lora_io import add_lora
+from lib.settings import TrainSettings
+
+__all__ = ["TrainSettings"]   # re-exported: the settings live in lib.settings
 
 # Shifted logit-normal sigmas, the LTX-2 recipe (ltx-trainer's ShiftedLogitNormalTimestepSampler):
 # the shift is linear in the modality's own token count through (1024, 0.95) and (4096, 2.05),
@@ -30,19 +33,6 @@ SHIFT_RANGE = (0.95, 2.05)
 UNIFORM_FRACTION = 0.1
 SIGMA_EPS = 1e-3
 NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    rank: int
-    steps: int
-    learning_rate: float
-    seed: int = 0
-    warmup_steps: int = 0
-    schedule: str = "constant"            # or "cosine"
-    checkpoint_every: int | None = None
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
 
 
 @dataclass

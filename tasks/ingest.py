@@ -6,8 +6,6 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
-
 from lib import archive, audio, conform, dataset, debug_dataset, geometry, masks, report, storage, video
 from lib.conform import ConformSettings, TripletCheck, TripletResult
 from lib.dataset import Rejection, Triplet
@@ -22,30 +20,14 @@ def fetch_training_data(url: str, cache_root: Path) -> FileRef:
     return storage.fetch(url, cache_root / "downloads")
 
 
-class ExtractedArchive(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    root: str
-    names: list[str]
-
-
 @task(cache_policy=FileContent(lib_modules=(archive, storage)), persist_result=True)
-def extract_archive(zip_file: FileRef, cache_root: Path) -> ExtractedArchive:
-    root = cache_root / "extracted" / zip_file.sha256
-    return ExtractedArchive(root=str(root), names=archive.safe_extract(zip_file.path, root))
-
-
-class MatchOutcome(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-    triplets: list[Triplet]
-    rejections: list[Rejection]
-    warnings: list[str]
+def extract_archive(zip_file: FileRef, cache_root: Path, display_name: str) -> archive.ExtractedArchive:
+    return archive.extract_cached(zip_file, cache_root, display_name)
 
 
 @task(cache_policy=FileContent(lib_modules=(dataset, storage)), persist_result=True)
-def match_files(extracted: ExtractedArchive) -> MatchOutcome:
-    matching = dataset.match_triplets(extracted.names)
-    triplets = dataset.triplets_from_manifest(matching.manifest, Path(extracted.root))
-    return MatchOutcome(triplets=triplets, rejections=matching.rejections, warnings=matching.warnings)
+def match_files(extracted: archive.ExtractedArchive) -> dataset.MatchOutcome:
+    return dataset.match_extracted(extracted.root, extracted.names)
 
 
 @task(task_run_name="check-{triplet.name}", cache_policy=FileContent(lib_modules=(conform, video, audio)),

@@ -17,23 +17,49 @@ from tasks.retries import retry_transient
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def upload(files: dict[str, Path], output_url: str, extra: dict) -> dict:
+def upload(files: dict[str, Path], output_url: str, extra: dict, previews: list[str] = ()) -> dict:
     result = upload_outputs(files, output_url, extra)
-    rows = "\n".join(f"| [{name}]({info['url']}) | {info['size']:,} | `{info['sha256'][:12]}` |"
-                     for name, info in result["outputs"].items())
-    metrics = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
     create_markdown_artifact(key="training-outputs", description="Outputs of this training run",
-                             markdown=f"# LoRA training outputs\n\n{metrics}\n\n| file | bytes | sha256 |\n"
-                                      f"|---|---|---|\n{rows}\n{_loss_plot(files.get('loss.png'))}")
+                             markdown=outputs_markdown(result, extra, files.get("loss.png"), previews, output_url))
     return result
 
 
-def _loss_plot(path: Path | None) -> str:
-    """The loss curve inline (a data URI), so the UI shows it wherever the outputs went."""
-    if path is None or not Path(path).is_file():
-        return ""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"\n## Loss\n\n![loss curve](data:image/png;base64,{encoded})\n"
+def outputs_markdown(result: dict, extra: dict, loss_plot: Path | None, previews: list[str], output_url: str) -> str:
+    """Validation previews and the loss curve inline (data URIs: they show wherever the outputs
+    went); a file is a link only where the link opens something (http(s), or a presigned URL)."""
+    metrics = "\n".join(f"- **{key}**: {value}" for key, value in extra.items()
+                        if value is not None and not isinstance(value, (dict, list)))
+    rows = "\n".join(f"| {_file_cell(name, info['url'])} | {info['size']:,} | `{info['sha256'][:12]}` |"
+                     for name, info in result["outputs"].items())
+    sections = [f"# LoRA training outputs\n\n{metrics}\n\nSaved to `{output_url}`.",
+                *[f"## Validation sample {index}\n\nsource · mask · reference · generated\n\n"
+                  f"{_inline_image(Path(path), 'image/webp', f'validation sample {index}')}"
+                  for index, path in enumerate(previews, 1)],
+                f"## Files\n\n| file | bytes | sha256 |\n|---|---|---|\n{rows}"]
+    if loss_plot is not None and Path(loss_plot).is_file():
+        sections.append(f"## Loss\n\n{_inline_image(Path(loss_plot), 'image/png', 'loss curve')}")
+    return "\n\n".join(sections) + "\n"
+
+
+def _inline_image(path: Path, mime: str, alt: str) -> str:
+    return f"![{alt}](data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def _file_cell(name: str, url: str) -> str:
+    link = url if url.startswith(("http://", "https://")) else presigned_url(url)
+    return f"[{name}]({link})" if link else f"{name} (`{url}`)"
+
+
+def presigned_url(url: str, expiration_s: int = 7 * 24 * 3600) -> str | None:
+    """A temporary https link for object storage (s3://, gs://, ...); None where there is none."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        signed = fs.sign(path, expiration=expiration_s)
+    except Exception:   # local and memory filesystems cannot sign (NotImplementedError), nor can some stores
+        return None
+    return signed if str(signed).startswith(("http://", "https://")) else None
 
 
 @task(cache_policy=NO_CACHE)

@@ -13,8 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from lib import encoding, worker
 from lib.lora_io import add_lora, load_lora_state, read_lora
 from lib.plan import RunPlan, ValidationPlan
+from lib.progress import Progress
 from lib.storage import FileRef
 from tasks import model_cache
+from tasks.parent_run import PROGRESS_KEY, ParentRun
 
 PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
 
@@ -26,19 +28,31 @@ def encode_latents(clip: FileRef, plan: RunPlan, cache_root: Path) -> FileRef:
     return encoding.encode_clip(model_cache.for_plan(plan), clip, cache_root, plan.conditioning.reference_downscale)
 
 
-def _progress_reporter(total_steps: int):
+def run_and_parent_logger(parent: ParentRun):
+    """Log to this run and mirror the line onto the run the user started."""
     logger = get_run_logger()
-    artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
-                                           description="LoRA training progress")
+
+    def log(line: str) -> None:
+        logger.info(line)
+        parent.info(line)
+    return log
+
+
+def _progress_reporter(total_steps: int, parent: ParentRun):
+    """Step, loss, it/s and ETA: a bar on the CLI's terminal, else log lines here and on the parent
+    run; the progress artifact on both runs."""
+    artifacts = [create_progress_artifact(progress=0.0, key=PROGRESS_KEY, description="LoRA training progress")]
+    artifacts += [a for a in [parent.artifact("progress", 0.0, "LoRA training progress", key=PROGRESS_KEY)] if a]
+    progress = Progress(total_steps, "training", log=run_and_parent_logger(parent), unit="step")
 
     def report(event: dict) -> None:
         step = event["step"]
-        if step % PROGRESS_EVERY and step != total_steps:
-            return
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * step / total_steps)
-        logger.info("step %d/%d loss %.4f (video %.4f, audio %.4f) %.2f it/s ETA %.0f s",
-                    step, total_steps, event["loss"], event["video_loss"], event["audio_loss"],
-                    event["it_per_s"], event["eta_s"])
+        progress.update(step, loss=event["loss"], video=event["video_loss"], audio=event["audio_loss"])
+        if step % PROGRESS_EVERY == 0 or step == total_steps:
+            for artifact_id in artifacts:
+                update_progress_artifact(artifact_id=artifact_id, progress=100.0 * step / total_steps)
+        if step == total_steps:
+            progress.close()
     return report
 
 
@@ -51,13 +65,13 @@ def _periodic_validation(job: worker.TrainJob, components):
         if step % plan.validation.every or step == plan.train.steps:  # the final reel comes after training
             return
         path = Path(job.output_dir) / f"validation-step{step:06d}.mp4"
-        _render(components, plan, path)
+        _render(components, plan, path, logger.info)
         logger.info("validation reel at step %d: %s", step, path)
     return maybe_render
 
 
 @task(cache_policy=NO_CACHE)
-def train_lora_task(job: worker.TrainJob, gpus: int = 1) -> list[float]:
+def train_lora_task(job: worker.TrainJob, gpus: int = 1, parent_run_id: str | None = None) -> list[float]:
     """Train in this process (one device), or under torchrun with one process per GPU."""
     periodic = bool(job.plan.validation.every and job.plan.validation.latents)
     if gpus > 1:
@@ -67,7 +81,7 @@ def train_lora_task(job: worker.TrainJob, gpus: int = 1) -> list[float]:
         model_cache.forget()  # free this process's copy: every rank loads its own
         return _train_distributed(job, gpus)
     components = model_cache.for_plan(job.plan)
-    callbacks = [_progress_reporter(job.plan.train.steps)]
+    callbacks = [_progress_reporter(job.plan.train.steps, ParentRun(parent_run_id))]
     if periodic:
         callbacks.append(_periodic_validation(job, components))
 
@@ -91,18 +105,21 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
 
 
 @task(cache_policy=NO_CACHE)
-def render_validation(plan: RunPlan, path: Path, lora_path: Path) -> Path:
+def render_validation(plan: RunPlan, path: Path, lora_path: Path, parent_run_id: str | None = None) -> Path:
     components = model_cache.for_plan(plan)
     if not getattr(components.transformer, "peft_config", None):  # trained in other processes (torchrun)
         state, info = read_lora(lora_path)
         add_lora(components.transformer, info["rank"], plan.train.seed)
         load_lora_state(components.transformer, state)
-    return _render(components, plan, path)
+    return _render(components, plan, path, run_and_parent_logger(ParentRun(parent_run_id)))
 
 
-def _render(components, plan: RunPlan, path: Path) -> Path:
+def _render(components, plan: RunPlan, path: Path, log=None) -> Path:
     from lib.preview import render_reel
 
     validation: ValidationPlan = plan.validation
-    return render_reel(components, [c.path for c in validation.clips], [f.path for f in validation.latents],
-                       validation.negative_prompt, validation.sampler, path, plan.conditioning)
+    with Progress(len(validation.clips), f"validation samples for {path.name}", log=log, unit="sample",
+                  every_s=0) as progress:
+        return render_reel(components, [c.path for c in validation.clips], [f.path for f in validation.latents],
+                           validation.negative_prompt, validation.sampler, path, plan.conditioning,
+                           on_sample=lambda done: progress.update(done))

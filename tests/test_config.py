@@ -66,6 +66,23 @@ def test_frozen_and_every_field_described():
 def test_readme_documents_every_parameter():
     from pathlib import Path
 
+    from lib.config import parameter_table
+
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name for name in TrainRequest.model_fields if f"| `{name}`" not in readme]
     assert missing == []
+    assert parameter_table() in readme, "README's parameter table differs from the request model's help"
+
+
+def test_run_form_text_renders():
+    """What Prefect's run form shows: no angle brackets (stripped as HTML), no jargon in titles,
+    every numeric range stated in the help, and no optional-None toggle where a default exists."""
+    schema = TrainRequest.model_json_schema()
+    for name, prop in schema["properties"].items():
+        assert "<" not in prop.get("description", "") and ">" not in prop.get("description", ""), name
+        assert "extension" not in prop.get("title", "").lower(), name
+        assert "anyOf" not in prop or name == "validation", (name, prop)   # no `str | None` toggles
+        if {"minimum", "maximum", "exclusiveMinimum"} & set(prop):
+            assert "Range:" in prop["description"], name
+    sample = schema["$defs"]["ValidationSample"]["properties"]
+    assert all("anyOf" not in prop for prop in sample.values())

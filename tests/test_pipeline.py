@@ -20,7 +20,7 @@ def _request(sample_zip, output, validation, **overrides) -> TrainRequest:
     fields = dict(training_data_url=str(sample_zip), model="tiny", number_of_steps=100, rank=8,
                   number_of_frames=9, resolution="low", aspect_ratio="16:9", output_url=str(output),
                   validation=validation, validation_number_of_frames=9, validation_resolution="low",
-                  validation_aspect_ratio="16:9", trigger_phrase="repl4ce")
+                  validation_aspect_ratio="16:9", trigger_phrase="repl4ce", validation_steps=4)
     return TrainRequest(**(fields | overrides))
 
 
@@ -28,7 +28,9 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
     sample = {"prompt": "repl4ce", "video_url": str(make_clip(tmp_path / "s.mp4", 0.5, seed=5)),
               "mask_url": str(make_box_mask(tmp_path / "m.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
               "reference_video_url": str(make_clip(tmp_path / "r.mp4", 0.5, seed=6))}
-    result = train_lora_module.train_lora(_request(sample_zip, tmp_path / "out", [sample], validation_every=60))
+    state = train_lora_module.train_lora(_request(sample_zip, tmp_path / "out", [sample, sample], validation_every=60),
+                                         return_state=True)
+    result = state.result()
     out = tmp_path / "out"
     assert json.loads((out / "result.json").read_text()) == result
     assert result["billing_units"] == 100 and result["steps"] == 100
@@ -44,6 +46,34 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
     assert config["reference_downscale_factor"] == 2 and config["lora_dtype"] == "bf16"
     with av.open(str(out / "validation.mp4")) as reel:
         assert reel.streams.video[0].width == 4 * 512 and len(reel.streams.audio) == 1
+    _check_what_the_user_run_shows(state.state_details.flow_run_id, samples=2)
+
+
+def _check_what_the_user_run_shows(run_id, samples: int) -> None:
+    """The run the user started: a preview per validation sample and only links that open, the
+    training progress and a link to its GPU sub-run (named after it), and the step/loss lines."""
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
+        FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
+        parent = client.read_flow_run(run_id)
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+    outputs = artifacts["training-outputs"].data
+    assert outputs.count("](data:image/webp;base64,") == samples
+    assert outputs.count("](data:image/png;base64,") == 1   # the loss curve
+    targets = re.findall(r"\]\(([^)]+)\)", outputs)
+    assert all(t.startswith(("http://", "https://", "data:image/")) for t in targets), targets
+    assert artifacts["training-progress"].data == 100.0
+    assert [child.name for child in children] == [f"{parent.name}-gpu"]
+    assert children[0].name in artifacts["gpu-run"].data
+    assert any(re.match(r"training: 100/100 step loss [0-9.]+", line) for line in logs), logs[-20:]
 
 
 def test_bad_validation_sample_fails_before_training(sample_zip, tmp_path, media, monkeypatch):

@@ -1,0 +1,70 @@
+"""Progress of long work, shown where the user is looking.
+
+`AV2AV_PROGRESS` picks the display; the CLI sets it, workers leave it unset:
+- `bar`: a live tqdm bar on the terminal (the CLI on a TTY);
+- `lines`: a plain line on stderr every few seconds and at the end (the CLI piped or in CI);
+- unset: a line through the given `log` callable (a Prefect run logger: the run's logs in the UI).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+MODE_ENV = "AV2AV_PROGRESS"
+EVERY_S = 10.0
+
+
+def _print_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """`total` units of work named `label`; `update(done, **figures)` after each unit."""
+
+    def __init__(self, total: int, label: str, log: Callable[[str], None] | None = None,
+                 unit: str = "it", every_s: float = EVERY_S):
+        self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
+        self.mode = os.environ.get(MODE_ENV, "")
+        self.log = _print_line if self.mode == "lines" or log is None else log
+        self.began = self.last = time.monotonic()
+        self.done = 0
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, done: int | None = None, **figures) -> None:
+        previous, self.done = self.done, self.done + 1 if done is None else done
+        if self.bar is not None:
+            self.bar.set_postfix({k: _short(v) for k, v in figures.items()}, refresh=False)
+            self.bar.update(self.done - previous)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            self.log(self.line(**figures))
+
+    def line(self, **figures) -> str:
+        elapsed = time.monotonic() - self.began
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        extra = "".join(f" {k} {_short(v)}" for k, v in figures.items())
+        return (f"{self.label}: {self.done}/{self.total} {self.unit}{extra} "
+                f"({rate:.2f} {self.unit}/s, ETA {eta:.0f} s)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
