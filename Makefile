@@ -48,12 +48,7 @@ deploy: pools
 	$(PREFECT) --no-prompt deploy --all
 
 serve: install
-	@echo "Prefect UI: http://127.0.0.1:4200  (Ctrl-C stops server and workers)"
-	trap 'kill 0' INT TERM EXIT; \
-	$(PREFECT) server start --host 127.0.0.1 --port 4200 & \
-	until curl -sf $(PREFECT_API_URL)/health >/dev/null; do sleep 1; done; \
-	$(MAKE) deploy && \
-	($(PREFECT) worker start --pool cpu & $(PREFECT) worker start --pool gpu & wait)
+	$(BIN)/python -m flows.serve   # server, pools, deployments, two workers; Ctrl-C stops them all
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from lib.config import TrainRequest
 from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
+from lib.progress import MODE_ENV
 
 CHECK_FLAGS = {  # flag -> request field
     "--frames": "number_of_frames",
@@ -123,7 +124,11 @@ def run_train(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"Cannot read --config {args.config}: {error.strerror}", file=sys.stderr)
         return EXIT_INVALID
-    request = TrainRequest.model_validate_json(text)
+    try:
+        request = TrainRequest.model_validate_json(text)
+    except ValidationError as error:
+        print(f"Invalid request in {args.config}:\n{_explain(error)}", file=sys.stderr)
+        return EXIT_INVALID
     from flows.train_lora import train_lora
 
     state = train_lora(request, return_state=True)
@@ -145,10 +150,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # A live bar on a terminal, plain progress lines when piped (lib/progress.py).
-    os.environ.setdefault("AV2AV_PROGRESS", "bar" if sys.stderr.isatty() else "lines")
     # The local ephemeral API's telemetry write races its own startup on SQLite ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A live bar on a terminal, plain progress lines when piped (lib/progress.py); for this command
+    # only, so an in-process caller (a test, a notebook) keeps its own setting afterwards.
+    previous = os.environ.get(MODE_ENV)
+    os.environ[MODE_ENV] = previous or ("bar" if sys.stderr.isatty() else "lines")
+    try:
+        return _command(argv)
+    finally:
+        if previous is None:
+            os.environ.pop(MODE_ENV, None)
+
+
+def _command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":

@@ -18,7 +18,7 @@ from lib.config import TrainRequest
 from lib.conform import TripletResult
 from lib.errors import ArchiveError
 from lib.plan import conform_settings
-from lib.progress import Progress
+from lib.progress import Progress, announce
 from lib.report import raise_if_unusable
 from lib.storage import FileRef, work_dir
 
@@ -40,6 +40,7 @@ class Steps:
     report: Callable         # (results, rejections, warnings, errors, report path) -> report dict
     debug: Callable          # (accepted results, report, destination) -> FileRef
     map_triplets: Callable   # (step, label, per-triplet argument lists, shared arguments) -> results
+    notify: Callable = lambda text: None   # a line for the user, e.g. which triplets were dropped
 
 
 def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
@@ -56,7 +57,8 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
         return [future.result() for future in futures]
     return Steps(fetch=ingest.fetch_training_data, extract=ingest.extract_archive, match=ingest.match_files,
                  check=ingest.check_triplet, conform=ingest.conform_triplet, report=ingest.build_report,
-                 debug=ingest.write_debug_dataset, map_triplets=map_triplets)
+                 debug=ingest.write_debug_dataset, map_triplets=map_triplets,
+                 notify=lambda text: announce(text, log))
 
 
 def local_steps() -> Steps:
@@ -86,6 +88,13 @@ def local_steps() -> Steps:
                  debug=debug_dataset.write_debug_dataset, map_triplets=map_triplets)
 
 
+def summary(document: dict) -> str:
+    """One line: how many triplets train, and which were dropped and why."""
+    dropped = [f"{row['name']} ({row['reason']})" for row in document["triplets"] if row["status"] == "rejected"]
+    text = f"{document['accepted']} triplet(s) accepted"
+    return f"{text}; dropped: {', '.join(dropped)} (see report.json)" if dropped else text
+
+
 def display_name(url: str) -> str:
     """The user's name for the archive: the last part of its URL or path."""
     return Path(url.split("?")[0].rstrip("/")).name or url
@@ -107,6 +116,7 @@ def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debu
     results = steps.map_triplets(steps.conform, "fitting triplets", [matched.triplets, checks],
                                  (conform_settings(request), cache_root))
     document = steps.report(results, matched.rejections, matched.warnings, [], report_path)
+    steps.notify(summary(document))
     accepted = [r for r in results if r.status == "accepted"]
     debug = None
     if debug_dataset_path is not None and accepted:

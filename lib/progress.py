@@ -20,6 +20,19 @@ def _print_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def announce(text: str, log: Callable[[str], None] | None = None) -> None:
+    """A one-off line the user should see now: on the CLI's stderr (above a live bar), else `log`."""
+    mode = os.environ.get(MODE_ENV, "")
+    if mode == "bar":
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    elif mode == "lines" or log is None:
+        _print_line(text)
+    else:
+        log(text)
+
+
 class Progress:
     """`total` units of work named `label`; `update(done, **figures)` after each unit."""
 

@@ -49,6 +49,20 @@ def test_end_to_end_outputs(sample_zip, tmp_path):
     _check_what_the_user_run_shows(state.state_details.flow_run_id, samples=2)
 
 
+def _logs(client, run_id, log_filter, expected: str, timeout_s: float = 20.0) -> list[str]:
+    """The run's log messages; logs reach the server in batches, so wait for `expected` to arrive."""
+    import time
+
+    from prefect.client.schemas.sorting import LogSort
+
+    deadline = time.monotonic() + timeout_s
+    while True:   # the newest 200 (the API's limit): the training lines come late in the run
+        logs = [log.message for log in client.read_logs(log_filter=log_filter, limit=200, sort=LogSort.TIMESTAMP_DESC)]
+        if any(expected in line for line in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
 def _check_what_the_user_run_shows(run_id, samples: int) -> None:
     """The run the user started: a preview per validation sample and only links that open, the
     training progress and a link to its GPU sub-run (named after it), and the step/loss lines."""
@@ -64,7 +78,7 @@ def _check_what_the_user_run_shows(run_id, samples: int) -> None:
         parent = client.read_flow_run(run_id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
-        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+        logs = _logs(client, run_id, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), "training: 100/100")
     outputs = artifacts["training-outputs"].data
     assert outputs.count("](data:image/webp;base64,") == samples
     assert outputs.count("](data:image/png;base64,") == 1   # the loss curve

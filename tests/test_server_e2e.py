@@ -168,10 +168,11 @@ class Stack:
 
     def flow_run_logs(self, flow_run_id: str, limit: int = 80) -> str:
         response = self.client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                          "sort": "TIMESTAMP_ASC", "limit": 200})
+                                                          "sort": "TIMESTAMP_DESC", "limit": 200})
         if response.status_code != 200:
             return f"<logs unavailable: {response.status_code}>"
-        return "\n".join(f"{row['level']:>3} {row['message']}" for row in response.json()[-limit:])
+        newest = response.json()[:limit]   # the API returns at most 200: the newest ones matter here
+        return "\n".join(f"{row['level']:>3} {row['message']}" for row in reversed(newest))
 
     def wait_flow_run(self, flow_run_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -478,6 +479,18 @@ def test_train_lora_runs_on_both_pools(stack):
     parent_task = stack.client.get(f"/task_runs/{gpu_run['parent_task_run_id']}").json()
     assert parent_task["flow_run_id"] == run["id"]
 
+    # The run the user started shows the work: the GPU run is named after it and linked from it,
+    # and the training progress (log lines and the progress artifact) is mirrored onto it.
+    assert gpu_run["name"] == f"{run['name']}-gpu"
+    artifacts = {a["key"]: a for a in stack.client.post("/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()}
+    assert gpu_run["name"] in artifacts["gpu-run"]["data"]
+    assert artifacts["training-progress"]["data"] == 100.0
+    outputs = artifacts["training-outputs"]["data"]
+    assert outputs.count("](data:image/webp;base64,") == 1, "one preview per validation sample"
+    logs = stack.flow_run_logs(run["id"], limit=200)
+    assert "training: 100/100 step" in logs and "Traceback" not in logs, logs
+
 
 def test_invalid_dataset_fails_with_422_message(stack):
     output = stack.root / "outputs" / "bad"
@@ -490,6 +503,7 @@ def test_invalid_dataset_fails_with_422_message(stack):
     assert run["state_type"] == "FAILED" and run["state_name"] == "InvalidDataset", stack.describe(run)
     message = run["state"]["message"]
     assert "422" in message and "silent_audio" in message, message
+    _assert_one_clear_line(stack, run)
     assert not (output / "result.json").exists(), "an invalid dataset is never billed"
     assert len(stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}})) == gpu_runs_before, "no GPU run"
 
@@ -504,5 +518,45 @@ def test_not_a_zip_fails_with_invalid_dataset(stack):
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
     assert run["state_type"] == "FAILED" and run["state_name"] == "InvalidDataset", stack.describe(run)
-    assert "422" in run["state"]["message"], run["state"]["message"]
+    assert "422" in run["state"]["message"] and "not_a.zip is not a .zip" in run["state"]["message"]
+    _assert_one_clear_line(stack, run)
     assert not (output / "result.json").exists()
+
+
+def _assert_one_clear_line(stack: Stack, run: dict) -> None:
+    """An expected refusal logs its state name and message once, and no traceback."""
+    logs = stack.flow_run_logs(run["id"], limit=200)
+    assert "Traceback" not in logs and "unexpected exception" not in logs, logs
+    assert f"{run['state_name']}: " in logs, logs
+
+
+@pytest.mark.parametrize("zip_name, overrides, state_name, text", [
+    ("missing.zip", {}, "DownloadFailed", "HTTP 404"),
+    ("sample.zip", {"model": "ltx-2.3"}, "ModelUnavailable", "diffusers/LTX-2.3-Diffusers"),
+    ("sample.zip", {"resume_from": "/nowhere/checkpoint.safetensors"}, "InvalidRequest", "resume_from"),
+], ids=["http-404", "model-unavailable", "resume-from-missing"])
+def test_refusals_end_named_with_one_clear_line(stack, zip_name, overrides, state_name, text):
+    output = stack.root / "outputs" / state_name
+    train = stack.deployment("train-lora", "train-lora")
+    started = time.monotonic()
+    response = stack.create_flow_run(train["id"], {"request": _tiny_request(stack, zip_name, output, **overrides)})
+    assert response.status_code == 201, response.text
+    run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
+    assert run["state_type"] == "FAILED" and run["state_name"] == state_name, stack.describe(run)
+    assert text in run["state"]["message"], run["state"]["message"]
+    _assert_one_clear_line(stack, run)
+    assert not (output / "result.json").exists(), "refused before anything was produced: billed 0"
+    print(f"\n[e2e] {state_name} after {time.monotonic() - started:.1f}s")
+
+
+def test_readme_python_snippet_runs_verbatim(stack):
+    """The README's Python client snippet, copied as is, against the live server (after the
+    `export PREFECT_API_URL=...` the README asks for)."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("From Python:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    completed = subprocess.run([sys.executable, "-c", snippet], cwd=stack.root, env=stack.env,
+                               capture_output=True, text=True, timeout=FAILING_RUN_S)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stdout + completed.stderr
+    name, state_name, *_ = completed.stdout.split()
+    assert state_name == "ModelUnavailable", completed.stdout   # no LTX-2.3 weights here, as expected

@@ -1,0 +1,131 @@
+"""Every expected refusal through the CLI: its documented exit status, one clear message that
+names the user's file or field, and never a traceback. Also: every --help works."""
+from __future__ import annotations
+
+import http.server
+import json
+import socketserver
+import stat
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tests.media_helpers import make_zip
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+FAST = ["--frames", "17", "--resolution", "low", "--aspect-ratio", "16:9"]
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """A local HTTP server: /missing.zip answers 404."""
+    root = tmp_path_factory.mktemp("web")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _zip(path: Path, members: dict, **kwargs) -> Path:
+    with zipfile.ZipFile(path, "w", **kwargs) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _symlink_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        info = zipfile.ZipInfo("clip_start.mp4")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def _encrypted_zip(path: Path) -> Path:
+    raw = bytearray(_zip(path, {"secret_start.mp4": b"x"}).read_bytes())
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        raw[raw.find(signature) + flag_offset] |= 0x1
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _request_file(tmp_path: Path, **fields) -> str:
+    path = tmp_path / "request.json"
+    path.write_text(fields.pop("raw", None) or json.dumps(fields))
+    return str(path)
+
+
+def _silent_only(tmp_path: Path, media: Path) -> Path:
+    return make_zip(tmp_path / "silent.zip", {
+        "dog_start.mp4": media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4",
+        "dog_end.mp4": media / "h264_aac_854x480_25fps_9s_editlist.mp4",
+        "dog_mask.png": media / "masks" / "runningcar_mask_square_432x240.png"})
+
+
+# (id, argv builder, exit status, text that must appear)
+CASES = [
+    ("not-a-zip", lambda t, w, m: ["check", str(_text(t / "holiday.zip"))], 2, "holiday.zip is not a .zip archive"),
+    ("unsafe-path", lambda t, w, m: ["check", str(_zip(t / "a.zip", {"../evil_start.mp4": b"x"}))], 2,
+     "../evil_start.mp4"),
+    ("symlink", lambda t, w, m: ["check", str(_symlink_zip(t / "a.zip"))], 2, "clip_start.mp4"),
+    ("encrypted", lambda t, w, m: ["check", str(_encrypted_zip(t / "a.zip"))], 2, "secret_start.mp4"),
+    ("too-many-files", lambda t, w, m: ["check", str(_zip(t / "many.zip", {f"f{i}.txt": b"" for i in range(2001)}))],
+     2, "2001 files"),
+    ("zip-bomb", lambda t, w, m: ["check", str(_zip(t / "bomb.zip", {"bomb_start.mp4": b"\0" * (8 << 20)},
+                                                   compression=zipfile.ZIP_DEFLATED))], 2, "bomb_start.mp4"),
+    ("frames-out-of-range", lambda t, w, m: ["check", "x.zip", "--frames", "500"], 2, "number_of_frames"),
+    ("fps-out-of-range", lambda t, w, m: ["check", "x.zip", "--fps", "5"], 2, "frame_rate"),
+    ("unknown-resolution", lambda t, w, m: ["check", "x.zip", "--resolution", "ultra"], 2, "'ultra'"),
+    ("missing-file", lambda t, w, m: ["check", str(t / "nowhere.zip")], 1, "nowhere.zip"),
+    ("unreachable-url", lambda t, w, m: ["check", "http://127.0.0.1:9/triplets.zip"], 1, "Cannot connect to host"),
+    ("http-404", lambda t, w, m: ["check", f"{w}/missing.zip"], 1, "HTTP 404"),
+    ("all-rejected", lambda t, w, m: ["check", str(_silent_only(t, m())), *FAST], 2, "dog: silent_audio"),
+    ("bad-rank-in-config", lambda t, w, m: ["train", "--config", _request_file(t, training_data_url="x.zip", rank=12)],
+     2, "rank"),
+    ("config-not-json", lambda t, w, m: ["train", "--config", _request_file(t, raw="{rank: 8")], 2,
+     "Invalid request in"),
+    ("config-missing", lambda t, w, m: ["train", "--config", str(t / "absent.json")], 2, "absent.json"),
+    ("resume-from-missing", lambda t, w, m: ["train", "--config", _request_file(
+        t, training_data_url="x.zip", model="tiny", resume_from=str(t / "ckpt.safetensors"))], 2, "resume_from"),
+    ("model-unavailable", lambda t, w, m: ["train", "--config", _request_file(
+        t, training_data_url="x.zip", model_source=str(t / "ltx-2.3.safetensors"))], 2, "ltx-2.3.safetensors"),
+]
+
+
+def _text(path: Path) -> Path:
+    path.write_text("a holiday video list, not an archive")
+    return path
+
+
+@pytest.mark.parametrize("builder, status, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_refusal(builder, status, expected, tmp_path, web, capfd, monkeypatch, request):
+    monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
+    argv = builder(tmp_path, web, lambda: request.getfixturevalue("media"))
+    try:
+        code = main(argv)
+    except SystemExit as exited:   # argparse refuses a bad choice itself (usage + one error line)
+        code = exited.code
+    out, err = capfd.readouterr()
+    assert code == status, (out, err)
+    assert "Traceback" not in out + err
+    assert expected in out + err, (out, err)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"], ["train", "--help"], ["sample", "--help"]])
+def test_help_exits_0(argv, capfd):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 0
+    out, err = capfd.readouterr()
+    assert "usage: av2av" in out and "Traceback" not in out + err
