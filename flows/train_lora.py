@@ -58,16 +58,25 @@ def refused(error: Av2AvError) -> State:
 
 
 class _QuietRefusals(logging.Filter):
-    """The engine re-raises a Failed state's exception when a worker ends the run and logs it with
-    a traceback ("Engine execution exited with unexpected exception"): for an expected refusal,
-    already logged as one line by `refused`, that traceback would make a bad zip look like a crash."""
+    """Prefect logs every exception with its traceback: a task that refuses a file ("Task run
+    failed with exception: ArchiveError(...)"), and, when a worker ends a Failed run, the engine
+    re-raising it ("Engine execution exited with unexpected exception"). For our expected refusals
+    (every Av2AvError but StepFailed, which wraps real bugs) that makes a bad zip look like a
+    crash: keep the one-line message, drop the traceback, and drop the engine's repeat entirely
+    (`refused` has logged the state's name and message)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, REFUSALS) and "unexpected exception" in record.getMessage())
+        if not isinstance(error, Av2AvError) or isinstance(error, StepFailed):
+            return True
+        if "unexpected exception" in record.getMessage():
+            return False
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
-logging.getLogger("prefect.flow_runs").addFilter(_QuietRefusals())
+for _logger in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_logger).addFilter(_QuietRefusals())
 
 
 def run_name() -> str:

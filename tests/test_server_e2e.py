@@ -524,8 +524,13 @@ def test_not_a_zip_fails_with_invalid_dataset(stack):
 
 
 def _assert_one_clear_line(stack: Stack, run: dict) -> None:
-    """An expected refusal logs its state name and message once, and no traceback."""
+    """An expected refusal logs its state name and message once, and no traceback. The run's
+    last logs reach the server after its state (the engine flushes them on exit): wait for them."""
+    deadline = time.monotonic() + 20
     logs = stack.flow_run_logs(run["id"], limit=200)
+    while "Finished in state" not in logs and time.monotonic() < deadline:
+        time.sleep(1)
+        logs = stack.flow_run_logs(run["id"], limit=200)
     assert "Traceback" not in logs and "unexpected exception" not in logs, logs
     assert f"{run['state_name']}: " in logs, logs
 
