@@ -45,10 +45,15 @@ def _stop(children: list[subprocess.Popen]) -> None:
             os.killpg(child.pid, signal.SIGKILL)
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     api = os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     children: list[subprocess.Popen] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a background start ignores it
+        signal.signal(stop_signal, _interrupt)
     try:
         children.append(_start(str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", "4200"))
         _wait_for(f"{api}/health")

@@ -27,7 +27,7 @@ def upload(files: dict[str, Path], output_url: str, extra: dict, previews: list[
 def outputs_markdown(result: dict, extra: dict, loss_plot: Path | None, previews: list[str], output_url: str) -> str:
     """Validation previews and the loss curve inline (data URIs: they show wherever the outputs
     went); a file is a link only where the link opens something (http(s), or a presigned URL)."""
-    metrics = "\n".join(f"- **{key}**: {value}" for key, value in extra.items()
+    metrics = "\n".join(f"- **{key}**: {_figure(key, value)}" for key, value in extra.items()
                         if value is not None and not isinstance(value, (dict, list)))
     rows = "\n".join(f"| {_file_cell(name, info['url'])} | {info['size']:,} | `{info['sha256'][:12]}` |"
                      for name, info in result["outputs"].items())
@@ -41,13 +41,19 @@ def outputs_markdown(result: dict, extra: dict, loss_plot: Path | None, previews
     return "\n\n".join(sections) + "\n"
 
 
+def _figure(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"`{value[:12]}`" if key == "fingerprint" else str(value)
+
+
 def _inline_image(path: Path, mime: str, alt: str) -> str:
     return f"![{alt}](data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def _file_cell(name: str, url: str) -> str:
     link = url if url.startswith(("http://", "https://")) else presigned_url(url)
-    return f"[{name}]({link})" if link else f"{name} (`{url}`)"
+    return f"[{name}]({link})" if link else name   # the folder is stated once above the table
 
 
 def presigned_url(url: str, expiration_s: int = 7 * 24 * 3600) -> str | None:

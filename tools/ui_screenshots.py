@@ -60,24 +60,26 @@ def main() -> int:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
 
-        def shot(url: str, name: str, settle_s: float = 4.0) -> None:
+        def shot(url: str, name: str, settle_s: float = 4.0, height: int = 1000) -> None:
+            # The UI scrolls inside its own container, so "full page" means a tall viewport.
+            page.set_viewport_size({"width": 1400, "height": height})
             page.goto(url)
             page.wait_for_load_state("networkidle")
             time.sleep(settle_s)
             page.screenshot(path=str(args.out / name), full_page=True)
             print(args.out / name)
 
-        shot(f"{UI}/deployments/deployment/{deployment['id']}/run", "1-run-form.png")
+        shot(f"{UI}/deployments/deployment/{deployment['id']}/run", "1-run-form.png", height=7000)
         wait(run["id"], lambda r: any("training:" in line for line in _logs(r["id"])))
-        shot(f"{UI}/runs/flow-run/{run['id']}", "2-running-parent-run.png")
+        shot(f"{UI}/runs/flow-run/{run['id']}", "2-running-parent-run.png", height=3200)
         shot(f"{UI}/runs/flow-run/{run['id']}?tab=Artifacts", "3-running-parent-artifacts.png")
         final = wait(run["id"], lambda r: r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
         print("run ended", final["state_name"])
         artifacts = call("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]},
                                                                       "key": {"any_": ["training-outputs"]}}})
         if artifacts:
-            shot(f"{UI}/artifacts/artifact/{artifacts[0]['id']}", "4-outputs-artifact.png")
-        shot(f"{UI}/runs/flow-run/{run['id']}", "5-finished-parent-run.png")
+            shot(f"{UI}/artifacts/artifact/{artifacts[0]['id']}", "4-outputs-artifact.png", height=1800)
+        shot(f"{UI}/runs/flow-run/{run['id']}", "5-finished-parent-run.png", height=3200)
         browser.close()
     return 0
 
