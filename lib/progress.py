@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +48,10 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True)
+            # shutil's size falls back to 80x24 where a terminal reports 0x0 (some ptys do, and
+            # tqdm then hides the bar as "below the screen")
+            columns, lines = shutil.get_terminal_size()
+            self.bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, ncols=columns, nrows=lines)
 
     def update(self, done: int | None = None, **figures) -> None:
         previous, self.done = self.done, self.done + 1 if done is None else done

@@ -41,3 +41,16 @@ def sample_zip(tmp_path_factory) -> Path:
     from lib.synthetic import make_sample_zip
 
     return make_sample_zip(tmp_path_factory.mktemp("sample") / "sample.zip")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: the hub's offline switch plus a socket that refuses to connect."""
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)

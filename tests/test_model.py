@@ -3,7 +3,6 @@ normalization identical to the diffusers pipeline's, and a transformer forward o
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -18,17 +17,6 @@ from lib.model import (LTX23_FLAGS, MODULE_NAMES, build_tiny, check_model_source
 @pytest.fixture(scope="module")
 def tiny():
     return build_tiny()
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """No network: the hub's offline switch plus a socket that refuses to connect."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def _state(components, name):

@@ -3,7 +3,6 @@ preset in Lightricks' key layout), the shipped 2.3 configs, and the early availa
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -31,16 +30,6 @@ def checkpoints(tiny, tmp_path_factory):
     tiny.text_encoder.save_pretrained(gemma)
     tiny.tokenizer.save_pretrained(gemma)
     return {"diffusers": folder / "diffusers", "single": single, "gemma": gemma}
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_single_file_uses_lightricks_names(checkpoints):
