@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict
 from lib.errors import DownloadError, TransientDownloadError
 
 CHUNK_BYTES = 1 << 20
+# Transfers never hang: a server that accepts and then never answers fails after these (then the
+# task's retries apply). Defaults a slow link survives; override per worker.
+CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV = "AV2AV_CONNECT_TIMEOUT_S", "AV2AV_READ_TIMEOUT_S"
+DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S = 30.0, 120.0
 DEFAULT_MAX_DOWNLOAD_BYTES = 20 * (1 << 30)
 TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -108,6 +112,21 @@ def is_transient(error: BaseException) -> bool:
                for cause in _chain(error))
 
 
+def timeouts() -> tuple[float, float]:
+    return (float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S)),
+            float(os.environ.get(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S)))
+
+
+def storage_options(url: str) -> dict:
+    """fsspec options per protocol: connect and read time-outs for HTTP(S)."""
+    if not url.startswith(("http://", "https://")):
+        return {}
+    import aiohttp
+
+    connect, read = timeouts()
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)}}
+
+
 def describe_cause(error: BaseException, url: str) -> str:
     """The informative part of an error chain: fsspec reports a DNS failure, a refused connection
     or an HTTP 404 alike as `FileNotFoundError: <url>`; the real cause is further down."""
@@ -115,6 +134,10 @@ def describe_cause(error: BaseException, url: str) -> str:
         status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
         if isinstance(status, int):
             return f"HTTP {status} {getattr(cause, 'message', '') or ''}".strip()
+        if isinstance(cause, TimeoutError):
+            connect, read = timeouts()
+            return (f"timed out: no connection within {connect:g} s or no data for {read:g} s "
+                    f"(${CONNECT_TIMEOUT_ENV} / ${READ_TIMEOUT_ENV})")
         text = str(cause)
         if text and text.strip("'\"") != url:
             return f"{type(cause).__name__}: {text}"
@@ -132,7 +155,7 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
     handle, partial = tempfile.mkstemp(prefix=".download.", dir=dest_dir)
     digest, size = hashlib.sha256(), 0
     try:
-        with os.fdopen(handle, "wb") as out, fsspec.open(url, "rb") as source:
+        with os.fdopen(handle, "wb") as out, fsspec.open(url, "rb", **storage_options(url)) as source:
             while chunk := source.read(CHUNK_BYTES):
                 size += len(chunk)
                 if size > max_bytes:
