@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from lib.errors import Reason
 from lib.storage import FileRef
 
-VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi"})
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".mts", ".m2ts"})   # .mts/.m2ts: AVCHD camcorders
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 ROLES = ("start", "end", "mask")
 
@@ -50,17 +50,27 @@ class Matching:
     warnings: list[str] = field(default_factory=list)
 
 
-def _role_of(path: PurePosixPath) -> tuple[str, str] | None:
-    """(base name, role) for a recognised file, else None. Role is start/end/mask/caption."""
+def _role_of(path: PurePosixPath) -> tuple[str, str, bool] | None:
+    """(base name, role, extension supported) for a file named like a triplet part, else None.
+    Role is start/end/mask/caption."""
     ext = path.suffix.lower()
     if ext == ".txt":
-        return path.stem, "caption"
+        return path.stem, "caption", True
     for role in ROLES:
         if path.stem.endswith(f"_{role}") and len(path.stem) > len(role) + 1:
-            allowed = VIDEO_EXTS | IMAGE_EXTS if role == "mask" else VIDEO_EXTS
-            if ext in allowed:
-                return path.stem[: -len(role) - 1], role
+            return path.stem[: -len(role) - 1], role, ext in _allowed(role)
     return None
+
+
+def _allowed(role: str) -> frozenset[str]:
+    return VIDEO_EXTS | IMAGE_EXTS if role == "mask" else VIDEO_EXTS
+
+
+def _unsupported(base: str, role: str, name: str) -> Rejection:
+    return Rejection(base, Reason.UNSUPPORTED_EXTENSION,
+                     f"'{base}': {PurePosixPath(name).name} has an unsupported extension "
+                     f"'{PurePosixPath(name).suffix}'; {base}_{role} must be one of "
+                     f"{', '.join(sorted(_allowed(role)))}.")
 
 
 def _duplicates(names: list[str]) -> dict[str, list[str]]:
@@ -75,12 +85,20 @@ def match_triplets(names: list[str]) -> Matching:
     rejections: list[Rejection] = []
     warnings: list[str] = []
     groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    unsupported: dict[str, dict[str, str]] = defaultdict(dict)
     for name in sorted(names):
         role = _role_of(PurePosixPath(name))
         if role is None:
             warnings.append(f"Ignored '{name}': not a _start/_end/_mask media file or a .txt caption.")
             continue
-        groups[role[0]][role[1]].append(name)
+        base, part, supported = role
+        if supported:
+            groups[base][part].append(name)
+        else:
+            unsupported[base][part] = name
+    for base, parts in unsupported.items():   # a named part in an unknown format, not a missing part
+        if base not in groups:
+            rejections.append(_unsupported(base, *next(iter(parts.items()))))
 
     duplicated_files = _duplicates(names)
     rows = []
@@ -96,6 +114,10 @@ def match_triplets(names: list[str]) -> Matching:
         missing = [role for role in ("end", "start", "mask") if role not in parts]
         if missing == ["end", "start", "mask"]:
             warnings.append(f"Orphan caption '{parts['caption'][0]}': no '{base}_end' clip uses it.")
+            continue
+        if missing and any(role in unsupported[base] for role in missing):
+            role = next(role for role in missing if role in unsupported[base])
+            rejections.append(_unsupported(base, role, unsupported[base][role]))
             continue
         if missing:
             role = missing[0]

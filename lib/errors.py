@@ -20,6 +20,7 @@ class Reason(str, Enum):
     MASK_UNREADABLE = "mask_unreadable"
     MASK_SELECTS_NOTHING = "mask_selects_nothing"
     DUPLICATE_NAME = "duplicate_name"
+    UNSUPPORTED_EXTENSION = "unsupported_extension"
 
 
 class ArchiveCode(str, Enum):

@@ -42,4 +42,41 @@ def test_names_are_case_sensitive_and_orphans_reported():
 
 def test_mask_may_not_be_audio_or_text():
     matching = match_triplets(["a_start.mp4", "a_end.mp4", "a_mask.wav"])
-    assert _reasons(matching) == {"a": "missing_mask"}
+    assert _reasons(matching) == {"a": "unsupported_extension"}   # the file is there, its format is not
+    assert "a_mask.wav" in matching.rejections[0].message
+
+
+def test_avchd_clips_are_accepted_and_decode(tmp_path):
+    """Camcorder .mts/.m2ts files (MPEG transport streams) are videos like any other."""
+    import av
+
+    from lib.conform import check_triplet
+    from lib.dataset import triplets_from_manifest
+    from lib.synthetic import make_box_mask, make_clip
+
+    def as_transport_stream(source, destination):
+        with av.open(str(source)) as inp, av.open(str(destination), "w", format="mpegts") as out:
+            streams = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+            for packet in inp.demux():
+                if packet.dts is not None and packet.stream.index in streams:
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+        return destination
+
+    as_transport_stream(make_clip(tmp_path / "a.mp4", 1.0, seed=1), tmp_path / "cam_start.MTS")
+    as_transport_stream(make_clip(tmp_path / "b.mp4", 1.0, seed=2), tmp_path / "cam_end.m2ts")
+    make_box_mask(tmp_path / "cam_mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))
+    matching = match_triplets(["cam_start.MTS", "cam_end.m2ts", "cam_mask.png"])
+    assert matching.rejections == [] and list(matching.manifest["name"]) == ["cam"]
+    check = check_triplet(triplets_from_manifest(matching.manifest, tmp_path)[0])
+    assert check.reason is None, check.message
+    assert check.target.duration_s > 0.9
+
+
+def test_unsupported_extension_is_reported_as_such():
+    matching = match_triplets(["clip_start.flv", "clip_end.mp4", "clip_mask.png", "lone_mask.tiff"])
+    reasons = {r.name: (r.reason.value, r.message) for r in matching.rejections}
+    assert reasons["clip"][0] == "unsupported_extension"
+    assert "clip_start.flv" in reasons["clip"][1] and ".mts" in reasons["clip"][1] and ".mp4" in reasons["clip"][1]
+    assert reasons["lone"][0] == "unsupported_extension" and "lone_mask.tiff" in reasons["lone"][1]
+    assert "missing_start" not in {reason for reason, _ in reasons.values()}
