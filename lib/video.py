@@ -22,6 +22,8 @@ from lib.geometry import fill_crop_box
 
 UNDECODABLE = Reason.UNDECODABLE.value
 
+TIE_S = 1e-6   # a time this close to the midpoint of two frames is a tie: the later frame wins
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -90,7 +92,9 @@ def probe(path) -> VideoInfo:
 
 
 def read_frames(path, times: np.ndarray, size: tuple[int, int] | None = None) -> SampledFrames:
-    """Frame i is the source frame on screen at times[i] (seconds after the first frame).
+    """Frame i is the source frame whose timestamp is nearest to times[i] (seconds after the first
+    frame), a tie going to the later one: ffmpeg's `fps` filter default (round=near). So 23.976 fps
+    conformed to 24 fps never repeats frame 0, and no output lags a source frame behind.
 
     size=(W, H) fills and center-crops to exactly that size; None keeps the display size.
     """
@@ -100,16 +104,16 @@ def read_frames(path, times: np.ndarray, size: tuple[int, int] | None = None) ->
     out = None
     seen = 0
     with _opened(path) as (container, stream):
-        tolerance = _pts_tolerance(stream)
         pending = 0  # position in `order` of the earliest time not yet assigned
-        shown = None  # (index, frame, layout) of the frame on screen so far
+        shown, shown_t = None, 0.0  # (index, frame, layout) of the latest frame, and its time
         for index, (t, frame, layout) in enumerate(_timed_frames(container, stream)):
             seen = index + 1
             if out is None:
                 out = np.empty((len(times), *_output_shape(layout, size), 3), dtype=np.uint8)
-            if shown is not None:
-                pending = _assign(out, indices, times, order, pending, shown, size, until=t - tolerance)
-            shown = (index, frame, layout)
+            if shown is not None:   # times before the midpoint are nearer the previous frame
+                midpoint = (shown_t + t) / 2 - TIE_S
+                pending = _assign(out, indices, times, order, pending, shown, size, until=midpoint)
+            shown, shown_t = (index, frame, layout), t
             if pending == len(order):
                 break
         if shown is None:
@@ -180,13 +184,6 @@ def _timed_frames(container, stream) -> Iterator[tuple[float, av.VideoFrame, _La
             start = t
         previous = t
         yield t - start, frame, layout
-
-
-def _pts_tolerance(stream) -> float:
-    # Containers round pts to their time base (Matroska: 1 ms), so a frame stamped up to half a
-    # tick after the requested time is really on screen at it; capped so coarse bases stay exact.
-    tick = float(stream.time_base) if stream.time_base else 0.0
-    return min(tick / 2, 1e-3) + 1e-6
 
 
 def _layout(stream, frame) -> _Layout:

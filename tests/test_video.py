@@ -42,8 +42,10 @@ def _presentation_times(path) -> np.ndarray:
 
 
 def _expected_indices(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """The frame on screen at t: last pts <= t, else the first frame."""
-    return np.maximum(np.searchsorted(pts, times + 1e-6, side="right") - 1, 0)
+    """The frame nearest to t, a tie going to the later frame (ffmpeg's fps filter, round=near)."""
+    later = np.clip(np.searchsorted(pts, times, side="left"), 0, len(pts) - 1)
+    earlier = np.clip(later - 1, 0, len(pts) - 1)
+    return np.where(times >= (pts[earlier] + pts[later]) / 2 - 1e-6, later, earlier)
 
 
 # --- geometry and orientation of the real files -------------------------------------------
@@ -157,7 +159,9 @@ def test_vfr_frames_are_picked_by_presentation_time(media, name, seconds):
 def test_times_need_not_be_sorted(media):
     times = np.array([0.5, 0.0, 0.25, 0.5, -1.0])
     sampled = read_frames(media / ROT180_VFR, times, (32, 32))
-    assert sampled.source_indices.tolist() == [5, 0, 2, 5, 0]
+    np.testing.assert_array_equal(sampled.source_indices,
+                                  _expected_indices(_presentation_times(media / ROT180_VFR), times))
+    assert sampled.source_indices[1] == sampled.source_indices[4] == 0   # before the first frame: the first
     np.testing.assert_array_equal(sampled.frames[0], sampled.frames[3])
 
 
@@ -227,7 +231,7 @@ def test_synthetic_clip_sampled_by_time(tmp_path, codec, suffix, fps, read_fps):
     write_video(path, source, fps, codec=codec)
     times = frame_times(int(30 / fps * read_fps), read_fps)
     sampled = read_frames(path, times, None)
-    expected = np.floor(times * fps + 1e-6).astype(np.int64)
+    expected = np.minimum(np.floor(times * fps + 0.5 + 1e-6).astype(np.int64), len(source) - 1)   # nearest frame
     np.testing.assert_array_equal(sampled.source_indices, expected)
     error = np.abs(sampled.frames.astype(int) - source[expected]).max()
     assert error == 0 if codec == "ffv1" else error <= 4
@@ -309,3 +313,15 @@ def test_durations_of_real_files(media):
     for name, seconds in cases.items():
         assert probe(media / name).duration_s == pytest.approx(seconds, abs=0.01), name
     assert math.isclose(probe(media / SAR_2_1).avg_fps, 30)
+
+
+def test_film_rate_to_24_fps_picks_the_nearest_frame(tmp_path):
+    """23.976 fps conformed to 24 fps: output frame i is source frame i (the nearest, as ffmpeg's
+    fps filter picks), so frame 0 is not shown twice and nothing lags a frame behind."""
+    source = _index_clip(30)
+    path = tmp_path / "film.mkv"
+    write_video(path, source, 24000 / 1001, codec="ffv1")
+    sampled = read_frames(path, frame_times(24, 24), None)
+    assert sampled.source_indices.tolist() == list(range(24))
+    assert not np.array_equal(sampled.frames[0], sampled.frames[1])
+    assert np.array_equal(sampled.frames, source[:24])
