@@ -23,7 +23,7 @@ from lib.model import check_model_source
 from lib.outputs import billing_units, write_config
 from lib.plan import plan_run
 from lib.storage import work_dir
-from lib.upload import UploadError
+from lib.upload import UploadError, check_output_location
 from tasks import ingest
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
 
@@ -112,8 +112,10 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     output_url = request.output_url or str(Path("outputs") / run_name())
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
-    # Before any dataset work: a run whose weights cannot be found must not spend minutes first.
+    # Before any dataset work: a run whose weights cannot be found, or whose outputs could not be
+    # written, must not spend minutes first.
     check_model_source(request.model, request.model_source, request.text_encoder_source)
+    check_output_location(output_url)
     with step("fetch"):
         zip_file = ingest.fetch_training_data(request.training_data_url, work_dir())
     fingerprint = run_fingerprint(request, zip_file.sha256)
@@ -141,7 +143,11 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
              "flow_run": run_name(), "fingerprint": fingerprint,
              "checkpoints_kept_in": trained.get("checkpoints_kept_in")}
     with step("upload"):
-        result = upload(files, output_url, extra, trained.get("previews", []))
+        try:
+            result = upload(files, output_url, extra, trained.get("previews", []))
+        except UploadError as error:   # training is done: say where its results are
+            raise type(error)(f"{error.message} The trained files are kept in {staging} on the CPU worker "
+                              "until you remove them; copy them from there or fix output_url and rerun.") from error
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
     shutil.rmtree(staging, ignore_errors=True)  # everything in it is uploaded now
     print(f"Outputs: {output_url}")

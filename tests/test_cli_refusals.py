@@ -98,6 +98,9 @@ CASES = [
     ("config-missing", lambda t, w, m: ["train", "--config", str(t / "absent.json")], 2, "absent.json"),
     ("resume-from-missing", lambda t, w, m: ["train", "--config", _request_file(
         t, training_data_url="x.zip", model="tiny", resume_from=str(t / "ckpt.safetensors"))], 2, "resume_from"),
+    ("output-url-unwritable", lambda t, w, m: ["train", "--config", _request_file(
+        t, training_data_url="x.zip", model="tiny", output_url=str(_text(t / "results.txt") / "run"))], 2,
+     "cannot write to"),
     ("model-unavailable", lambda t, w, m: ["train", "--config", _request_file(
         t, training_data_url="x.zip", model_source=str(t / "ltx-2.3.safetensors"))], 2, "ltx-2.3.safetensors"),
 ]

@@ -109,3 +109,29 @@ def test_unavailable_model_ends_the_run_before_the_dataset_is_fetched(sample_zip
     assert state.is_failed() and state.name == "ModelUnavailable"
     assert "diffusers/LTX-2.3-Diffusers" in state.message and "model_source" in state.message
     assert not (tmp_path / "out" / "result.json").exists()   # nothing uploaded, billed 0
+
+
+@pytest.mark.parametrize("output_url, text", [
+    ("{tmp}/a_file/out", "cannot write to"),
+    ("s3://my-bucket/loras", "av2av-trainer[s3]"),
+], ids=["under-a-file", "extra-missing"])
+def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(sample_zip, tmp_path, monkeypatch,
+                                                                       output_url, text):
+    import importlib.util
+    import time
+
+    import flows.train_lora as module
+
+    if "s3://" in output_url and importlib.util.find_spec("s3fs"):
+        pytest.skip("s3fs is installed here")
+    (tmp_path / "a_file").write_text("not a folder")
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("the dataset was fetched before output_url was checked")
+
+    monkeypatch.setattr(module.ingest, "fetch_training_data", no_fetch)
+    began = time.monotonic()
+    state = train_lora(_request(sample_zip, tmp_path, output_url=output_url.format(tmp=tmp_path)), return_state=True)
+    assert time.monotonic() - began < 10
+    assert state.is_failed() and state.name == "InvalidRequest", state.message
+    assert "output_url" in state.message and text in state.message
