@@ -15,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
-    """Task run states of a finished flow run. The server records task runs from events, which can
-    lag on a busy machine: wait (up to 15 s) until at least `expected` are there."""
+    """Task run states of a finished flow run. The server records task runs and their states from
+    events, which can lag on a busy machine: wait (up to 15 s) until at least `expected` are there,
+    each with a state."""
     import time
 
     deadline = time.monotonic() + 15
@@ -24,8 +25,9 @@ def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
                 id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-        if len(runs) >= expected or time.monotonic() > deadline:
-            return {run.name: run.state.name for run in runs}
+        recorded = len(runs) >= expected and all(run.state is not None for run in runs)
+        if recorded or time.monotonic() > deadline:
+            return {run.name: run.state.name if run.state else "no state yet" for run in runs}
         time.sleep(0.5)
 
 
