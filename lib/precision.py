@@ -24,10 +24,6 @@ def dtype_named(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in DTYPES.items() if value == dtype)
-
-
 def compute_dtype(device: torch.device | str, requested: str | None = None) -> torch.dtype:
     """bf16 on CUDA, fp32 on CPU; `requested` (or $AV2AV_COMPUTE_DTYPE) overrides either."""
     requested = requested or os.environ.get(COMPUTE_DTYPE_ENV)

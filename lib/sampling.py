@@ -50,7 +50,7 @@ def _rescale(guided: torch.Tensor, cond: torch.Tensor, factor: float, rows: torc
     return factor * guided * ratio + (1 - factor) * guided
 
 
-def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs, settings: SamplerSettings,
+def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs | None, settings: SamplerSettings,
               sigma: torch.Tensor, video: torch.Tensor, audio: torch.Tensor):
     """Guided clean-latent predictions (video, audio) at noise level `sigma` from states (video, audio)."""
     arguments = _pass_arguments(transformer, settings)
@@ -96,7 +96,8 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
         state = dict(video_sigma=sigma, audio_sigma=sigma, video_noise=video, audio_noise=audio,
                      noisy_video=video, noisy_audio=audio, conditioning=conditioning, dtype=dtype)
         cond = build_inputs(transformer, example, **state)
-        uncond = build_inputs(transformer, unconditional, **state)
+        # The negative-prompt call only when CFG is on: building it is a full input assembly per step.
+        uncond = build_inputs(transformer, unconditional, **state) if "uncond" in settings.passes() else None
         with precision.autocast(device, dtype):
             video_x0, audio_x0 = guided_x0(transformer, cond, uncond, settings, sigma, video, audio)
         # Euler on the velocity implied by the guided x0: v = (x_t - x0) / sigma.
