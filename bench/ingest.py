@@ -63,12 +63,13 @@ def triplet_of(start: Path, end: Path, mask: Path):
 def conform_once(start: Path, end: Path, mask: Path, frames: int, fps: int, auto_scale: bool, cache: Path,
                  triplet=None) -> str:
     """Check + conform (hashing the inputs is the fetch step's job: pass `triplet` to leave it out)."""
+    from lib.cache import Cache
     from lib.conform import ConformSettings, check_triplet, conform_triplet
 
     triplet = triplet or triplet_of(start, end, mask)
     settings = ConformSettings(number_of_frames=frames, frame_rate=fps, width=768, height=448,
                                auto_scale_input=auto_scale, audio_normalize=True, audio_preserve_pitch=True)
-    result = conform_triplet(triplet, check_triplet(triplet), settings, cache)
+    result = conform_triplet(triplet, check_triplet(triplet), settings, Cache.at(cache))
     assert result.status == "accepted", result.message
     return result.clip.path
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.conditioning import build_inputs  # noqa: E402
+from lib.cache import Cache  # noqa: E402
 from lib.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
 from lib.dataset import Triplet  # noqa: E402
 from lib.encoding import encode_clip, load_example  # noqa: E402
@@ -38,7 +39,7 @@ def conformed_clip(scratch: Path) -> FileRef:
     triplet = Triplet(name="a", start=FileRef.of(start), end=FileRef.of(end), mask=FileRef.of(mask))
     settings = ConformSettings(number_of_frames=17, frame_rate=24, width=512, height=288, auto_scale_input=False,
                                audio_normalize=True, audio_preserve_pitch=True)
-    return conform_triplet(triplet, check_triplet(triplet), settings, scratch).clip
+    return conform_triplet(triplet, check_triplet(triplet), settings, Cache.at(scratch)).clip
 
 
 def per_step(run, steps: int = STEPS) -> float:
@@ -57,9 +58,9 @@ def main() -> None:
         clip = conformed_clip(scratch)
         components = build_tiny()
         began = time.perf_counter()
-        latents_file = encode_clip(components, clip, scratch)
+        latents_file = encode_clip(components, clip, Cache.at(scratch))
         encode_s = time.perf_counter() - began
-        hit_s = min(_timed(lambda: encode_clip(components, clip, scratch)) for _ in range(5))
+        hit_s = min(_timed(lambda: encode_clip(components, clip, Cache.at(scratch))) for _ in range(5))
         examples = [load_example(latents_file.path)]
 
         transformer = components.transformer

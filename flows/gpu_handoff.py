@@ -1,8 +1,8 @@
 """Hand the heavy half to `train-lora-gpu`: through its deployment (GPU work pool) when this run
 itself came from a deployment and the GPU deployment exists, else in this process (CLI, tests,
-`flow.serve`). The GPU flow writes `gpu_result.json` into the shared staging folder.
-
-Both workers must see the same AV2AV_CACHE_DIR (one machine, or a shared filesystem).
+`flow.serve`). Clips go by cache entry and hash, outputs come back the same way
+(`runs/<run id>/gpu/` in the cache): the two workers share the cache *location* (a folder on one
+machine, an object-store URL across machines), never a filesystem.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
-from flows.train_lora_gpu import GPU_RESULT, train_lora_gpu
+from flows.train_lora_gpu import GPU_RESULT, staging_entry, train_lora_gpu
+from lib.cache import Cache
 from lib.plan import RunPlan
 from lib.storage import FileRef
 
@@ -34,16 +35,23 @@ def _gpu_deployment_exists() -> bool:
     return True
 
 
-def run_gpu_flow(plan: RunPlan, clips: list[FileRef], staging: Path) -> dict:
+def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache) -> dict[str, Path | dict]:
     """Run the GPU half as `<this run's name>-gpu`, giving it this run's id so it links back and
-    mirrors its progress here."""
+    mirrors its progress here. Returns its result with every file as a local path here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
     if not _gpu_deployment_exists():
-        return train_lora_gpu.with_options(flow_run_name=name)(plan, clips, str(staging), parent_run_id=parent_id)
-    parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
-                  "output_dir": str(staging), "parent_run_id": parent_id}
-    run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2, flow_run_name=name)
-    if not run.state or not run.state.is_completed():
-        message = run.state.message if run.state else "no state"
-        raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
-    return json.loads((staging / GPU_RESULT).read_text())
+        result = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,
+                                                                 parent_run_id=parent_id)
+    else:
+        parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
+                      "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
+        run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2,
+                             flow_run_name=name)
+        if not run.state or not run.state.is_completed():
+            message = run.state.message if run.state else "no state"
+            raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
+        result = json.loads(cache.open(FileRef(path="", sha256="", size=0,
+                                               entry=f"{staging_entry(run_id)}/{GPU_RESULT}")).read_text())
+    files = {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
+    previews = [cache.open(FileRef(**ref)) for ref in result["previews"]]
+    return result | {"files": files, "previews": previews}

@@ -20,7 +20,8 @@ from lib.errors import ArchiveError
 from lib.plan import conform_settings
 from lib.progress import Progress, announce
 from lib.report import raise_if_unusable
-from lib.storage import FileRef, work_dir
+from lib.cache import Cache
+from lib.storage import FileRef
 
 
 class PreparedDataset(BaseModel):
@@ -32,11 +33,11 @@ class PreparedDataset(BaseModel):
 
 @dataclass(frozen=True)
 class Steps:
-    fetch: Callable          # (url, cache_root) -> FileRef
-    extract: Callable        # (zip FileRef, cache_root, display name) -> ExtractedArchive
+    fetch: Callable          # (url, local folder) -> FileRef
+    extract: Callable        # (zip FileRef, local folder, display name) -> ExtractedArchive
     match: Callable          # (ExtractedArchive) -> MatchOutcome
-    check: Callable          # (Triplet) -> TripletCheck
-    conform: Callable        # (Triplet, TripletCheck, ConformSettings, cache_root) -> TripletResult
+    check: Callable          # (Triplet, Cache) -> TripletCheck
+    conform: Callable        # (Triplet, TripletCheck, ConformSettings, Cache) -> TripletResult
     report: Callable         # (results, rejections, warnings, errors, report path) -> report dict
     debug: Callable          # (accepted results, report, destination) -> FileRef
     map_triplets: Callable   # (step, label, per-triplet argument lists, shared arguments) -> results
@@ -64,8 +65,8 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
 def local_steps() -> Steps:
     from lib import archive, conform, dataset, debug_dataset, report, storage
 
-    def fetch(url: str, cache_root: Path) -> FileRef:
-        return storage.fetch(url, cache_root / "downloads")
+    def fetch(url: str, local: Path) -> FileRef:
+        return storage.fetch(url, local / "downloads")
 
     def build_report(results, rejections, warnings, errors, report_path):
         document = report.build_report(results, rejections, warnings, errors)
@@ -101,20 +102,23 @@ def display_name(url: str) -> str:
 
 
 def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debug_dataset_path: Path | None = None,
-                    zip_file: FileRef | None = None, steps: Steps | None = None) -> PreparedDataset:
-    """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies."""
+                    zip_file: FileRef | None = None, steps: Steps | None = None,
+                    cache: Cache | None = None) -> PreparedDataset:
+    """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies.
+    Conformed clips go to `cache` (this worker's, by default) for the GPU pool to read."""
     steps = steps or prefect_steps()
-    cache_root = work_dir()
-    zip_file = zip_file or steps.fetch(request.training_data_url, cache_root)
+    cache = cache or Cache.current()
+    local = Path(cache.local)
+    zip_file = zip_file or steps.fetch(request.training_data_url, local)
     try:
-        extracted = steps.extract(zip_file, cache_root, display_name(request.training_data_url))
+        extracted = steps.extract(zip_file, local, display_name(request.training_data_url))
     except ArchiveError as error:
         document = steps.report([], [], [], [{"code": error.code, "message": error.message}], report_path)
         raise_if_unusable(document)
     matched = steps.match(extracted)
-    checks = steps.map_triplets(steps.check, "checking triplets", [matched.triplets])
+    checks = steps.map_triplets(steps.check, "checking triplets", [matched.triplets], (cache,))
     results = steps.map_triplets(steps.conform, "fitting triplets", [matched.triplets, checks],
-                                 (conform_settings(request), cache_root))
+                                 (conform_settings(request), cache))
     document = steps.report(results, matched.rejections, matched.warnings, [], report_path)
     steps.notify(summary(document))
     accepted = [r for r in results if r.status == "accepted"]

@@ -5,7 +5,6 @@ deployment when one exists, else in-process), uploads the outputs.
 from __future__ import annotations
 
 import logging
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,14 +16,16 @@ from flows.gpu_handoff import run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
 from lib.config import TrainRequest
 from lib.checkpoint import check_checkpoint
-from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
+from lib.errors import Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
 from lib.fingerprint import run_fingerprint
 from lib.model import check_model_source
 from lib.outputs import billing_units, write_config
 from lib.plan import plan_run
-from lib.storage import work_dir
+from lib.cache import Cache, check_cache_location
+from lib.housekeeping import mark_owner, stale_after_text
 from lib.upload import UploadError, check_output_location
 from tasks import ingest
+from tasks.housekeeping import sweep_stale_runs
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
 
 
@@ -46,7 +47,7 @@ def step(name: str):
 # Expected refusals -> the Failed state's name. UploadError before DownloadError: it subclasses it.
 FAILED_STATE_NAMES = ((InvalidDataset, "InvalidDataset"), (InvalidRequest, "InvalidRequest"),
                       (ModelUnavailable, "ModelUnavailable"), (UploadError, "UploadFailed"),
-                      (DownloadError, "DownloadFailed"))
+                      (DownloadError, "DownloadFailed"), (CacheUnavailable, "CacheUnavailable"))
 REFUSALS = tuple(kind for kind, _ in FAILED_STATE_NAMES)
 
 
@@ -83,9 +84,10 @@ def run_name() -> str:
     return flow_run.get_name() or "local-run"
 
 
-def staging_folder() -> Path:
-    """This run's private local folder (concurrent runs never share one)."""
-    return work_dir() / "runs" / (flow_run.get_id() or run_name())
+def staging_id() -> str:
+    """Names this run's private staging folder, `runs/<id>` in the cache (concurrent runs never
+    share one; housekeeping asks Prefect whether the run of that id is still going)."""
+    return str(flow_run.get_id() or run_name())
 
 
 @flow(name="train-lora", log_prints=True)
@@ -108,7 +110,8 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
 
 
 def _train(request: TrainRequest, skip_if_unchanged: bool):
-    staging = staging_folder()
+    cache, run_id = Cache.current(), staging_id()
+    staging = cache.path(f"runs/{run_id}")
     output_url = request.output_url or str(Path("outputs") / run_name())
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
@@ -116,24 +119,27 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     # written, must not spend minutes first.
     check_model_source(request.model, request.model_source, request.text_encoder_source)
     check_output_location(output_url)
+    check_cache_location(cache)
+    sweep_stale_runs(cache)
     with step("fetch"):
-        zip_file = ingest.fetch_training_data(request.training_data_url, work_dir())
+        zip_file = ingest.fetch_training_data(request.training_data_url, Path(cache.local))
     fingerprint = run_fingerprint(request, zip_file.sha256)
     previous = last_success(request) if skip_if_unchanged else None
     if previous and previous.get("fingerprint") == fingerprint:
         return Completed(message=f"Skipped: dataset (sha256 {zip_file.sha256[:12]}) and parameters unchanged "
                                  f"since run '{previous.get('flow_run')}'; nothing retrained, nothing billed.")
+    mark_owner(staging, run_id)
     with step("prepare dataset"):
         prepared = prepare_dataset(request, staging / "report.json",
                                    staging / "debug_dataset.zip" if request.debug_dataset else None, zip_file,
-                                   prefect_steps(get_run_logger().info))
+                                   prefect_steps(get_run_logger().info), cache)
     with step("validation samples"):
-        validation_clips = prepare_validation(request)
+        validation_clips = prepare_validation(request, cache)
     print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
     plan = plan_run(request, validation_clips)
     with step("training"):
-        trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], staging)
-    files = {name: Path(path) for name, path in trained["files"].items()}
+        trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], run_id, cache)
+    files = dict(trained["files"])
     files["config.json"] = write_config(request, plan, staging / "config.json")
     files["report.json"] = staging / "report.json"
     if prepared.debug_dataset is not None:
@@ -147,9 +153,10 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
             result = upload(files, output_url, extra, trained.get("previews", []))
         except UploadError as error:   # training is done: say where its results are
             raise type(error)(f"{error.message} The trained files are kept in {staging} on the CPU worker "
-                              "until you remove them; copy them from there or fix output_url and rerun.") from error
+                              f"for {stale_after_text()} (then housekeeping removes them); copy them from there "
+                              "or fix output_url and rerun.") from error
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
-    shutil.rmtree(staging, ignore_errors=True)  # everything in it is uploaded now
+    cache.remove(f"runs/{run_id}")  # everything in it is uploaded now
     print(f"Outputs: {output_url}")
     return result
 
@@ -161,7 +168,7 @@ def check_dataset(request: TrainRequest, report_path: str | None = None,
     try:
         prepared = prepare_dataset(request, Path(report_path) if report_path else None,
                                    Path(debug_dataset_path) if debug_dataset_path else None,
-                                   steps=prefect_steps(get_run_logger().info))
+                                   steps=prefect_steps(get_run_logger().info), cache=Cache.current())
     except REFUSALS as error:
         return refused(error)
     return prepared.report

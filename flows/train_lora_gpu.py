@@ -1,15 +1,20 @@
 """`train-lora-gpu`: the heavy half, on a GPU work pool. One flow run holds the GPU for latent
 encoding, training and validation, so the model is loaded once. Every setting comes in the run
-plan the CPU flow derived from the request (lib/plan.py)."""
+plan the CPU flow derived from the request (lib/plan.py); the data comes through the cache
+(lib/cache.py): the conformed clips by name and hash, read from the cache location into this
+worker's local copy, so the two pools need no shared filesystem."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from prefect import flow, unmapped
 
+from lib.cache import Cache
+from lib.housekeeping import mark_owner
 from lib.outputs import loss_curve
 from lib.plan import RunPlan
 from lib.progress import Progress
@@ -17,16 +22,23 @@ from lib.reel import animated_previews
 from lib.storage import FileRef, work_dir
 from lib.worker import TrainJob
 from tasks import model_cache
+from tasks.housekeeping import sweep_stale_runs
 from tasks.parent_run import ParentRun
 from tasks.training import encode_latents, render_validation, run_and_parent_logger, train_lora_task
 
 GPU_RESULT = "gpu_result.json"
 
 
-def checkpoint_folder(output_dir: str) -> Path:
+def checkpoint_folder(run_id: str) -> Path:
     """Where checkpoints are kept on the GPU worker: outside the run's staging folder, which is
     removed after upload, so a run can be resumed from them (README, "Checkpoints")."""
-    return work_dir() / "checkpoints" / Path(output_dir).name
+    return work_dir() / "checkpoints" / run_id
+
+
+def staging_entry(run_id: str) -> str:
+    """The cache folder through which a run's outputs travel from the GPU pool to the CPU pool
+    (inside the run's staging folder, `runs/<run_id>`, which the CPU flow removes after upload)."""
+    return f"runs/{run_id}/gpu"
 
 
 def files_to_upload(output: Path, checkpoints: list[Path], upload_checkpoints: bool) -> dict[str, Path]:
@@ -39,10 +51,10 @@ def files_to_upload(output: Path, checkpoints: list[Path], upload_checkpoints: b
     return files
 
 
-def _encode(clips: list[FileRef], plan: RunPlan, label: str, log) -> list[FileRef]:
+def _encode(clips: list[FileRef], plan: RunPlan, cache: Cache, label: str, log) -> list[FileRef]:
     if not clips:
         return []
-    futures = encode_latents.map(clips, unmapped(plan), unmapped(work_dir()))
+    futures = encode_latents.map(clips, unmapped(plan), unmapped(cache))
     with Progress(len(futures), label, log=log, unit="clip") as progress:
         for done, future in enumerate(futures, 1):
             future.wait()
@@ -51,26 +63,33 @@ def _encode(clips: list[FileRef], plan: RunPlan, label: str, log) -> list[FileRe
 
 
 @flow(name="train-lora-gpu", log_prints=True)
-def train_lora_gpu(plan: RunPlan, clips: list[FileRef], output_dir: str, gpus: int | None = None,
+def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: str, gpus: int | None = None,
                    parent_run_id: str | None = None) -> dict:
-    """Encode (cached) → train → validate; writes the LoRA, loss curve and reels to `output_dir`.
+    """Encode (cached) → train → validate; the LoRA, loss curve and reels go to the cache's
+    `runs/<run_id>/`, where the CPU flow picks them up.
 
-    `gpus` None uses every GPU this worker sees (CUDA_VISIBLE_DEVICES); more than one trains
-    under torchrun (DDP). `parent_run_id`: the `train-lora` run that started this one, which gets
-    a link here and a copy of the progress.
+    `clips`: conformed clips, by cache entry and hash. `cache_url`: the cache location the CPU flow
+    wrote them to (a folder on one machine, an object-store URL across machines). `gpus` None uses
+    every GPU this worker sees (CUDA_VISIBLE_DEVICES); more than one trains under torchrun (DDP).
+    `parent_run_id`: the `train-lora` run that started this one, which gets a link here and a
+    copy of the progress.
     """
-    output = Path(output_dir)
+    cache = Cache.current(cache_url)
+    sweep_stale_runs(cache, location=False)   # the CPU flow sweeps the location
+    mark_owner(cache.path(f"runs/{run_id}"), run_id)
+    output = cache.path(staging_entry(run_id))
     gpus = gpus or max(1, torch.cuda.device_count())
     parent = ParentRun(parent_run_id)
     parent.link_child()
     log = run_and_parent_logger(parent)
     try:
-        latents = _encode(clips, plan, "encoding training clips", log)
-        validation_latents = _encode(plan.validation.clips, plan, "encoding validation samples", log)
-        validation = plan.validation.model_copy(update={"latents": validation_latents})
+        latents = _encode(clips, plan, cache, "encoding training clips", log)
+        validation_latents = _encode(plan.validation.clips, plan, cache, "encoding validation samples", log)
+        local_clips = [ref.model_copy(update={"path": str(cache.open(ref))}) for ref in plan.validation.clips]
+        validation = plan.validation.model_copy(update={"latents": validation_latents, "clips": local_clips})
         plan = plan.model_copy(update={"validation": validation})
         job = TrainJob(plan=plan, latents=[ref.path for ref in latents], output_dir=str(output),
-                       checkpoint_dir=str(checkpoint_folder(output_dir)))
+                       checkpoint_dir=str(checkpoint_folder(run_id)))
         losses = train_lora_task(job, gpus, parent_run_id)
         if validation.clips:
             render_validation(plan, output / "validation.mp4", output / "lora.safetensors", parent_run_id)
@@ -82,8 +101,20 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], output_dir: str, gpus: i
     previews = []
     if "validation.mp4" in files:
         previews = animated_previews(files["validation.mp4"], plan.validation_conform.number_of_frames, output)
-    result = {"files": {name: str(path) for name, path in files.items()}, "final_loss": losses[-1],
-              "steps": len(losses), "checkpoints_kept_in": job.checkpoint_dir if checkpoints else None,
-              "previews": [str(path) for path in previews]}
-    (output / GPU_RESULT).write_text(json.dumps(result))  # read by the CPU flow across processes
+    return _hand_back(cache, run_id, files, previews, losses, job.checkpoint_dir if checkpoints else None)
+
+
+def _hand_back(cache: Cache, run_id: str, files: dict[str, Path], previews: list[Path], losses: list[float],
+               checkpoints_kept_in: str | None) -> dict:
+    """Publish the outputs (and this result, for a CPU flow in another process) to the cache."""
+    folder = staging_entry(run_id)
+    shared = {name: cache.share(path, f"{folder}/{name}") for name, path in files.items()}
+    result = {"files": {name: ref.model_dump() for name, ref in shared.items()}, "final_loss": losses[-1],
+              "steps": len(losses), "checkpoints_kept_in": checkpoints_kept_in,
+              "previews": [cache.share(path, f"{folder}/{path.name}").model_dump() for path in previews]}
+    result_file = cache.path(f"{folder}/{GPU_RESULT}")
+    result_file.write_text(json.dumps(result))
+    cache.publish(f"{folder}/{GPU_RESULT}")
+    if cache.shared:   # everything is at the location now; this worker keeps only its checkpoints
+        shutil.rmtree(cache.path(folder), ignore_errors=True)
     return result

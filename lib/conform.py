@@ -6,8 +6,6 @@ of `number_of_frames` re-runs the fitting but not the checks.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,12 +15,15 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lib import audio, video
+from lib.cache import Cache, content_key
 from lib.dataset import Triplet
 from lib.errors import MediaError, Reason
 from lib.masks import conform_mask
 from lib.storage import FileRef, atomic_file
 
-CONFORM_VERSION = "1"  # bump when the conformed bytes change for the same inputs
+# Explicit code versions (lib.cache.content_key): bump when the output changes for the same inputs.
+CHECK_VERSION = "1"    # check_triplet's facts and verdicts
+CONFORM_VERSION = "2"  # the conformed clip's bytes and the outcome
 DURATION_TOLERANCE_S = 1e-3
 
 
@@ -94,8 +95,32 @@ def _facts(path: str, role: str) -> ClipFacts:
                      height=info.display_height, start_s=info.start_s, audio_peak_dbfs=sound.peak_dbfs)
 
 
-def check_triplet(triplet: Triplet) -> TripletCheck:
-    """Decodability and audio presence/signal of both clips (the mask is read when conforming)."""
+def check_entry(triplet: Triplet) -> str:
+    """The cache entry holding a triplet's check outcome (it depends on the two clips only)."""
+    key = content_key("check", CHECK_VERSION, name=triplet.name, start=triplet.start.sha256, end=triplet.end.sha256)
+    return f"checks/{key}/check.json"
+
+
+def check_triplet(triplet: Triplet, cache: Cache | None = None) -> TripletCheck:
+    """Decodability and audio presence/signal of both clips (the mask is read when conforming);
+    with a cache, a stored outcome for the same files and code version is read back instead."""
+    if cache is None:
+        return _check(triplet)
+    entry = check_entry(triplet)
+    if cache.sync(entry):
+        return TripletCheck.model_validate_json(cache.path(entry).read_text())
+    check = _check(triplet)
+    _store(cache, entry, check)
+    return check
+
+
+def _store(cache: Cache, entry: str, outcome: BaseModel) -> None:
+    with atomic_file(cache.path(entry)) as partial:
+        Path(partial).write_text(outcome.model_dump_json())
+    cache.publish(entry)
+
+
+def _check(triplet: Triplet) -> TripletCheck:
     facts = {}
     for role, ref in (("reference", triplet.start), ("target", triplet.end)):
         try:
@@ -137,10 +162,17 @@ def _fit_clip(path: str, facts: ClipFacts, settings: ConformSettings, stretch: b
             fit_audio(path, facts.start_s, facts.duration_s, settings, stretch))
 
 
-def content_key(triplet: Triplet, settings: ConformSettings) -> str:
-    identity = {"start": triplet.start.sha256, "end": triplet.end.sha256, "mask": triplet.mask.sha256,
-                "caption": triplet.caption, "settings": settings.model_dump(), "version": CONFORM_VERSION}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+def conform_key(triplet: Triplet, check: TripletCheck, settings: ConformSettings) -> str:
+    """Keyed by what conforming reads: the files, the caption, the settings and the check's facts
+    (so a new check version refits only if the facts it reports changed)."""
+    return content_key("conformed", CONFORM_VERSION, start=triplet.start.sha256, end=triplet.end.sha256,
+                       mask=triplet.mask.sha256, caption=triplet.caption, settings=settings.model_dump(),
+                       check=check.model_dump(mode="json"))
+
+
+def outcome_entry(triplet: Triplet, check: TripletCheck, settings: ConformSettings) -> str:
+    """The cache entry holding a triplet's conform outcome (its TripletResult) for these settings."""
+    return f"conformed/{conform_key(triplet, check, settings)}/result.json"
 
 
 def clip_metadata(path: str) -> dict[str, str]:
@@ -149,36 +181,49 @@ def clip_metadata(path: str) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-def save_clip(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
-    """Write atomically. The ref's hash is the content key (inputs + recipe): it names these
-    bytes as well as their sha256 would, without reading 100+ MB back."""
-    with atomic_file(path) as partial:
+def save_clip(cache: Cache, entry: str, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+              key: str) -> FileRef:
+    """Write atomically, then publish to the cache location. The ref's hash is the content key
+    (inputs + recipe): it names these bytes as well as their sha256 would, without reading them back."""
+    with atomic_file(cache.path(entry)) as partial:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, partial, metadata=metadata)
-    return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
+    cache.publish(entry)
+    return cache.ref(entry, key)
+
+
+def _reuse(cache: Cache, outcome: str) -> TripletResult | None:
+    """A stored outcome whose clip is still in the cache (both copies refilled if one was cleaned)."""
+    if not cache.sync(outcome):
+        return None
+    cached = TripletResult.model_validate_json(cache.path(outcome).read_text())
+    if cached.clip is None:
+        return cached
+    if not cache.sync(cached.clip.entry):
+        return None
+    return cached.model_copy(update={"clip": cache.ref(cached.clip.entry, cached.clip.sha256)})  # this worker's path
 
 
 def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
-                    cache_root: Path) -> TripletResult:
+                    cache: Cache) -> TripletResult:
     """Fit an accepted-by-check triplet to the window and bucket; reject with a reason otherwise.
 
     The outcome is stored beside the conformed clip, keyed by content and settings, so a rerun
-    (the CLI's check, a flow whose Prefect cache is gone) reads it back instead of decoding again.
+    (the CLI's check, another worker, a flow whose Prefect cache is gone) reads it back instead of
+    decoding again.
     """
     base = dict(name=triplet.name, reference=check.reference, target=check.target)
     if check.reason is not None:
         return TripletResult(status="rejected", reason=check.reason.value, message=check.message, **base)
-    outcome = cache_root / "conformed" / content_key(triplet, settings) / "result.json"
-    if outcome.is_file():
-        cached = TripletResult.model_validate_json(outcome.read_text())
-        if cached.clip is None or Path(cached.clip.path).is_file():
-            return cached
-    result = _conform(triplet, check, settings, cache_root, base)
-    with atomic_file(outcome) as partial:
-        Path(partial).write_text(result.model_dump_json())
+    outcome = outcome_entry(triplet, check, settings)
+    cached = _reuse(cache, outcome)
+    if cached is not None:
+        return cached
+    result = _conform(triplet, check, settings, cache, base)
+    _store(cache, outcome, result)
     return result
 
 
-def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache_root: Path,
+def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache,
              base: dict) -> TripletResult:
     clips = {"reference": check.reference, "target": check.target}
     short = {role: f for role, f in clips.items() if f.duration_s + DURATION_TOLERANCE_S < settings.window_s}
@@ -202,8 +247,8 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
     if settings.audio_normalize:
         reference_audio, target_audio = audio.peak_normalize(reference_audio), audio.peak_normalize(target_audio)
     caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
-    key = content_key(triplet, settings)
-    clip = save_clip(cache_root / "conformed" / key / "clip.safetensors",
+    key = conform_key(triplet, check, settings)
+    clip = save_clip(cache, f"conformed/{key}/clip.safetensors",
                  {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
                   "reference_audio": reference_audio.astype(np.float32),
                   "target_audio": target_audio.astype(np.float32)},

@@ -6,8 +6,6 @@ parameters finds every file and encodes nothing.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lib import latents
+from lib.cache import Cache, content_key
 from lib.conditioning import Example
 from lib.conform import clip_metadata
 from lib.model import Components, model_spec
 from lib.storage import FileRef, atomic_file
 
-ENCODER_VERSION = "2"  # bump when encoded bytes change for the same clip and model
+ENCODER_VERSION = "3"  # explicit code version (lib.cache.content_key): bump when encoded bytes change for the same clip and model
 TEXT_KEYS = ("encoder_hidden_states", "audio_encoder_hidden_states", "encoder_attention_mask")
 
 
@@ -55,22 +54,28 @@ def downscale_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def latent_key(clip: FileRef, components: Components, reference_downscale: int = 1) -> str:
-    identity = {"clip": clip.sha256, "model": components.identity, "encoder": ENCODER_VERSION,
-                "reference_downscale": reference_downscale}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return content_key("latents", ENCODER_VERSION, clip=clip.sha256, model=components.identity,
+                       reference_downscale=reference_downscale)
 
 
-def encode_clip(components: Components, clip: FileRef, cache_root: Path, reference_downscale: int = 1) -> FileRef:
-    """Encode one conformed clip (unless cached) and return its latents file."""
+def latents_entry(clip: FileRef, components: Components, reference_downscale: int = 1) -> str:
+    return f"latents/{latent_key(clip, components, reference_downscale)}/latents.safetensors"
+
+
+def encode_clip(components: Components, clip: FileRef, cache: Cache, reference_downscale: int = 1) -> FileRef:
+    """Encode one conformed clip (unless its latents are in the cache, here or at the location) and
+    return its latents file. The clip is read through the cache: this worker need not have made it."""
     key = latent_key(clip, components, reference_downscale)
-    path = cache_root / "latents" / key / "latents.safetensors"
-    if path.is_file():
-        return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
-    tensors = _encode(components, clip.path, reference_downscale)
-    metadata = {k: v for k, v in clip_metadata(clip.path).items() if k in ("name", "caption", "frame_rate")}
-    with atomic_file(path) as partial:
+    entry = latents_entry(clip, components, reference_downscale)
+    if cache.sync(entry):
+        return cache.ref(entry, key)
+    clip_path = str(cache.open(clip))
+    tensors = _encode(components, clip_path, reference_downscale)
+    metadata = {k: v for k, v in clip_metadata(clip_path).items() if k in ("name", "caption", "frame_rate")}
+    with atomic_file(cache.path(entry)) as partial:
         save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
-    return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
+    cache.publish(entry)
+    return cache.ref(entry, key)
 
 
 def _encode(components: Components, clip_path: str, reference_downscale: int) -> dict[str, torch.Tensor]:

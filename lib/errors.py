@@ -85,3 +85,10 @@ class InvalidDataset(Av2AvError):
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
         self.report = report or {}
+
+
+class CacheUnavailable(Av2AvError):
+    """The cache location (AV2AV_CACHE_DIR) cannot be reached or written: a worker's set-up, not
+    the request. Checked before any dataset work; billed 0."""
+
+    code = "cache_unavailable"

@@ -19,8 +19,7 @@ COLUMNS = ("name", "status", "reason", "duration_s", "fps", "size", "mask_covera
 def _row(result: TripletResult) -> dict:
     def pair(fmt, ref, tgt):
         return f"{fmt(ref)} / {fmt(tgt)}" if ref is not None and tgt is not None else ""
-    row = result.model_dump(mode="json", exclude={"clip"})
-    row["clip"] = result.clip.path if result.clip else None
+    row = result.model_dump(mode="json", exclude={"clip"})   # the user's names, never cache paths
     ref, tgt = result.reference, result.target
     row["duration_s"] = pair(lambda f: f"{f.duration_s:.2f}", ref, tgt)
     row["fps"] = pair(lambda f: f"{f.fps:.2f}", ref, tgt)

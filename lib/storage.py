@@ -40,6 +40,7 @@ class FileRef(BaseModel):
     path: str
     sha256: str
     size: int
+    entry: str = ""   # its name in the content-addressed cache (lib.cache), when it lives there
 
     @classmethod
     def of(cls, path: str | Path) -> "FileRef":
@@ -54,11 +55,37 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+LOCAL_CACHE_ENV, CACHE_ENV = "AV2AV_LOCAL_CACHE_DIR", "AV2AV_CACHE_DIR"
+# protocol -> the package extra that adds it (pip install 'av2av-trainer[s3]')
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
 def work_dir() -> Path:
-    """Root of the content-addressed cache (conformed clips, latents). Safe to share between runs."""
-    root = Path(os.environ.get("AV2AV_CACHE_DIR", Path.home() / ".cache" / "av2av"))
+    """This worker's local folder: downloads, extracted archives, staging, and its copy of the
+    content-addressed cache (lib.cache). AV2AV_LOCAL_CACHE_DIR, else AV2AV_CACHE_DIR when that is a
+    folder (not a URL), else ~/.cache/av2av."""
+    location = os.environ.get(CACHE_ENV, "")
+    local = os.environ.get(LOCAL_CACHE_ENV) or (location if location and "://" not in location else "")
+    root = Path(local or Path.home() / ".cache" / "av2av")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+class MissingExtra(ImportError):
+    def __init__(self, url: str, error: ImportError):
+        protocol = url.split("://", 1)[0]
+        extra = EXTRAS.get(protocol, protocol)
+        super().__init__(f"{url} needs a package this worker lacks ({error}); install it with "
+                         f"pip install 'av2av-trainer[{extra}]'")
+
+
+def open_fs(url: str):
+    """(filesystem, path) for any fsspec URL or local path, with this project's time-outs;
+    MissingExtra names the package extra to install when the protocol's library is absent."""
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options(url))
+    except ImportError as error:
+        raise MissingExtra(url, error) from error
 
 
 @contextmanager
@@ -118,12 +145,14 @@ def timeouts() -> tuple[float, float]:
 
 
 def storage_options(url: str) -> dict:
-    """fsspec options per protocol: connect and read time-outs for HTTP(S)."""
+    """fsspec options per protocol: connect and read time-outs for HTTP(S) and S3."""
+    connect, read = timeouts()
+    if url.startswith(("s3://", "s3a://")):
+        return {"config_kwargs": {"connect_timeout": connect, "read_timeout": read}}
     if not url.startswith(("http://", "https://")):
         return {}
     import aiohttp
 
-    connect, read = timeouts()
     return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)}}
 
 
@@ -168,6 +197,9 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
     except DownloadError:
         os.unlink(partial)
         raise
+    except ImportError as error:
+        os.unlink(partial)
+        raise DownloadError(f"Could not download {MissingExtra(url, error)}.") from error
     except Exception as error:  # fsspec backends raise their own types; classify, then wrap
         os.unlink(partial)
         kind = TransientDownloadError if is_transient(error) else DownloadError

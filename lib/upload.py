@@ -10,10 +10,8 @@ import posixpath
 import uuid
 from pathlib import Path
 
-import fsspec
-
 from lib.errors import DownloadError, InvalidRequest, TransientDownloadError
-from lib.storage import describe_cause, is_transient, sha256_file
+from lib.storage import MissingExtra, describe_cause, is_transient, open_fs, sha256_file
 
 RESULT_NAME = "result.json"
 
@@ -44,19 +42,13 @@ def _put(fs, local: Path | None, data: bytes | None, target: str) -> None:
         raise
 
 
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}   # protocol -> the package extra that adds it
-
-
 def check_output_location(output_url: str) -> None:
     """Before any dataset work: the protocol's package is installed and a probe object can be
     written and removed at `output_url` (InvalidRequest otherwise, naming the URL and the cause)."""
-    protocol = output_url.split("://", 1)[0] if "://" in output_url else "file"
     try:
-        fs, root = fsspec.core.url_to_fs(output_url)
-    except ImportError as error:
-        extra = EXTRAS.get(protocol, protocol)
-        raise InvalidRequest(f"output_url: {output_url} needs a package this worker lacks ({error}); install it "
-                             f"with pip install 'av2av-trainer[{extra}]'.") from error
+        fs, root = open_fs(output_url)
+    except MissingExtra as error:
+        raise InvalidRequest(f"output_url: {error}.") from error
     except ValueError as error:
         raise InvalidRequest(f"output_url: {output_url} is not a location fsspec knows ({error}).") from error
     probe = posixpath.join(root, f".av2av-probe-{uuid.uuid4().hex}")
@@ -71,8 +63,8 @@ def check_output_location(output_url: str) -> None:
 
 def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict:
     """Upload `files` (name -> local path) then result.json; returns the result document."""
-    fs, root = fsspec.core.url_to_fs(output_url)
     try:
+        fs, root = open_fs(output_url)
         fs.makedirs(root, exist_ok=True)
         outputs = {}
         for name, local in files.items():

@@ -7,13 +7,12 @@ very code training uses.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from lib import audio, video
+from lib.cache import Cache, content_key
 from lib.config import ValidationSample
 from lib.conform import ConformSettings, fit_audio, fit_frames, save_clip
 from lib.errors import DownloadError, InvalidDataset, MediaError, Reason
@@ -46,15 +45,14 @@ def _reference_audio(files: dict[str, FileRef], settings: ConformSettings, refer
     return fit_audio(files["reference_video"].path, reference.start_s, reference.duration_s, settings, stretch)
 
 
-def conform_sample(files: dict[str, FileRef], prompt: str, settings: ConformSettings, cache_root: Path) -> FileRef:
+def conform_sample(files: dict[str, FileRef], prompt: str, settings: ConformSettings, cache: Cache) -> FileRef:
     """Conform one sample into a clip file (reused when the same files and settings were conformed
     before); MediaError says what is wrong with which file."""
-    identity = {role: ref.sha256 for role, ref in files.items()} | {
-        "prompt": prompt, "settings": settings.model_dump(), "version": VALIDATION_VERSION}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    path = cache_root / "validation" / key / "clip.safetensors"
-    if path.is_file():
-        return FileRef(path=str(path), sha256=key, size=path.stat().st_size)
+    key = content_key("validation", VALIDATION_VERSION, files={role: ref.sha256 for role, ref in files.items()},
+                      prompt=prompt, settings=settings.model_dump())
+    entry = f"validation/{key}/clip.safetensors"
+    if cache.sync(entry):
+        return cache.ref(entry, key)
     source, reference = video.probe(files["video"].path), video.probe(files["reference_video"].path)
     short = [info.path for info in (source, reference) if info.duration_s + 1e-3 < settings.window_s]
     if short and not settings.auto_scale_input:
@@ -72,16 +70,16 @@ def conform_sample(files: dict[str, FileRef], prompt: str, settings: ConformSett
                "target_audio": np.zeros_like(reference_audio, dtype=np.float32)}
     metadata = {"name": "validation", "caption": prompt, "frame_rate": str(settings.frame_rate),
                 "sample_rate": str(audio.SAMPLE_RATE)}
-    return save_clip(path, tensors, metadata, key)
+    return save_clip(cache, entry, tensors, metadata, key)
 
 
-def prepare_samples(samples: tuple[ValidationSample, ...], settings: ConformSettings, cache_root: Path) -> list[FileRef]:
+def prepare_samples(samples: tuple[ValidationSample, ...], settings: ConformSettings, cache: Cache) -> list[FileRef]:
     """Fetch and conform every sample; the first unusable one raises InvalidValidationSample."""
     clips = []
     for index, sample in enumerate(samples, start=1):
         try:
-            files = fetch_sample(sample, cache_root / "downloads")
-            clips.append(conform_sample(files, sample.prompt, settings, cache_root))
+            files = fetch_sample(sample, Path(cache.local) / "downloads")
+            clips.append(conform_sample(files, sample.prompt, settings, cache))
         except (DownloadError, MediaError) as error:
             code = getattr(error, "code", "error")
             raise InvalidValidationSample(

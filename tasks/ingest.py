@@ -1,4 +1,10 @@
-"""Ingestion tasks: fetch → extract → match → check → conform → report, one lib call each."""
+"""Ingestion tasks: fetch → extract → match → check → conform → report, one lib call each.
+
+Not Prefect-cached: the content-addressed cache (lib.cache) is the one authority on what was
+computed before. Every step that makes something reads it back from there (the archive's
+extracted folder, each triplet's check and conform outcome, keyed by content and an explicit code
+version), so a cleaned cache folder means recomputing, never a record pointing at missing files.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +12,11 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from lib import archive, audio, conform, dataset, debug_dataset, geometry, masks, report, storage, video
+from lib import archive, conform, dataset, debug_dataset, report, storage
+from lib.cache import Cache
 from lib.conform import ConformSettings, TripletCheck, TripletResult
 from lib.dataset import Rejection, Triplet
 from lib.storage import FileRef
-from tasks.caching import FileContent
 from tasks.retries import retry_transient
 
 
@@ -20,27 +26,24 @@ def fetch_training_data(url: str, cache_root: Path) -> FileRef:
     return storage.fetch(url, cache_root / "downloads")
 
 
-@task(cache_policy=FileContent(lib_modules=(archive, storage)), persist_result=True)
+@task(cache_policy=NO_CACHE)
 def extract_archive(zip_file: FileRef, cache_root: Path, display_name: str) -> archive.ExtractedArchive:
     return archive.extract_cached(zip_file, cache_root, display_name)
 
 
-@task(cache_policy=FileContent(lib_modules=(dataset, storage)), persist_result=True)
+@task(cache_policy=NO_CACHE)
 def match_files(extracted: archive.ExtractedArchive) -> dataset.MatchOutcome:
     return dataset.match_extracted(extracted.root, extracted.names)
 
 
-@task(task_run_name="check-{triplet.name}", cache_policy=FileContent(lib_modules=(conform, video, audio)),
-      persist_result=True)
-def check_triplet(triplet: Triplet) -> TripletCheck:
-    return conform.check_triplet(triplet)
+@task(task_run_name="check-{triplet.name}", cache_policy=NO_CACHE)
+def check_triplet(triplet: Triplet, cache: Cache) -> TripletCheck:
+    return conform.check_triplet(triplet, cache)
 
 
-@task(task_run_name="conform-{triplet.name}",
-      cache_policy=FileContent(lib_modules=(conform, video, audio, masks, geometry)), persist_result=True)
-def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
-                    cache_root: Path) -> TripletResult:
-    return conform.conform_triplet(triplet, check, settings, cache_root)
+@task(task_run_name="conform-{triplet.name}", cache_policy=NO_CACHE)
+def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache) -> TripletResult:
+    return conform.conform_triplet(triplet, check, settings, cache)
 
 
 @task(cache_policy=NO_CACHE)

@@ -8,9 +8,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from lib.cache import Cache
 from lib.config import TrainRequest
 from lib.plan import validation_conform_settings
-from lib.storage import FileRef, work_dir
+from lib.storage import FileRef
 from lib.upload import upload_outputs
 from lib.validation import prepare_samples
 from tasks.retries import retry_transient
@@ -69,9 +70,9 @@ def presigned_url(url: str, expiration_s: int = 7 * 24 * 3600) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def prepare_validation(request: TrainRequest) -> list[FileRef]:
+def prepare_validation(request: TrainRequest, cache: Cache) -> list[FileRef]:
     """Fetch and conform every validation sample before any GPU is asked for (422 on failure)."""
-    return prepare_samples(request.validation, validation_conform_settings(request), work_dir())
+    return prepare_samples(request.validation, validation_conform_settings(request), cache)
 
 
 def _variable_name(request: TrainRequest) -> str:

@@ -11,6 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lib import encoding, worker
+from lib.cache import Cache
 from lib.lora_io import add_lora, load_lora_state, read_lora
 from lib.plan import RunPlan, ValidationPlan
 from lib.progress import Progress
@@ -22,10 +23,11 @@ PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
 
 
 @task(task_run_name="encode-{clip.sha256:.12}", cache_policy=NO_CACHE)
-def encode_latents(clip: FileRef, plan: RunPlan, cache_root: Path) -> FileRef:
-    """Latents of one conformed clip. Not Prefect-cached on purpose: the on-disk cache keys on the
-    loaded model's identity (weights source, configs, dtype), which the task's inputs cannot see."""
-    return encoding.encode_clip(model_cache.for_plan(plan), clip, cache_root, plan.conditioning.reference_downscale)
+def encode_latents(clip: FileRef, plan: RunPlan, cache: Cache) -> FileRef:
+    """Latents of one conformed clip. Not Prefect-cached on purpose: the content-addressed cache
+    (lib.cache) is the authority, and its key holds the loaded model's identity (weights source,
+    configs, dtype), which the task's inputs cannot see."""
+    return encoding.encode_clip(model_cache.for_plan(plan), clip, cache, plan.conditioning.reference_downscale)
 
 
 def run_and_parent_logger(parent: ParentRun):

@@ -9,6 +9,7 @@ from safetensors.numpy import load_file
 
 from lib.conform import ConformSettings, check_triplet, conform_triplet
 from lib.dataset import Triplet
+from lib.cache import Cache
 from lib.storage import FileRef
 from tests.media_helpers import with_tone
 
@@ -23,7 +24,7 @@ def settings(**overrides) -> ConformSettings:
 
 def run(tmp_path, start, end, mask, caption="", **overrides):
     triplet = Triplet(name="t", start=FileRef.of(start), end=FileRef.of(end), mask=FileRef.of(mask), caption=caption)
-    return conform_triplet(triplet, check_triplet(triplet), settings(**overrides), tmp_path / "cache")
+    return conform_triplet(triplet, check_triplet(triplet), settings(**overrides), Cache.at(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

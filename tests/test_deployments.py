@@ -54,11 +54,12 @@ def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
     sample_zip = make_sample_zip(tmp_path / "data" / "triplets.zip", triplets=3, duration_s=0.5)
     trainings = []
 
-    def fake_gpu_flow(plan, clips, staging):
+    def fake_gpu_flow(plan, clips, run_id, cache):
+        staging = cache.path(f"runs/{run_id}/gpu")
         trainings.append(len(clips))
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")
-        return {"files": {"lora.safetensors": str(staging / "lora.safetensors")}, "final_loss": 1.0, "steps": 100}
+        return {"files": {"lora.safetensors": staging / "lora.safetensors"}, "final_loss": 1.0, "steps": 100, "previews": []}
 
     monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
     parameters = _deployments()["retrain-nightly"]["parameters"]

@@ -42,15 +42,16 @@ def no_training(monkeypatch):
     """The ingestion half only: the GPU hand-off returns a stub LoRA (training is tested elsewhere)."""
     import flows.train_lora as module
 
-    def fake_gpu_flow(plan, clips, staging):
+    def fake_gpu_flow(plan, clips, run_id, cache):
+        staging = cache.path(f"runs/{run_id}/gpu")
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"stub")
-        return {"files": {"lora.safetensors": str(staging / "lora.safetensors")}, "final_loss": 0.0, "steps": 0}
+        return {"files": {"lora.safetensors": staging / "lora.safetensors"}, "final_loss": 0.0, "steps": 0, "previews": []}
 
     monkeypatch.setattr(module, "run_gpu_flow", fake_gpu_flow)
 
 
-def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training):
+def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training, monkeypatch):
     request = _request(sample_zip, tmp_path)
     first = train_lora(request, return_state=True)
     assert first.is_completed(), first.message
@@ -58,14 +59,45 @@ def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_trai
     assert report["accepted"] == 3
     assert {r["name"]: r.get("reason") for r in report["triplets"]}["silent"] == "silent_audio"
 
+    decoded = _count_decodes(monkeypatch)
     second = _task_states(train_lora(request, return_state=True))
     per_triplet = {name: state for name, state in second.items() if name.startswith(("check-", "conform-"))}
-    assert len(per_triplet) == 8 and set(per_triplet.values()) == {"Cached"}, per_triplet
+    assert len(per_triplet) == 8 and set(per_triplet.values()) == {"Completed"}, per_triplet
+    assert decoded == {"check": 0, "conform": 0}, "every outcome comes back from the content-addressed cache"
 
-    refit = _task_states(train_lora(_request(sample_zip, tmp_path, number_of_frames=25), return_state=True))
-    conform_states = {state for name, state in refit.items() if name.startswith("conform-")}
-    check_states = {state for name, state in refit.items() if name.startswith("check-")}
-    assert conform_states == {"Completed"} and check_states == {"Cached"}, refit
+    train_lora(_request(sample_zip, tmp_path, number_of_frames=25))
+    assert decoded == {"check": 0, "conform": 3}, "new settings refit the accepted triplets; checks are reused"
+
+
+def _count_decodes(monkeypatch) -> dict[str, int]:
+    """Counts the checks and fits that really decode media (not served by the cache)."""
+    from lib import conform
+
+    counts = {"check": 0, "conform": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(conform, "_check", counted("check", conform._check))
+    monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
+    return counts
+
+
+def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, no_training, monkeypatch):
+    from lib import conform
+
+    request = _request(sample_zip, tmp_path)
+    assert train_lora(request, return_state=True).is_completed()
+    decoded = _count_decodes(monkeypatch)
+    monkeypatch.setattr(conform, "CONFORM_VERSION", "test-conform")
+    train_lora(request)
+    assert decoded == {"check": 0, "conform": 3}
+    monkeypatch.setattr(conform, "CHECK_VERSION", "test-check")
+    train_lora(request)
+    # 4 triplets checked again; their facts are the same, so no accepted triplet is refitted.
+    assert decoded == {"check": 4, "conform": 3}
 
 
 def test_no_qualifying_triplet_fails_with_invalid_dataset(tmp_path, media):

@@ -90,10 +90,12 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     from flows.train_lora_gpu import files_to_upload, train_lora_gpu
     from lib.plan import plan_run, validation_conform_settings
     from lib.synthetic import make_box_mask, make_clip
+    from lib.cache import Cache
     from lib.validation import prepare_samples
 
     monkeypatch.setenv("AV2AV_COMPUTE_DTYPE", "bf16")
-    monkeypatch.setenv("AV2AV_CACHE_DIR", str(tmp_path / "cache"))
+    cache = Cache.at(training_data.cache_root)   # where the training clips are
+    monkeypatch.setenv("AV2AV_CACHE_DIR", cache.location)
     sample = ValidationSample(prompt="a square", video_url=str(make_clip(tmp_path / "s.mp4", 0.5, seed=1)),
                               mask_url=str(make_box_mask(tmp_path / "m.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
                               reference_video_url=str(make_clip(tmp_path / "r.mp4", 0.5, seed=2)))
@@ -101,11 +103,12 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
                            aspect_ratio="16:9", validation=[sample], validation_number_of_frames=9,
                            validation_resolution="low", validation_aspect_ratio="16:9", validation_every=2,
                            validation_steps=2, reference_audio_positions="before", checkpoint_every=2)
-    validation_clips = prepare_samples(request.validation, validation_conform_settings(request), tmp_path)
+    validation_clips = prepare_samples(request.validation, validation_conform_settings(request), cache)
     plan = plan_run(request, validation_clips)
     plan = plan.model_copy(update={"train": dataclasses.replace(plan.train, steps=4, warmup_steps=0)})
-    output = tmp_path / "out"
-    result = train_lora_gpu(plan, training_data.clips[:1], str(output))
+    run_id = f"bf16-{tmp_path.name}"
+    output = cache.path(f"runs/{run_id}/gpu")
+    result = train_lora_gpu(plan, training_data.clips[:1], run_id, cache.location)
     # checkpoints stay on the worker (upload_checkpoints is off by default)
     assert set(result["files"]) == {"lora.safetensors", "loss.png", "validation.mp4", "validation-step000002.mp4"}
     assert result["steps"] == 4

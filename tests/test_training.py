@@ -20,6 +20,7 @@ from safetensors import safe_open
 from lib import latents as latents_module
 from lib.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, ConditioningSettings, build_inputs,
                               masked_loss, pack_audio, pack_video, predict)
+from lib.cache import Cache
 from lib.encoding import encode_clip, latent_key
 from lib.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save_lora
 from lib.training import TrainSettings, train, training_step
@@ -362,7 +363,7 @@ def test_latent_cache_hit_encodes_nothing(training_data, monkeypatch):
     _refuse_encoding(monkeypatch)
     components = training_data.components
     for clip, cached in zip(training_data.clips, training_data.latents):
-        assert encode_clip(components, clip, training_data.cache_root) == cached
+        assert encode_clip(components, clip, Cache.at(training_data.cache_root)) == cached
 
     other = build_tiny(seed=1)
     assert other.identity != components.identity
@@ -370,7 +371,7 @@ def test_latent_cache_hit_encodes_nothing(training_data, monkeypatch):
     other_keys = {latent_key(clip, other) for clip in training_data.clips}
     assert len(keys) == len(other_keys) == 2 and not keys & other_keys
     with pytest.raises(_Encoded):   # another model's latents are not there yet
-        encode_clip(other, training_data.clips[0], training_data.cache_root)
+        encode_clip(other, training_data.clips[0], Cache.at(training_data.cache_root))
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -389,7 +390,7 @@ def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data,
         request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17,
                                resolution="low", aspect_ratio="16:9", rank=rank, number_of_steps=100,
                                output_url=str(tmp_path / f"rank{rank}"), reference_downscale=1)
-        state = train_lora_gpu(plan_run(request), training_data.clips, str(tmp_path / f"rank{rank}"),
+        state = train_lora_gpu(plan_run(request), training_data.clips, f"rank{rank}", str(training_data.cache_root),
                                return_state=True)
         assert state.is_completed(), state.message
         with get_client(sync_client=True) as client:
@@ -402,5 +403,5 @@ def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data,
     encodes = {name: state for name, state in second.items() if name.startswith("encode-")}
     # Served by the content-addressed latent cache (clip + model identity); the encoders raise if called.
     assert len(encodes) == 2 and set(encodes.values()) == {"Completed"}, second
-    tensors, info = read_lora(tmp_path / "rank16" / "lora.safetensors")
+    tensors, info = read_lora(training_data.cache_root / "runs" / "rank16" / "gpu" / "lora.safetensors")
     assert info["rank"] == 16 and all(t.shape[0] == 16 for k, t in tensors.items() if ".lora_A." in k)

@@ -15,6 +15,7 @@ from lib.preview import render_reel, render_sample
 from lib.reel import feather_band_px
 from lib.sampling import SamplerSettings, sample
 from lib.synthetic import make_box_mask, make_clip
+from lib.cache import Cache
 from lib.validation import InvalidValidationSample, prepare_samples
 
 FRAMES = 9
@@ -33,9 +34,9 @@ def prepared(tmp_path_factory):
                   mask_url=str(make_box_mask(folder / "mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
                   reference_video_url=str(make_clip(folder / "reference.mp4", 0.5, seed=2)))
     request = _request(folder, **fields)
-    clip = prepare_samples(request.validation, validation_conform_settings(request), folder)[0]
+    clip = prepare_samples(request.validation, validation_conform_settings(request), Cache.at(folder))[0]
     components = build_tiny()
-    latents = encode_clip(components, clip, folder)
+    latents = encode_clip(components, clip, Cache.at(folder))
     negative = encode_prompts(components, [request.validation_negative_prompt])
     return dict(folder=folder, clip=clip, latents=latents, components=components, negative=negative,
                 request=request)
@@ -105,7 +106,7 @@ def test_silent_reference_without_reference_audio_is_a_422(tmp_path, media):
                        mask_url=str(media / "masks" / "runningcar_mask_square_432x240.png"),
                        reference_video_url=str(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4"))
     with pytest.raises(InvalidValidationSample, match="422.*silent_audio"):
-        prepare_samples(request.validation, validation_conform_settings(request), tmp_path)
+        prepare_samples(request.validation, validation_conform_settings(request), Cache.at(tmp_path))
 
 
 def test_separate_reference_audio_rescues_a_silent_reference(tmp_path, media):
@@ -113,7 +114,7 @@ def test_separate_reference_audio_rescues_a_silent_reference(tmp_path, media):
                        mask_url=str(media / "masks" / "runningcar_mask_square_432x240.png"),
                        reference_video_url=str(media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4"),
                        reference_audio_url=str(media / "h264_mp3_640x360_25fps_9.6s_chaplin.mp4"))
-    clip = prepare_samples(request.validation, validation_conform_settings(request), tmp_path)[0]
+    clip = prepare_samples(request.validation, validation_conform_settings(request), Cache.at(tmp_path))[0]
     from safetensors.numpy import load_file
 
     assert np.abs(load_file(clip.path)["reference_audio"]).max() > 0.1
@@ -123,4 +124,4 @@ def test_unreachable_url_is_a_422(tmp_path):
     request = _request(tmp_path, prompt="p", video_url=str(tmp_path / "missing.mp4"), mask_url="m.png",
                        reference_video_url="r.mp4")
     with pytest.raises(InvalidValidationSample, match="missing.mp4"):
-        prepare_samples(request.validation, validation_conform_settings(request), tmp_path)
+        prepare_samples(request.validation, validation_conform_settings(request), Cache.at(tmp_path))

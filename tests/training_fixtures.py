@@ -15,6 +15,7 @@ import torch
 
 from lib.conditioning import Example, ModelInputs, build_inputs, pack_audio
 from lib.model import Components
+from lib.cache import Cache
 from lib.storage import FileRef
 
 CPU = torch.device("cpu")
@@ -43,7 +44,7 @@ def conform_sample_triplets(folder: Path, count: int = 2) -> tuple[Path, list[Fi
     settings = ConformSettings(number_of_frames=FRAMES, frame_rate=24, width=WIDTH, height=HEIGHT,
                                auto_scale_input=False, audio_normalize=True, audio_preserve_pitch=True)
     cache_root = folder / "cache"
-    results = [conform_triplet(t, check_triplet(t), settings, cache_root) for t in triplets]
+    results = [conform_triplet(t, check_triplet(t), settings, Cache.at(cache_root)) for t in triplets]
     assert [r.status for r in results] == ["accepted"] * count, [r.message for r in results]
     return cache_root, [r.clip for r in results]
 
@@ -74,7 +75,7 @@ def training_data(tmp_path_factory) -> TrainingData:
     cache_root, clips = conform_sample_triplets(tmp_path_factory.mktemp("training-data"))
     components = build_tiny()
     with torch_threads(1):
-        latents = [encode_clip(components, clip, cache_root) for clip in clips]
+        latents = [encode_clip(components, clip, Cache.at(cache_root)) for clip in clips]
     return TrainingData(components=components, cache_root=cache_root, clips=clips, latents=latents,
                         examples=[load_example(ref.path) for ref in latents])
 
