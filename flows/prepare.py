@@ -66,7 +66,7 @@ def local_steps() -> Steps:
     from lib import archive, conform, dataset, debug_dataset, report, storage
 
     def fetch(url: str, local: Path) -> FileRef:
-        return storage.fetch(url, local / "downloads")
+        return storage.fetch_with_retries(url, local / "downloads")
 
     def build_report(results, rejections, warnings, errors, report_path):
         document = report.build_report(results, rejections, warnings, errors)

@@ -24,6 +24,9 @@ CHUNK_BYTES = 1 << 20
 CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV = "AV2AV_CONNECT_TIMEOUT_S", "AV2AV_READ_TIMEOUT_S"
 DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S = 30.0, 120.0
 DEFAULT_MAX_DOWNLOAD_BYTES = 20 * (1 << 30)
+# Attempts per download (the Prefect task's retries and the CLI's loop alike), and the waits between.
+ATTEMPTS_ENV, DEFAULT_ATTEMPTS = "AV2AV_DOWNLOAD_ATTEMPTS", 4
+RETRY_DELAYS_S = (1, 5, 20)
 TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -207,3 +210,30 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
     final = dest_dir / f"{digest.hexdigest()}{suffix}"
     os.replace(partial, final)
     return FileRef(path=str(final), sha256=digest.hexdigest(), size=size)
+
+
+def download_attempts() -> int:
+    return max(1, int(os.environ.get(ATTEMPTS_ENV, DEFAULT_ATTEMPTS)))
+
+
+def retry_delays() -> list[int]:
+    """The wait before each retry: RETRY_DELAYS_S, the last one repeated."""
+    retries = download_attempts() - 1
+    return [RETRY_DELAYS_S[min(i, len(RETRY_DELAYS_S) - 1)] for i in range(retries)]
+
+
+def fetch_with_retries(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
+    """`fetch`, retried after transient failures ($AV2AV_DOWNLOAD_ATTEMPTS attempts in all), for
+    callers without Prefect's task retries (the CLI's check). The last error says how many tries."""
+    import time
+
+    delays = retry_delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            return fetch(url, dest_dir, max_bytes)
+        except TransientDownloadError as error:
+            if attempt == len(delays):
+                raise TransientDownloadError(f"{error.message} (after {attempt + 1} attempt(s), "
+                                             f"${ATTEMPTS_ENV})") from error
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")

@@ -20,8 +20,8 @@ from lib.storage import FileRef
 from tasks.retries import retry_transient
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE)
+@task(retries=storage.download_attempts() - 1, retry_delay_seconds=storage.retry_delays(),
+      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def fetch_training_data(url: str, cache_root: Path) -> FileRef:
     return storage.fetch(url, cache_root / "downloads")
 
