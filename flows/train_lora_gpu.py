@@ -76,8 +76,8 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: 
     """
     cache = Cache.current(cache_url)
     sweep_stale_runs(cache, location=False)   # the CPU flow sweeps the location
-    mark_owner(cache.path(f"runs/{run_id}"), run_id)
     output = cache.path(staging_entry(run_id))
+    mark_owner(output, run_id)
     gpus = gpus or max(1, torch.cuda.device_count())
     parent = ParentRun(parent_run_id)
     parent.link_child()
@@ -117,4 +117,8 @@ def _hand_back(cache: Cache, run_id: str, files: dict[str, Path], previews: list
     cache.publish(f"{folder}/{GPU_RESULT}")
     if cache.shared:   # everything is at the location now; this worker keeps only its checkpoints
         shutil.rmtree(cache.path(folder), ignore_errors=True)
+        try:
+            cache.path(folder).parent.rmdir()   # runs/<id>, unless the CPU flow stages there too
+        except OSError:
+            pass
     return result

@@ -41,8 +41,13 @@ def mark_owner(folder: Path, run_id: str) -> None:
 
 
 def _process_alive(folder: Path) -> bool:
+    """Whether a process that marked this folder (or a folder in it) still runs on this host."""
+    return any(_owner_alive(marker) for marker in folder.rglob(OWNER))
+
+
+def _owner_alive(marker: Path) -> bool:
     try:
-        owner = json.loads((folder / OWNER).read_text())
+        owner = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
     if owner.get("host") != socket.gethostname():

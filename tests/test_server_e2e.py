@@ -4,6 +4,9 @@ served over loopback HTTP, and `train-lora` started through the REST API as a us
 would. The CPU flow must hand the heavy half to `train-lora-gpu` as its own deployment run on
 the `gpu` pool.
 
+The two workers are set up as on two machines: each has its own local cache folder, and the only
+thing they share is the cache location, a bucket on a real S3 API (moto's server, on loopback).
+
 Everything started here runs in its own process group and is stopped (and the temp folder
 removed) at the end, failed or not. On failure the tails of the server and worker logs are
 printed (set AV2AV_E2E_KEEP=1 to keep the temp folder for a closer look).
@@ -40,6 +43,7 @@ FAILING_RUN_S = 240       # the invalid-dataset run
 STOP_S = 20               # SIGTERM → SIGKILL grace per process group
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+BUCKET = "av2av"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -92,10 +96,25 @@ class Stack:
     http_server: http.server.ThreadingHTTPServer | None = None
     http_thread: threading.Thread | None = None
     client: httpx.Client | None = None
+    s3: object = None   # an s3fs filesystem on the bucket
 
     @property
     def served(self) -> Path:
         return self.root / "www"
+
+    def local_cache(self, pool: str) -> Path:
+        return self.root / f"{pool}-machine" / "cache"
+
+    def bucket_entries(self, *prefixes: str) -> dict[str, str]:
+        """Cache entries in the bucket under `prefixes`, with their ETag and modification time."""
+        entries = {}
+        for prefix in prefixes:
+            path = f"{BUCKET}/cache/{prefix}"
+            if self.s3.exists(path):
+                self.s3.invalidate_cache()
+                entries |= {key: f"{info['ETag']} {info['LastModified']}"
+                            for key, info in self.s3.find(path, detail=True).items()}
+        return entries
 
     @property
     def base_url(self) -> str:
@@ -104,11 +123,12 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None,
+              program: str = PREFECT) -> subprocess.Popen:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=out,
+            proc = subprocess.Popen([program, *args], cwd=ROOT, env=self.env | (env or {}), stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.procs[name] = proc
@@ -203,7 +223,7 @@ class Stack:
         if self.client is not None:
             self.client.close()
         # Workers first (their flow runs sit in sessions of their own: stop those too), then the server.
-        for names in (("worker-cpu", "worker-gpu"), ("server",)):
+        for names in (("worker-cpu", "worker-gpu"), ("server", "s3")):
             _stop_groups([self.procs[name] for name in names if name in self.procs])
         if self.http_server is not None:
             self.http_server.shutdown()
@@ -311,10 +331,12 @@ def _start(stack: Stack) -> None:
         "PREFECT_CLI_COLORS": "false",
         "PREFECT_CLI_WRAP_LINES": "false",
         "AV2AV_PROJECT_DIR": str(ROOT),
-        "AV2AV_CACHE_DIR": str(root / "cache"),   # shared by both workers: the hand-off folder
+        # The only thing the two workers share: the cache location, a bucket (see `_start_s3`).
+        "AV2AV_CACHE_DIR": f"s3://{BUCKET}/cache",
         "PYTHONUNBUFFERED": "1",
     })
     stack.env = env
+    _start_s3(stack)
 
     # Loopback HTTP server for the datasets (and nothing else).
     stack.served.mkdir()
@@ -338,9 +360,33 @@ def _start(stack: Stack) -> None:
     # `make pools`, then the workers (they poll while we deploy), then `make deploy`'s last step.
     stack.cli("pool-cpu", "work-pool", "create", "cpu", "--type", "process", "--overwrite")
     stack.cli("pool-gpu", "work-pool", "create", "gpu", "--type", "process", "--overwrite")
-    stack.spawn("worker-cpu", "worker", "start", "--pool", "cpu", "--type", "process")
-    stack.spawn("worker-gpu", "worker", "start", "--pool", "gpu", "--type", "process")
+    for pool in ("cpu", "gpu"):   # as on two machines: a local cache folder each
+        stack.spawn(f"worker-{pool}", "worker", "start", "--pool", pool, "--type", "process",
+                    env={"AV2AV_LOCAL_CACHE_DIR": str(stack.local_cache(pool))})
     stack.cli("deploy", "--no-prompt", "deploy", "--all")
+
+
+def _start_s3(stack: Stack) -> None:
+    """moto's S3 server on loopback, one bucket; every process reaches it through fsspec's
+    FSSPEC_S3_* settings and the usual AWS variables, as it would a real bucket."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    stack.env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                      "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint})
+    stack.spawn("s3", "-H", "127.0.0.1", "-p", str(port), program=str(BIN / "moto_server"))
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            if httpx.put(f"{endpoint}/{BUCKET}", timeout=2).status_code == 200:   # creates the bucket
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or stack.procs["s3"].poll() is not None:
+            pytest.fail(f"moto_server not answering:\n{stack.log_tails()}")
+        time.sleep(0.3)
+    import s3fs
+
+    stack.s3 = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": endpoint})
 
 
 def _tiny_request(stack: Stack, zip_name: str, output: Path, **overrides) -> dict:
@@ -426,43 +472,61 @@ def test_schema_bypass_still_fails_in_the_flow(stack, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_train_lora_runs_on_both_pools(stack):
-    output = stack.root / "outputs" / "ok"
+VALIDATION_FIELDS = dict(validation_number_of_frames=9, validation_resolution="low", validation_aspect_ratio="16:9",
+                         validation_steps=4)
+CACHED = ("checks", "conformed", "validation", "latents")   # what a rerun with the same data must reuse
+
+
+def _validation(stack: Stack) -> list[dict]:
+    return [{"prompt": "repl4ce the square", "video_url": f"{stack.base_url}/val_source.mp4",
+             "mask_url": f"{stack.base_url}/val_mask.png", "reference_video_url": f"{stack.base_url}/val_reference.mp4"}]
+
+
+def _files_under(folder: Path, part: str) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and part in path.parts)
+
+
+def _train_into_bucket(stack: Stack, name: str) -> tuple[dict, dict]:
+    """One train-lora run through the REST API with its outputs in the bucket: (run, result.json)."""
     train = stack.deployment("train-lora", "train-lora")
-    gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
     started = time.monotonic()
-    validation = [{"prompt": "repl4ce the square", "video_url": f"{stack.base_url}/val_source.mp4",
-                   "mask_url": f"{stack.base_url}/val_mask.png",
-                   "reference_video_url": f"{stack.base_url}/val_reference.mp4"}]
     response = stack.create_flow_run(train["id"], {"request": _tiny_request(
-        stack, "sample.zip", output, validation=validation, validation_number_of_frames=9,
-        validation_resolution="low", validation_aspect_ratio="16:9", validation_steps=4)})
+        stack, "sample.zip", f"s3://{BUCKET}/outputs/{name}", validation=_validation(stack), **VALIDATION_FIELDS)})
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], TRAIN_RUN_S)
-    print(f"\n[e2e] train-lora run {run['name']}: {run['state_type']} after {time.monotonic() - started:.1f}s")
+    print(f"\n[e2e] train-lora run {run['name']} ({name}): {run['state_type']} after {time.monotonic() - started:.1f}s")
     assert run["state_type"] == "COMPLETED", stack.describe(run)
-    assert run["work_pool_name"] == "cpu"
+    stack.s3.invalidate_cache()
+    return run, json.loads(stack.s3.cat_file(f"{BUCKET}/outputs/{name}/result.json"))
 
-    result = json.loads((output / "result.json").read_text())
+
+def test_train_lora_runs_on_both_pools(stack):
+    gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
+    run, result = _train_into_bucket(stack, "ok")
+    assert run["work_pool_name"] == "cpu"
     assert result["billing_units"] == 100 and result["steps"] == 100
     assert result["accepted_triplets"] == 2 and result["flow_run"] == run["name"]
     assert set(result["outputs"]) == {"lora.safetensors", "config.json", "loss.png", "report.json", "validation.mp4"}
-    from lib.storage import sha256_file
+    import hashlib
 
+    downloaded = stack.root / "downloaded"
     for name, info in result["outputs"].items():
-        assert sha256_file(output / name) == info["sha256"], name
-        assert (output / name).stat().st_size == info["size"], name
+        assert info["url"] == f"s3://{BUCKET}/outputs/ok/{name}", info
+        data = stack.s3.cat_file(info["url"])
+        assert hashlib.sha256(data).hexdigest() == info["sha256"] and len(data) == info["size"], name
+        (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
+        (downloaded / name).write_bytes(data)
     from safetensors import safe_open
 
-    with safe_open(str(output / "lora.safetensors"), framework="pt") as lora:
+    with safe_open(str(downloaded / "lora.safetensors"), framework="pt") as lora:
         keys = list(lora.keys())
     assert keys and all(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
                         for k in keys), keys[:10]
     import av
 
-    with av.open(str(output / "validation.mp4")) as reel:
+    with av.open(str(downloaded / "validation.mp4")) as reel:
         assert reel.streams.video and len(reel.streams.audio) == 1
-    report = json.loads((output / "report.json").read_text())
+    report = json.loads((downloaded / "report.json").read_text())
     assert report["accepted"] == 2
     assert {row["name"]: row.get("reason") for row in report["triplets"]}["silent"] == "silent_audio"
 
@@ -472,12 +536,26 @@ def test_train_lora_runs_on_both_pools(stack):
     assert [r["state_type"] for r in gpu_runs] == ["COMPLETED"], [(r["name"], r["state_name"]) for r in gpu_runs]
     gpu_run = gpu_runs[0]
     assert gpu_run["work_pool_name"] == "gpu"
-    assert gpu_run["parameters"]["output_dir"].startswith(stack.env["AV2AV_CACHE_DIR"])
-    assert len(gpu_run["parameters"]["clips"]) == 2 and len(gpu_run["parameters"]["plan"]["validation"]["clips"]) == 1
     assert gpu_run["infrastructure_pid"] and gpu_run["infrastructure_pid"] != run["infrastructure_pid"]
     assert gpu_run["parent_task_run_id"], "run_deployment inside a flow links the GPU run as a subflow"
     parent_task = stack.client.get(f"/task_runs/{gpu_run['parent_task_run_id']}").json()
     assert parent_task["flow_run_id"] == run["id"]
+
+    # No shared folder: the GPU run got the bucket's URL and cache entries (names + hashes), and
+    # read the conformed clips from the bucket into its own local folder; the latents it made are
+    # in the bucket and on the GPU machine only; the staging area is gone after the upload.
+    parameters = gpu_run["parameters"]
+    assert parameters["cache_url"] == f"s3://{BUCKET}/cache" and parameters["run_id"] == run["id"]
+    clips = parameters["clips"] + parameters["plan"]["validation"]["clips"]
+    assert len(clips) == 3 and all(c["entry"].startswith(("conformed/", "validation/")) for c in clips), clips
+    cpu_cache, gpu_cache = stack.local_cache("cpu"), stack.local_cache("gpu")
+    for clip in clips:
+        assert f"{BUCKET}/cache/{clip['entry']}" in stack.bucket_entries(clip["entry"].split("/")[0])
+        assert (gpu_cache / clip["entry"]).is_file(), f"the GPU worker fetched {clip['entry']} from the bucket"
+    assert len(_files_under(gpu_cache, "latents")) == 3 and not _files_under(cpu_cache, "latents")
+    assert len(stack.bucket_entries("latents")) == 3
+    assert not stack.bucket_entries("runs") and not _files_under(cpu_cache, "runs") and \
+        not _files_under(gpu_cache, "runs")
 
     # The run the user started shows the work: the GPU run is named after it and linked from it,
     # and the training progress (log lines and the progress artifact) is mirrored onto it.
@@ -490,6 +568,20 @@ def test_train_lora_runs_on_both_pools(stack):
     assert outputs.count("](data:image/webp;base64,") == 1, "one preview per validation sample"
     logs = stack.flow_run_logs(run["id"], limit=200)
     assert "training: 100/100 step" in logs and "Traceback" not in logs, logs
+
+
+def test_rerun_after_cleaning_both_local_caches_reuses_the_bucket(stack):
+    """Both machines lose their local cache folder between two runs with the same data: the second
+    run completes, refetching from the bucket; no cache entry is recomputed or rewritten."""
+    before = stack.bucket_entries(*CACHED)
+    assert len(before) >= 3 + 4 + 1 + 3, sorted(before)   # checks (3 triplets), 2 clips + outcomes, 1 validation clip, latents
+    for pool in ("cpu", "gpu"):
+        shutil.rmtree(stack.local_cache(pool))
+    run, result = _train_into_bucket(stack, "again")
+    assert result["steps"] == 100 and result["accepted_triplets"] == 2
+    assert stack.bucket_entries(*CACHED) == before, "every check, clip and latent came from the bucket"
+    assert len(_files_under(stack.local_cache("gpu"), "latents")) == 3   # refetched, not re-encoded
+    assert not stack.bucket_entries("runs")
 
 
 def test_invalid_dataset_fails_with_422_message(stack):
