@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.config import TrainRequest
-from lib.errors import Av2AvError, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
+from lib.errors import Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
 from lib.progress import MODE_ENV
 
 CHECK_FLAGS = {  # flag -> request field
@@ -88,6 +88,8 @@ def _refusal(error: BaseException) -> tuple[int, str] | None:
         return EXIT_INVALID, f"{label}: {error.message}"
     if isinstance(error, UploadError):
         return EXIT_DOWNLOAD, f"Upload failed: {error.message}"
+    if isinstance(error, CacheUnavailable):
+        return EXIT_DOWNLOAD, f"Cache unavailable: {error.message}"
     if isinstance(error, DownloadError):
         return EXIT_DOWNLOAD, f"Download failed: {error.message}"
     return None
@@ -100,9 +102,13 @@ def run_check(args: argparse.Namespace) -> int:
 
     from lib.report import render_text
 
+    from lib.cache import Cache, check_cache_location
+
     try:
+        cache = Cache.current()
+        check_cache_location(cache)
         document = prepare_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset,
-                                   steps=local_steps()).report
+                                   steps=local_steps(), cache=cache).report
     except Av2AvError as error:
         refusal = _refusal(error)
         if refusal is None:

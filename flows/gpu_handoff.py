@@ -13,8 +13,8 @@ from pathlib import Path
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
-from flows.train_lora_gpu import GPU_RESULT, staging_entry, train_lora_gpu
 from lib.cache import Cache
+from lib.housekeeping import GPU_RESULT, gpu_entry
 from lib.plan import RunPlan
 from lib.storage import FileRef
 
@@ -40,6 +40,8 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
     mirrors its progress here. Returns its result with every file as a local path here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
     if not _gpu_deployment_exists():
+        from flows.train_lora_gpu import train_lora_gpu   # torch and the model stack: only in-process
+
         result = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,
                                                                  parent_run_id=parent_id)
     else:
@@ -51,7 +53,7 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
             message = run.state.message if run.state else "no state"
             raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
         result = json.loads(cache.open(FileRef(path="", sha256="", size=0,
-                                               entry=f"{staging_entry(run_id)}/{GPU_RESULT}")).read_text())
+                                               entry=f"{gpu_entry(run_id)}/{GPU_RESULT}")).read_text())
     files = {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
     previews = [cache.open(FileRef(**ref)) for ref in result["previews"]]
     return result | {"files": files, "previews": previews}

@@ -22,7 +22,7 @@ from lib.model import check_model_source
 from lib.outputs import billing_units, write_config
 from lib.plan import plan_run
 from lib.cache import Cache, check_cache_location
-from lib.housekeeping import mark_owner, stale_after_text
+from lib.housekeeping import mark_owner, run_entry, stale_after_text
 from lib.upload import UploadError, check_output_location
 from tasks import ingest
 from tasks.housekeeping import sweep_stale_runs
@@ -111,7 +111,7 @@ def train_lora(request: TrainRequest, skip_if_unchanged: bool = False):
 
 def _train(request: TrainRequest, skip_if_unchanged: bool):
     cache, run_id = Cache.current(), staging_id()
-    staging = cache.path(f"runs/{run_id}")
+    staging = cache.path(run_entry(run_id))
     output_url = request.output_url or str(Path("outputs") / run_name())
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
@@ -156,7 +156,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
                               f"for {stale_after_text()} (then housekeeping removes them); copy them from there "
                               "or fix output_url and rerun.") from error
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
-    cache.remove(f"runs/{run_id}")  # everything in it is uploaded now
+    cache.remove(run_entry(run_id))  # everything in it is uploaded now
     print(f"Outputs: {output_url}")
     return result
 
@@ -166,9 +166,11 @@ def check_dataset(request: TrainRequest, report_path: str | None = None,
                   debug_dataset_path: str | None = None) -> dict:
     """Only the dataset checks: the per-triplet report, before any GPU is involved."""
     try:
+        cache = Cache.current()
+        check_cache_location(cache)
         prepared = prepare_dataset(request, Path(report_path) if report_path else None,
                                    Path(debug_dataset_path) if debug_dataset_path else None,
-                                   steps=prefect_steps(get_run_logger().info), cache=Cache.current())
+                                   steps=prefect_steps(get_run_logger().info), cache=cache)
     except REFUSALS as error:
         return refused(error)
     return prepared.report

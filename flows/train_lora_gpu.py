@@ -14,7 +14,7 @@ import torch
 from prefect import flow, unmapped
 
 from lib.cache import Cache
-from lib.housekeeping import mark_owner
+from lib.housekeeping import GPU_RESULT, gpu_entry, mark_owner
 from lib.outputs import loss_curve
 from lib.plan import RunPlan
 from lib.progress import Progress
@@ -26,19 +26,12 @@ from tasks.housekeeping import sweep_stale_runs
 from tasks.parent_run import ParentRun
 from tasks.training import encode_latents, render_validation, run_and_parent_logger, train_lora_task
 
-GPU_RESULT = "gpu_result.json"
 
 
 def checkpoint_folder(run_id: str) -> Path:
     """Where checkpoints are kept on the GPU worker: outside the run's staging folder, which is
     removed after upload, so a run can be resumed from them (README, "Checkpoints")."""
     return work_dir() / "checkpoints" / run_id
-
-
-def staging_entry(run_id: str) -> str:
-    """The cache folder through which a run's outputs travel from the GPU pool to the CPU pool
-    (inside the run's staging folder, `runs/<run_id>`, which the CPU flow removes after upload)."""
-    return f"runs/{run_id}/gpu"
 
 
 def files_to_upload(output: Path, checkpoints: list[Path], upload_checkpoints: bool) -> dict[str, Path]:
@@ -76,7 +69,7 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: 
     """
     cache = Cache.current(cache_url)
     sweep_stale_runs(cache, location=False)   # the CPU flow sweeps the location
-    output = cache.path(staging_entry(run_id))
+    output = cache.path(gpu_entry(run_id))
     mark_owner(output, run_id)
     gpus = gpus or max(1, torch.cuda.device_count())
     parent = ParentRun(parent_run_id)
@@ -107,7 +100,7 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: 
 def _hand_back(cache: Cache, run_id: str, files: dict[str, Path], previews: list[Path], losses: list[float],
                checkpoints_kept_in: str | None) -> dict:
     """Publish the outputs (and this result, for a CPU flow in another process) to the cache."""
-    folder = staging_entry(run_id)
+    folder = gpu_entry(run_id)
     shared = {name: cache.share(path, f"{folder}/{name}") for name, path in files.items()}
     result = {"files": {name: ref.model_dump() for name, ref in shared.items()}, "final_loss": losses[-1],
               "steps": len(losses), "checkpoints_kept_in": checkpoints_kept_in,

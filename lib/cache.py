@@ -25,14 +25,15 @@ from pathlib import Path
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
-from lib.errors import Av2AvError, CacheUnavailable
+from lib.errors import CacheUnavailable
 from lib.storage import FileRef, MissingExtra, atomic_file, describe_cause, open_fs, work_dir
 
 LOCATION_ENV = "AV2AV_CACHE_DIR"
 
 
-class CacheMiss(Av2AvError):
-    """An entry a step needs is in neither the local copy nor the cache location."""
+class CacheMiss(CacheUnavailable):
+    """An entry a step needs is in neither the local copy nor the cache location (the cache was
+    cleaned while a run was going)."""
 
     code = "cache_miss"
 

@@ -1,4 +1,4 @@
-"""Housekeeping of staging folders: a run stages its files in `runs/<flow run id>/` (locally on
+"""Staging folders and their housekeeping: a run stages its files in `runs/<flow run id>/` (locally on
 each worker, and at the cache location when that is shared) and removes them after upload. A run
 that was killed or failed leaves them behind; the next run removes them once they are older than
 the grace period (AV2AV_STALE_AFTER_H, 24 h by default) and their run is over: never while the
@@ -21,6 +21,17 @@ STALE_AFTER_ENV = "AV2AV_STALE_AFTER_H"
 DEFAULT_STALE_AFTER_H = 24.0
 OWNER = "owner.json"
 RUNS = "runs"
+GPU_RESULT = "gpu_result.json"   # the GPU flow's result, for a CPU flow in another process
+
+
+def run_entry(run_id: str) -> str:
+    """A run's staging folder in the cache: `runs/<flow run id>`."""
+    return f"{RUNS}/{run_id}"
+
+
+def gpu_entry(run_id: str) -> str:
+    """Where the GPU flow hands a run's outputs back to the CPU flow (removed after upload)."""
+    return f"{run_entry(run_id)}/gpu"
 
 
 def stale_after_s() -> float:

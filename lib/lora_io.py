@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.tuners_utils import cast_adapter_dtype
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -34,6 +32,9 @@ def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -
     `add_adapter` creates the adapter in the base model's dtype; a bf16 adapter (and its AdamW
     state) would round small updates away, so it is upcast as peft's own `get_peft_model` does.
     """
+    from peft import LoraConfig   # peft (and transformers under it) costs seconds: only where LoRA is built
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -43,12 +44,16 @@ def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -
 
 def lora_state_dict(transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The adapter's tensors under the `diffusion_model.` prefix (unprefixed keys are ignored by diffusers)."""
+    from peft import get_peft_model_state_dict
+
     state = get_peft_model_state_dict(transformer)
     return {f"{PREFIX}{key}": tensor.detach().to("cpu", dtype).contiguous() for key, tensor in state.items()}
 
 
 def load_lora_state(transformer, state: dict[str, torch.Tensor]) -> None:
     """Put saved LoRA tensors back into an adapter attached with `add_lora` (resume)."""
+    from peft import set_peft_model_state_dict
+
     unprefixed = {key.removeprefix(PREFIX): tensor for key, tensor in state.items()}
     result = set_peft_model_state_dict(transformer, unprefixed)
     if getattr(result, "unexpected_keys", None):

@@ -101,6 +101,8 @@ CASES = [
     ("output-url-unwritable", lambda t, w, m: ["train", "--config", _request_file(
         t, training_data_url="x.zip", model="tiny", output_url=str(_text(t / "results.txt") / "run"))], 2,
      "cannot write to"),
+    ("output-url-extra-missing", lambda t, w, m: ["train", "--config", _request_file(
+        t, training_data_url="x.zip", model="tiny", output_url="gs://my-bucket/loras")], 2, "av2av-trainer[gcs]"),
     ("model-unavailable", lambda t, w, m: ["train", "--config", _request_file(
         t, training_data_url="x.zip", model_source=str(t / "ltx-2.3.safetensors"))], 2, "ltx-2.3.safetensors"),
 ]
@@ -114,13 +116,19 @@ def _text(path: Path) -> Path:
 @pytest.mark.parametrize("builder, status, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_refusal(builder, status, expected, tmp_path, web, capfd, monkeypatch, request):
     monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
+    import time
+
     argv = builder(tmp_path, web, lambda: request.getfixturevalue("media"))
+    began = time.monotonic()
     try:
         code = main(argv)
     except SystemExit as exited:   # argparse refuses a bad choice itself (usage + one error line)
         code = exited.code
+    elapsed = time.monotonic() - began
     out, err = capfd.readouterr()
     assert code == status, (out, err)
+    if argv[0] == "train":   # every request check comes before any dataset or model work
+        assert elapsed < 10, f"refused after {elapsed:.1f} s"
     assert "Traceback" not in out + err
     assert expected in out + err, (out, err)
 
@@ -156,3 +164,13 @@ def test_check_against_a_server_that_never_answers_times_out(capfd, monkeypatch)
     assert "timed out" in err and "after 2 attempt(s)" in err and "triplets.zip" in err, err
     assert elapsed < 2 * 1 + 1 + 3, f"{elapsed:.1f} s"
     assert "Traceback" not in err
+
+
+def test_unwritable_cache_location_is_refused_before_the_dataset(tmp_path, capfd, monkeypatch):
+    """A worker whose AV2AV_CACHE_DIR cannot be written: one line naming the variable, exit 1."""
+    monkeypatch.setenv("AV2AV_CACHE_DIR", (_text(tmp_path / "a-file") / "cache").as_uri())
+    monkeypatch.setenv("AV2AV_LOCAL_CACHE_DIR", str(tmp_path / "local"))
+    code = main(["check", str(tmp_path / "never-fetched.zip"), *FAST])
+    err = capfd.readouterr().err
+    assert code == 1 and "Cache unavailable: AV2AV_CACHE_DIR: cannot write to the cache location" in err, err
+    assert "never-fetched.zip" not in err.split("Cache unavailable")[1] and "Traceback" not in err

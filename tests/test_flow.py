@@ -147,7 +147,7 @@ def test_unavailable_model_ends_the_run_before_the_dataset_is_fetched(sample_zip
 
 @pytest.mark.parametrize("output_url, text", [
     ("{tmp}/a_file/out", "cannot write to"),
-    ("s3://my-bucket/loras", "av2av-trainer[s3]"),
+    ("gs://my-bucket/loras", "av2av-trainer[gcs]"),
 ], ids=["under-a-file", "extra-missing"])
 def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(sample_zip, tmp_path, monkeypatch,
                                                                        output_url, text):
@@ -156,8 +156,8 @@ def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(sample_zip
 
     import flows.train_lora as module
 
-    if "s3://" in output_url and importlib.util.find_spec("s3fs"):
-        pytest.skip("s3fs is installed here")
+    if "gs://" in output_url and importlib.util.find_spec("gcsfs"):
+        pytest.skip("gcsfs is installed here")
     (tmp_path / "a_file").write_text("not a folder")
 
     def no_fetch(*args, **kwargs):
