@@ -116,6 +116,7 @@ def _text(path: Path) -> Path:
 @pytest.mark.parametrize("builder, status, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_refusal(builder, status, expected, tmp_path, web, capfd, monkeypatch, request):
     monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
+    monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "1")   # a refused connection is retried otherwise (26 s)
     import time
 
     argv = builder(tmp_path, web, lambda: request.getfixturevalue("media"))
