@@ -360,6 +360,11 @@ def _start(stack: Stack) -> None:
     # `make pools`, then the workers (they poll while we deploy), then `make deploy`'s last step.
     stack.cli("pool-cpu", "work-pool", "create", "cpu", "--type", "process", "--overwrite")
     stack.cli("pool-gpu", "work-pool", "create", "gpu", "--type", "process", "--overwrite")
+    # Prefect's own results in the bucket too, as the README's two-machine set-up does.
+    storage = subprocess.run([sys.executable, "tools/result_storage.py"], cwd=ROOT, env=stack.env,
+                             capture_output=True, text=True, timeout=CLI_S)
+    assert storage.returncode == 0, storage.stderr[-3000:]
+    stack.env.update(dict(line.split("=", 1) for line in storage.stdout.split()))
     for pool in ("cpu", "gpu"):   # as on two machines: a local cache folder each
         stack.spawn(f"worker-{pool}", "worker", "start", "--pool", pool, "--type", "process",
                     env={"AV2AV_LOCAL_CACHE_DIR": str(stack.local_cache(pool))})
@@ -556,6 +561,7 @@ def test_train_lora_runs_on_both_pools(stack):
     assert len(stack.bucket_entries("latents")) == 3
     assert not stack.bucket_entries("runs") and not _files_under(cpu_cache, "runs") and \
         not _files_under(gpu_cache, "runs")
+    assert stack.bucket_entries("prefect-results"), "Prefect's results are kept in the bucket as well"
 
     # The run the user started shows the work: the GPU run is named after it and linked from it,
     # and the training progress (log lines and the progress artifact) is mirrored onto it.
