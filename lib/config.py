@@ -204,7 +204,7 @@ class TrainRequest(BaseModel):
     upload_checkpoints: bool = Field(
         False, title="Upload checkpoints",
         description="Also upload the resumable checkpoints; otherwise they stay in the GPU worker's "
-        "checkpoint folder ($AV2AV_CACHE_DIR/checkpoints). Addition to the spec.",
+        "checkpoint folder (checkpoints/ in its local cache folder). Addition to the spec.",
     )
     seed: int = _number(0, "Random seed: the same seed and data give the same LoRA.",
                         ge=0, le=2**31 - 1, extension=True, title="Seed")
