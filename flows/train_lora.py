@@ -156,7 +156,10 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
                               f"for {stale_after_text()} (then housekeeping removes them); copy them from there "
                               "or fix output_url and rerun.") from error
     remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
-    cache.remove(run_entry(run_id))  # everything in it is uploaded now
+    try:
+        cache.remove(run_entry(run_id))  # everything in it is uploaded now
+    except Exception as error:   # the run's work is done; housekeeping removes what is left later
+        get_run_logger().warning("Could not remove the staging folder %s: %s", run_entry(run_id), error)
     print(f"Outputs: {output_url}")
     return result
 

@@ -105,7 +105,12 @@ def _sweep_location(cache: Cache, is_alive: Callable[[str], bool], oldest: float
 
 
 def _mtime(info: dict) -> float:
+    """Modification time from an fsspec listing: local `mtime`, S3 `LastModified`, GCS `updated`."""
+    from datetime import datetime
+
     value = info.get("mtime") or info.get("LastModified") or info.get("updated") or 0
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 

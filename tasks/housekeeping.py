@@ -32,7 +32,12 @@ def run_is_alive(run_id: str) -> bool:
 
 @task(cache_policy=NO_CACHE)
 def sweep_stale_runs(cache: Cache, location: bool = True) -> list[str]:
-    removed = housekeeping.sweep(cache, run_is_alive, location)
+    """Best effort: a sweep that fails (a flaky bucket listing) is logged and never fails the run."""
+    try:
+        removed = housekeeping.sweep(cache, run_is_alive, location)
+    except Exception as error:
+        get_run_logger().warning("Housekeeping skipped this time: %s: %s", type(error).__name__, error)
+        return []
     if removed:
         get_run_logger().info("Removed the staging folders of %d finished run(s) older than %s: %s",
                               len(removed), housekeeping.stale_after_text(), ", ".join(removed))

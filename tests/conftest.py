@@ -54,3 +54,35 @@ def offline(monkeypatch):
         raise OSError("network access in a test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback URL whose server accepts connections and then never answers."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> dict[str, int]:
+    """Counts the triplet checks and fits that really decode media (not read back from the cache)."""
+    from lib import conform
+
+    counts = {"check": 0, "conform": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(conform, "_check", counted("check", conform._check))
+    monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
+    return counts

@@ -47,20 +47,7 @@ def _prepare(triplet, cache: Cache):
     return conform.conform_triplet(triplet, check, SETTINGS, cache)
 
 
-def _count_decodes(monkeypatch) -> dict[str, int]:
-    counts = {"check": 0, "conform": 0}
-
-    def counted(name, real):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return real(*args, **kwargs)
-        return wrapper
-    monkeypatch.setattr(conform, "_check", counted("check", conform._check))
-    monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
-    return counts
-
-
-def test_a_second_worker_reads_the_clip_through_the_location(triplet, tmp_path, monkeypatch):
+def test_a_second_worker_reads_the_clip_through_the_location(triplet, tmp_path, decodes):
     cpu, gpu, location = _workers(tmp_path)
     assert cpu.shared and not Cache.at(tmp_path).shared
     result = _prepare(triplet, cpu)
@@ -72,31 +59,31 @@ def test_a_second_worker_reads_the_clip_through_the_location(triplet, tmp_path, 
     local = gpu.open(foreign)
     assert local == gpu.path(entry) and local.read_bytes() == (location / entry).read_bytes()
 
-    decoded = _count_decodes(monkeypatch)
+    decodes.update(check=0, conform=0)
     again = _prepare(triplet, gpu)   # a second CPU worker with an empty local folder: no decoding
-    assert decoded == {"check": 0, "conform": 0}
+    assert decodes == {"check": 0, "conform": 0}
     assert again.clip.path == str(gpu.path(entry)) and again.clip.sha256 == result.clip.sha256
 
 
-def test_cleaned_local_folder_or_location_is_refilled_not_fatal(triplet, tmp_path, monkeypatch):
+def test_cleaned_local_folder_or_location_is_refilled_not_fatal(triplet, tmp_path, decodes):
     cpu, _, location = _workers(tmp_path)
     first = _prepare(triplet, cpu)
-    decoded = _count_decodes(monkeypatch)
+    decodes.update(check=0, conform=0)
 
     shutil.rmtree(cpu.local)                                  # local copy gone: refetched
     second = _prepare(triplet, cpu)
-    assert decoded == {"check": 0, "conform": 0} and Path(second.clip.path).is_file()
+    assert decodes == {"check": 0, "conform": 0} and Path(second.clip.path).is_file()
 
     shutil.rmtree(location / "conformed")                     # location cleaned: republished
     third = _prepare(triplet, cpu)
-    assert decoded == {"check": 0, "conform": 0}
+    assert decodes == {"check": 0, "conform": 0}
     assert (location / first.clip.entry).is_file() and third == second
 
     shutil.rmtree(cpu.local)
     shutil.rmtree(location)                                   # both gone: recomputed
     location.mkdir()
     fourth = _prepare(triplet, cpu)
-    assert decoded == {"check": 1, "conform": 1} and fourth.clip.sha256 == first.clip.sha256
+    assert decodes == {"check": 1, "conform": 1} and fourth.clip.sha256 == first.clip.sha256
 
 
 def test_missing_entry_is_a_clear_cache_miss(tmp_path):

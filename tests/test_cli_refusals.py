@@ -143,23 +143,16 @@ def test_help_exits_0(argv, capfd):
     assert "usage: av2av" in out and "Traceback" not in out + err
 
 
-def test_check_against_a_server_that_never_answers_times_out(capfd, monkeypatch):
+def test_check_against_a_server_that_never_answers_times_out(capfd, monkeypatch, silent_server):
     """`av2av check` on a server that accepts and never answers: a time-out message, within the
     configured read time-out × attempts (plus the waits between attempts), exit 1."""
-    import socket
     import time
 
     monkeypatch.setenv("AV2AV_READ_TIMEOUT_S", "1")
     monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "2")   # 2 × 1 s, and a 1 s wait between
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
     began = time.monotonic()
-    status = main(["check", f"http://127.0.0.1:{listener.getsockname()[1]}/triplets.zip", *FAST])
+    status = main(["check", f"{silent_server}/triplets.zip", *FAST])
     elapsed = time.monotonic() - began
-    listener.close()
     err = capfd.readouterr().err
     assert status == 1, err
     assert "timed out" in err and "after 2 attempt(s)" in err and "triplets.zip" in err, err

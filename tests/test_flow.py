@@ -51,7 +51,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(module, "run_gpu_flow", fake_gpu_flow)
 
 
-def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training, monkeypatch):
+def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training, decodes):
     request = _request(sample_zip, tmp_path)
     first = train_lora(request, return_state=True)
     assert first.is_completed(), first.message
@@ -59,45 +59,29 @@ def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_trai
     assert report["accepted"] == 3
     assert {r["name"]: r.get("reason") for r in report["triplets"]}["silent"] == "silent_audio"
 
-    decoded = _count_decodes(monkeypatch)
+    decodes.update(check=0, conform=0)
     second = _task_states(train_lora(request, return_state=True))
     per_triplet = {name: state for name, state in second.items() if name.startswith(("check-", "conform-"))}
     assert len(per_triplet) == 8 and set(per_triplet.values()) == {"Completed"}, per_triplet
-    assert decoded == {"check": 0, "conform": 0}, "every outcome comes back from the content-addressed cache"
+    assert decodes == {"check": 0, "conform": 0}, "every outcome comes back from the content-addressed cache"
 
     train_lora(_request(sample_zip, tmp_path, number_of_frames=25))
-    assert decoded == {"check": 0, "conform": 3}, "new settings refit the accepted triplets; checks are reused"
+    assert decodes == {"check": 0, "conform": 3}, "new settings refit the accepted triplets; checks are reused"
 
 
-def _count_decodes(monkeypatch) -> dict[str, int]:
-    """Counts the checks and fits that really decode media (not served by the cache)."""
-    from lib import conform
-
-    counts = {"check": 0, "conform": 0}
-
-    def counted(name, real):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return real(*args, **kwargs)
-        return wrapper
-    monkeypatch.setattr(conform, "_check", counted("check", conform._check))
-    monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
-    return counts
-
-
-def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, no_training, monkeypatch):
+def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, no_training, decodes, monkeypatch):
     from lib import conform
 
     request = _request(sample_zip, tmp_path)
     assert train_lora(request, return_state=True).is_completed()
-    decoded = _count_decodes(monkeypatch)
+    decodes.update(check=0, conform=0)
     monkeypatch.setattr(conform, "CONFORM_VERSION", "test-conform")
     train_lora(request)
-    assert decoded == {"check": 0, "conform": 3}
+    assert decodes == {"check": 0, "conform": 3}
     monkeypatch.setattr(conform, "CHECK_VERSION", "test-check")
     train_lora(request)
     # 4 triplets checked again; their facts are the same, so no accepted triplet is refitted.
-    assert decoded == {"check": 4, "conform": 3}
+    assert decodes == {"check": 4, "conform": 3}
 
 
 def test_no_qualifying_triplet_fails_with_invalid_dataset(tmp_path, media):
