@@ -21,7 +21,8 @@ from lib.storage import FileRef
 GPU_DEPLOYMENT = os.environ.get("AV2AV_GPU_DEPLOYMENT", "train-lora-gpu/train-lora-gpu")
 
 
-def _gpu_deployment_exists() -> bool:
+def deployment_available(name: str) -> bool:
+    """True when this run came from a deployment (so workers exist) and deployment `name` exists."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -29,7 +30,7 @@ def _gpu_deployment_exists() -> bool:
         return False
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(GPU_DEPLOYMENT)
+            client.read_deployment_by_name(name)
         except ObjectNotFound:
             return False
     return True
@@ -39,7 +40,7 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
     """Run the GPU half as `<this run's name>-gpu`, giving it this run's id so it links back and
     mirrors its progress here. Returns its result with every file as a local path here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
-    if not _gpu_deployment_exists():
+    if not deployment_available(GPU_DEPLOYMENT):
         from flows.train_lora_gpu import train_lora_gpu   # torch and the model stack: only in-process
 
         result = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,

@@ -86,3 +86,11 @@ def decodes(monkeypatch) -> dict[str, int]:
     monkeypatch.setattr(conform, "_check", counted("check", conform._check))
     monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
     return counts
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    """The end-to-end stack (tests/e2e_stack.py): started once, for every e2e test file."""
+    from tests.e2e_stack import running_stack
+
+    yield from running_stack(request)

@@ -45,6 +45,10 @@ def test_prefect_yaml_deployments():
     nightly = deployments["retrain-nightly"]
     assert nightly["schedules"][0]["cron"] and nightly["parameters"]["skip_if_unchanged"] is True
     TrainRequest(**nightly["parameters"]["request"])  # the schedule's parameters are a valid request
+    batch = deployments["retrain-batch-nightly"]
+    assert batch["entrypoint"] == "flows/retrain_batch.py:retrain_batch" and batch["work_pool"]["name"] == "cpu"
+    assert batch["schedules"][0]["cron"] and batch["schedules"][0]["active"] is False
+    assert set(batch["parameters"]) == {"manifest_url"}
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -1,0 +1,85 @@
+"""`retrain-batch`: scheduled batch retraining. Reads a manifest of LoRAs (lib/batch.py), retrains
+only the entries whose dataset content or parameters changed since their last successful run, each
+as its own `train-lora` run (named `nightly-<entry>-<date>`), and waits for them. It holds no GPU:
+how many train at once is set by Prefect on the GPU pool (README, "Batch retraining").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed
+
+from flows.gpu_handoff import deployment_available
+from flows.train_lora import REFUSALS, refused
+from lib import storage
+from lib.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, summary_rows
+from lib.errors import DownloadError
+from tasks.batch import TRAIN_DEPLOYMENT, not_checked, skipped, train_entry, unchanged_since
+
+
+def read_manifest(manifest_url: str) -> list[Planned]:
+    manifest_file = storage.fetch_with_retries(manifest_url, storage.work_dir() / "downloads")
+    text = Path(manifest_file.path).read_text(errors="replace")
+    Path(manifest_file.path).unlink(missing_ok=True)
+    return plan_entries(parse_manifest(text, manifest_url))
+
+
+def _decide(entries: list[Planned]) -> tuple[list[EntryOutcome], list[Planned]]:
+    """Summary rows for entries that will not train (invalid, unchanged, unreachable), and the rest."""
+    outcomes, changed = [], []
+    for entry in entries:
+        if entry.request is None:
+            outcomes.append(EntryOutcome(entry=entry.name, status="invalid", message=entry.problem))
+            continue
+        try:
+            since = unchanged_since(entry.name, entry.request)
+        except DownloadError as error:
+            outcomes.append(not_checked(entry.name, entry.request, error))
+            continue
+        if since:
+            outcomes.append(skipped(entry.name, entry.request, since))
+        else:
+            changed.append(entry)
+    return outcomes, changed
+
+
+@flow(name="retrain-batch", log_prints=True)
+def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
+    """Retrain every LoRA of a manifest whose data or parameters changed; skip the others.
+
+    Ends Completed when every entry trained or was skipped, else Failed listing the entries that
+    did not (an invalid or failed entry never stops the others).
+
+    Args:
+        manifest_url: YAML or JSON manifest (any fsspec URL): output_url, defaults, entries of {name, request}.
+        run_name_prefix: Child runs are named <prefix>-<entry>-<date>.
+    """
+    try:
+        entries = read_manifest(manifest_url)
+    except REFUSALS as error:
+        return refused(error)
+    outcomes, changed = _decide(entries)
+    use_deployment = deployment_available(TRAIN_DEPLOYMENT)
+    print(f"{len(changed)} of {len(entries)} entries changed: "
+          f"{', '.join(e.name for e in changed) or 'none'}; training them as train-lora runs")
+    futures = [train_entry.submit(e.name, e.request, child_run_name(run_name_prefix, e.name), use_deployment)
+               for e in changed]
+    outcomes += [future.result() for future in futures]
+    order = [e.name for e in entries]
+    outcomes.sort(key=lambda outcome: order.index(outcome.entry))
+    _report(outcomes)
+    if any(o.status in ("invalid", "failed") for o in outcomes):
+        return Failed(message=failed_message(outcomes))
+    trained = sum(o.status == "trained" for o in outcomes)
+    return Completed(message=f"{trained} trained, {len(outcomes) - trained} skipped (unchanged); "
+                             f"billing units {sum(o.billing_units for o in outcomes)}")
+
+
+def _report(outcomes: list[EntryOutcome]) -> None:
+    rows = summary_rows(outcomes)
+    create_table_artifact(key="batch-summary", table=rows,
+                          description="Per entry: status, the train-lora run, billing units, output, time.")
+    for row in rows:
+        get_run_logger().info("%s: %s %s", row["entry"], row["status"], row["message"] or row["child_run"])
