@@ -33,10 +33,14 @@ def _manifest(stack: Stack) -> str:
 
 def _run_batch(stack: Stack, manifest_url: str) -> tuple[dict, dict[str, dict]]:
     """One retrain-batch run over REST: (the run, its summary rows by entry)."""
+    import time
+
     batch = stack.deployment("retrain-batch", "retrain-batch-nightly")
+    started = time.monotonic()
     response = stack.create_flow_run(batch["id"], {"manifest_url": manifest_url})
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], BATCH_RUN_S)
+    print(f"\n[e2e] retrain-batch run {run['name']}: {run['state_type']} after {time.monotonic() - started:.1f}s")
     artifacts = stack.client.post("/artifacts/filter", json={"artifacts": {
         "flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["batch-summary"]}}}).json()
     assert len(artifacts) == 1, stack.describe(run)
@@ -74,6 +78,7 @@ def test_batch_trains_changed_entries_only(stack):
     gpu_runs = stack.flow_runs(flow_runs={"name": {"any_": [f"{r['name']}-gpu" for r in children]}})
     first, second = sorted(_interval(r) for r in gpu_runs)
     assert len(gpu_runs) == 2 and first[1] <= second[0], [(r["name"], _interval(r)) for r in gpu_runs]
+    print(f"[e2e] GPU runs {first[0]:%H:%M:%S}-{first[1]:%H:%M:%S} and {second[0]:%H:%M:%S}-{second[1]:%H:%M:%S}")
 
     runs_before = {r["id"] for r in _train_runs(stack)}
     run, rows = _run_batch(stack, manifest_url)          # nothing changed
