@@ -83,7 +83,8 @@ class Cache(BaseModel):
         path = self.path(entry)
         return FileRef(path=str(path), sha256=key, size=path.stat().st_size, entry=entry)
 
-    def _remote(self, entry: str) -> tuple[object, str]:
+    def remote(self, entry: str) -> tuple[object, str]:
+        """(fsspec filesystem, path) of `entry` at the location."""
         fs, root = open_fs(self.location)
         return fs, posixpath.join(root, entry)
 
@@ -92,7 +93,7 @@ class Cache(BaseModel):
         the location is this worker's folder."""
         if not self.shared:
             return
-        fs, target = self._remote(entry)
+        fs, target = self.remote(entry)
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
         source = str(source or self.path(entry))
         if isinstance(fs, LocalFileSystem):
@@ -116,7 +117,7 @@ class Cache(BaseModel):
             return local
         if not self.shared:
             return None
-        fs, source = self._remote(entry)
+        fs, source = self.remote(entry)
         if not fs.exists(source):
             return None
         with atomic_file(local) as partial:
@@ -129,8 +130,8 @@ class Cache(BaseModel):
         local = self.path(entry)
         if not self.shared:
             return local.is_file()
-        fs, remote = self._remote(entry)
-        at_location = fs.exists(remote)
+        fs, target = self.remote(entry)
+        at_location = fs.exists(target)
         if local.is_file():
             if not at_location:
                 self.publish(entry)
@@ -142,7 +143,7 @@ class Cache(BaseModel):
             return True
         if not self.shared:
             return False
-        fs, source = self._remote(entry)
+        fs, source = self.remote(entry)
         return fs.exists(source)
 
     def open(self, ref: FileRef) -> Path:
@@ -161,7 +162,7 @@ class Cache(BaseModel):
 
         shutil.rmtree(self.path(prefix), ignore_errors=True)
         if self.shared:
-            fs, target = self._remote(prefix)
+            fs, target = self.remote(prefix)
             if fs.exists(target):
                 fs.rm(target, recursive=True)
 
@@ -173,7 +174,7 @@ def check_cache_location(cache: Cache) -> None:
         return
     probe = f".av2av-probe-{uuid.uuid4().hex}"
     try:
-        fs, target = cache._remote(probe)
+        fs, target = cache.remote(probe)
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
         fs.pipe_file(target, b"probe")
         fs.rm_file(target)

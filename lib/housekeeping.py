@@ -90,7 +90,7 @@ def _sweep_local(root: Path, is_alive: Callable[[str], bool], oldest: float) -> 
 
 
 def _sweep_location(cache: Cache, is_alive: Callable[[str], bool], oldest: float) -> list[str]:
-    fs, root = cache._remote(RUNS)
+    fs, root = cache.remote(RUNS)
     if not fs.exists(root):
         return []
     removed = []

@@ -144,7 +144,7 @@ def test_train_lora_runs_on_both_pools(stack):
 
     # The heavy half ran as its own deployment run, on the gpu pool, in another process,
     # as a child of this run (run_deployment links it through a task run of the parent).
-    gpu_runs = stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}})
+    gpu_runs = stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}}, flow_runs={"name": {"any_": [f"{run['name']}-gpu"]}})
     assert [r["state_type"] for r in gpu_runs] == ["COMPLETED"], [(r["name"], r["state_name"]) for r in gpu_runs]
     gpu_run = gpu_runs[0]
     assert gpu_run["work_pool_name"] == "gpu"
