@@ -53,8 +53,7 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
         if not run.state or not run.state.is_completed():
             message = run.state.message if run.state else "no state"
             raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
-        result = json.loads(cache.open(FileRef(path="", sha256="", size=0,
-                                               entry=f"{gpu_entry(run_id)}/{GPU_RESULT}")).read_text())
+        result = json.loads(cache.open_entry(f"{gpu_entry(run_id)}/{GPU_RESULT}").read_text())
     files = {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
     previews = [cache.open(FileRef(**ref)) for ref in result["previews"]]
     return result | {"files": files, "previews": previews}

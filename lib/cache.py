@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
 from lib.errors import CacheUnavailable
-from lib.storage import FileRef, MissingExtra, atomic_file, describe_cause, open_fs, work_dir
+from lib.storage import CACHE_ENV, FileRef, MissingExtra, atomic_file, describe_cause, open_fs, probe_writable, work_dir
 
-LOCATION_ENV = "AV2AV_CACHE_DIR"
+LOCATION_ENV = CACHE_ENV
 
 
 class CacheMiss(CacheUnavailable):
@@ -118,8 +119,10 @@ class Cache(BaseModel):
         if not self.shared:
             return None
         fs, source = self.remote(entry)
-        if not fs.exists(source):
-            return None
+        return self._download(fs, source, local) if fs.exists(source) else None
+
+    @staticmethod
+    def _download(fs, source: str, local: Path) -> Path:
         with atomic_file(local) as partial:
             fs.get_file(source, partial)
         return local
@@ -136,30 +139,24 @@ class Cache(BaseModel):
             if not at_location:
                 self.publish(entry)
             return True
-        return at_location and self.fetch(entry) is not None
-
-    def exists(self, entry: str) -> bool:
-        if self.path(entry).is_file():
-            return True
-        if not self.shared:
-            return False
-        fs, source = self.remote(entry)
-        return fs.exists(source)
+        if at_location:
+            self._download(fs, target, local)
+        return at_location
 
     def open(self, ref: FileRef) -> Path:
         """A local path holding `ref`'s bytes: cache entries by name, other files by their path."""
-        if not ref.entry:
-            return Path(ref.path)
-        path = self.fetch(ref.entry)
+        return self.open_entry(ref.entry) if ref.entry else Path(ref.path)
+
+    def open_entry(self, entry: str) -> Path:
+        """The local path of `entry` (downloaded if needed); CacheMiss when it is nowhere."""
+        path = self.fetch(entry)
         if path is None:
-            raise CacheMiss(f"'{ref.entry}' is not in the cache at {self.location} (nor in {self.local}); "
+            raise CacheMiss(f"'{entry}' is not in the cache at {self.location} (nor in {self.local}); "
                             "was the cache emptied while the run was going? Start the run again.")
         return path
 
     def remove(self, prefix: str) -> None:
         """Remove a folder of entries here and at the location (a run's staged outputs)."""
-        import shutil
-
         shutil.rmtree(self.path(prefix), ignore_errors=True)
         if self.shared:
             fs, target = self.remote(prefix)
@@ -172,12 +169,8 @@ def check_cache_location(cache: Cache) -> None:
     not this worker's own folder), else CacheUnavailable naming AV2AV_CACHE_DIR and the cause."""
     if not cache.shared:
         return
-    probe = f".av2av-probe-{uuid.uuid4().hex}"
     try:
-        fs, target = cache.remote(probe)
-        fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        fs.pipe_file(target, b"probe")
-        fs.rm_file(target)
+        probe_writable(cache.location)
     except MissingExtra as error:
         raise CacheUnavailable(f"{LOCATION_ENV}: {error}.") from error
     except Exception as error:   # every backend raises its own types

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +90,18 @@ def open_fs(url: str):
         return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as error:
         raise MissingExtra(url, error) from error
+
+
+def probe_writable(url: str) -> None:
+    """Write and remove a probe object under `url` (creating it): proves the location answers
+    and takes writes. Raises MissingExtra, or whatever the backend raises."""
+    import uuid
+
+    fs, root = open_fs(url)
+    probe = f"{root.rstrip('/')}/.av2av-probe-{uuid.uuid4().hex}"
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(probe, b"probe")
+    fs.rm_file(probe)
 
 
 @contextmanager
@@ -225,15 +238,14 @@ def retry_delays() -> list[int]:
 def fetch_with_retries(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
     """`fetch`, retried after transient failures ($AV2AV_DOWNLOAD_ATTEMPTS attempts in all), for
     callers without Prefect's task retries (the CLI's check). The last error says how many tries."""
-    import time
-
     delays = retry_delays()
-    for attempt in range(len(delays) + 1):
+    for delay in delays:
         try:
             return fetch(url, dest_dir, max_bytes)
-        except TransientDownloadError as error:
-            if attempt == len(delays):
-                raise TransientDownloadError(f"{error.message} (after {attempt + 1} attempt(s), "
-                                             f"${ATTEMPTS_ENV})") from error
-            time.sleep(delays[attempt])
-    raise AssertionError("unreachable")
+        except TransientDownloadError:
+            time.sleep(delay)
+    try:
+        return fetch(url, dest_dir, max_bytes)
+    except TransientDownloadError as error:
+        raise TransientDownloadError(f"{error.message} (after {len(delays) + 1} attempt(s), "
+                                     f"${ATTEMPTS_ENV})") from error

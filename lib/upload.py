@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from lib.errors import DownloadError, InvalidRequest, TransientDownloadError
-from lib.storage import MissingExtra, describe_cause, is_transient, open_fs, sha256_file
+from lib.storage import MissingExtra, describe_cause, is_transient, open_fs, probe_writable, sha256_file
 
 RESULT_NAME = "result.json"
 
@@ -46,16 +46,11 @@ def check_output_location(output_url: str) -> None:
     """Before any dataset work: the protocol's package is installed and a probe object can be
     written and removed at `output_url` (InvalidRequest otherwise, naming the URL and the cause)."""
     try:
-        fs, root = open_fs(output_url)
+        probe_writable(output_url)
     except MissingExtra as error:
         raise InvalidRequest(f"output_url: {error}.") from error
     except ValueError as error:
         raise InvalidRequest(f"output_url: {output_url} is not a location fsspec knows ({error}).") from error
-    probe = posixpath.join(root, f".av2av-probe-{uuid.uuid4().hex}")
-    try:
-        fs.makedirs(root, exist_ok=True)
-        fs.pipe_file(probe, b"probe")
-        fs.rm_file(probe)
     except Exception as error:   # every backend raises its own types
         raise InvalidRequest(f"output_url: cannot write to {output_url}: "
                              f"{describe_cause(error, output_url)}.") from error
