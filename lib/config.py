@@ -201,6 +201,18 @@ class TrainRequest(BaseModel):
         description="Precision of the saved LoRA weights (training always keeps them in fp32). "
         "Addition to the spec.",
     )
+    base_precision: Literal["bf16", "int8", "fp8", "nf4"] = Field(
+        "bf16", title="Base model precision",
+        description="Precision of the frozen base weights while training (the LoRA always trains in "
+        "fp32): bf16 exact; int8 (torchao weight-only) about half the transformer's memory; fp8 (torchao, "
+        "needs an Ada/Hopper GPU such as L4, L40S, H100); nf4 (bitsandbytes 4-bit) about a quarter. "
+        "The text encoder is quantized alike (int8 for fp8). `av2av plan` shows what fits. Addition to the spec.",
+    )
+    optimizer: Literal["adamw", "adamw8bit"] = Field(
+        "adamw", title="Optimizer",
+        description="adamw: fp32 AdamW state; adamw8bit: bitsandbytes' 8-bit AdamW state (a quarter of "
+        "the optimizer memory). Addition to the spec.",
+    )
     upload_checkpoints: bool = Field(
         False, title="Upload checkpoints",
         description="Also upload the resumable checkpoints; otherwise they stay in the GPU worker's "

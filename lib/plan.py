@@ -35,6 +35,7 @@ class RunPlan(BaseModel):
 
     model: str
     model_source: str | None
+    base_precision: Literal["bf16", "int8", "fp8", "nf4"] = "bf16"
     text_encoder_source: str | None
     conform: ConformSettings
     validation_conform: ConformSettings
@@ -76,14 +77,14 @@ def plan_run(request: TrainRequest, validation_clips: list[FileRef] = ()) -> Run
                                         reference_downscale=request.reference_downscale)
     train = TrainSettings(rank=request.rank, steps=request.number_of_steps, learning_rate=request.learning_rate,
                           seed=request.seed, warmup_steps=warmup_steps(request.number_of_steps),
-                          checkpoint_every=request.checkpoint_every)
+                          checkpoint_every=request.checkpoint_every, optimizer=request.optimizer)
     sampler = SamplerSettings(steps=request.validation_steps, seed=request.seed, stg_scale=request.stg_scale)
     validation = ValidationPlan(clips=list(validation_clips), negative_prompt=request.validation_negative_prompt,
                                 sampler=sampler, every=request.validation_every)
     lora_info = {"base_model": base_model_name(request.model), "trigger_phrase": request.trigger_phrase,
                  "reference_audio_positions": request.reference_audio_positions,
-                 "reference_downscale": request.reference_downscale}
-    return RunPlan(model=request.model, model_source=request.model_source,
+                 "reference_downscale": request.reference_downscale, "base_precision": request.base_precision}
+    return RunPlan(model=request.model, model_source=request.model_source, base_precision=request.base_precision,
                    text_encoder_source=request.text_encoder_source, conform=conform_settings(request),
                    validation_conform=validation_conform_settings(request), train=train, conditioning=conditioning,
                    validation=validation, lora_dtype=request.lora_dtype, lora_info=lora_info,

@@ -19,6 +19,7 @@ class TrainSettings:
     checkpoint_every: int | None = None
     grad_clip: float = 1.0
     weight_decay: float = 0.0
+    optimizer: str = "adamw"              # or "adamw8bit" (bitsandbytes)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from lib.model.components import (MODULE_NAMES, Components, build_tiny, config_h
                                   to_pipeline)
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
 from lib.model.loading import (DEFAULT_LTX23_SOURCE, PRESETS, SOURCE_ENV, TEXT_ENCODER_ENV, check_model_source,
-                               load_model, load_pretrained, load_single_file, save_single_file)
+                               load_model, load_pretrained, load_single_file, open_model, save_single_file)
+from lib.model.lifetime import acquire, keep_only, release, resident
 
 __all__ = ["MODULE_NAMES", "Components", "build_tiny", "config_hash", "model_spec", "save_pretrained", "to_pipeline",
            "LTX23_CONFIG_DIR", "LTX23_FLAGS", "DEFAULT_LTX23_SOURCE", "PRESETS", "SOURCE_ENV", "TEXT_ENCODER_ENV",
-           "check_model_source", "load_model", "load_pretrained", "load_single_file", "save_single_file"]
+           "check_model_source", "load_model", "load_pretrained", "load_single_file", "open_model", "save_single_file",
+           "acquire", "keep_only", "release", "resident"]

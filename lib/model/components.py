@@ -6,7 +6,8 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,16 @@ class Components:
     identity: str   # "<preset>|<seed or source>|<dtype>|cfg-<hash>": stable cache-key material
     device: torch.device
     dtype: torch.dtype
+    spec: dict = field(default_factory=dict)        # model_spec, computed while every part was known
+    loader: Callable[[str], Any] | None = None      # loads a released part again (lib.model.lifetime)
+    ledger: Any = field(default_factory=lambda: _new_ledger())
+    base_precision: str = "bf16"
+
+
+def _new_ledger():
+    from lib.model.lifetime import Ledger
+
+    return Ledger()
 
 
 def build_tiny(seed: int = 0) -> Components:
@@ -112,6 +123,11 @@ def to_pipeline(components: Components):
 
 def model_spec(components: Components) -> dict:
     """Numbers the rest of the code needs, so it never has to touch the model classes."""
+    return components.spec or compute_spec(components)
+
+
+def compute_spec(components) -> dict:
+    """`model_spec` from the parts themselves (loaded, or shells on the meta device)."""
     vae, audio_vae = components.vae, components.audio_vae
     sample_rate, hop = audio_vae.config.sample_rate, audio_vae.config.mel_hop_length
     audio_temporal = audio_vae.temporal_compression_ratio   # hard-coded 4 in the class
@@ -148,14 +164,18 @@ _VOLATILE_KEYS = {"dtype", "torch_dtype", "transformers_version", "name_or_path"
 
 
 def _with_identity(parts: dict, preset: str, origin: str, device: torch.device,
-                   dtype: torch.dtype) -> Components:
-    identity = _identity(preset, origin, dtype, config_hash(parts))
-    return Components(**parts, identity=identity, device=device, dtype=dtype)
+                   dtype: torch.dtype, base_precision: str = "bf16") -> Components:
+    identity = _identity(preset, origin, dtype, config_hash(parts), base_precision)
+    components = Components(**parts, identity=identity, device=device, dtype=dtype, base_precision=base_precision)
+    components.spec = compute_spec(components)
+    return components
 
 
-def _identity(preset: str, origin: str, dtype: torch.dtype, config_hash: str) -> str:
-    # dtype is in it because bf16 and fp32 encodings of the same clip differ.
-    return f"{preset}|{origin}|{str(dtype).removeprefix('torch.')}|cfg-{config_hash}"
+def _identity(preset: str, origin: str, dtype: torch.dtype, config_hash: str, base_precision: str = "bf16") -> str:
+    # dtype is in it because bf16 and fp32 encodings of the same clip differ; so is a quantized
+    # text encoder's precision (its prompt embeddings differ).
+    quantized = "" if base_precision == "bf16" else f"|base-{base_precision}"
+    return f"{preset}|{origin}|{str(dtype).removeprefix('torch.')}{quantized}|cfg-{config_hash}"
 
 
 def config_hash(parts) -> str:

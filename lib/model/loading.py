@@ -4,7 +4,6 @@ before any dataset work, whether a run's weights can be found at all.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,9 +12,12 @@ import torch
 
 from lib import precision
 from lib.errors import ModelUnavailable
-from lib.model.components import MODULE_NAMES, Components, _identity, _with_identity, build_tiny, config_hash
+from lib.model import parts
+from lib.model.components import MODULE_NAMES, Components
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
-from lib.model.single_file import split_checkpoint, to_diffusers_key, to_lightricks_key
+from lib.model.lifetime import acquire
+from lib.model.quantize import check_base_precision
+from lib.model.single_file import split_checkpoint, to_lightricks_key
 
 PRESETS = ("tiny", "ltx-2.3")
 DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
@@ -112,81 +114,48 @@ def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
 
 
 def load_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-               source: str | Path | None = None, text_encoder_source: str | None = None) -> Components:
-    """Preset name -> components on `device` (cuda if there is one) in `dtype` (precision.compute_dtype)."""
+               source: str | Path | None = None, text_encoder_source: str | None = None,
+               base_precision: str = "bf16") -> Components:
+    """Preset name -> every part loaded on `device` (cuda if there is one) in `dtype`."""
+    components = open_model(model, device, dtype, source, text_encoder_source, base_precision)
+    return acquire(components, *MODULE_NAMES)
+
+
+def open_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               source: str | Path | None = None, text_encoder_source: str | None = None,
+               base_precision: str = "bf16") -> Components:
+    """The model with no part loaded yet (tokenizer and scheduler aside): its spec and cache
+    identity are known, and `lifetime.acquire` loads each part when a stage needs it."""
     if model not in PRESETS:
         raise ValueError(f"unknown model {model!r}; choose one of {PRESETS}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or precision.compute_dtype(device)
-    if model == "ltx-2.3":
-        source, text_encoder = resolve_sources(source, text_encoder_source)
-        if is_single_file(source):
-            return load_single_file(source, text_encoder, device, dtype)
-        return load_pretrained(source, device, dtype)
-    tiny = build_tiny()
-    if (device, dtype) == (tiny.device, tiny.dtype):
-        return tiny
-    for name in MODULE_NAMES:
-        getattr(tiny, name).to(device=device, dtype=dtype)
-    identity = _identity("tiny", tiny.identity.split("|")[1], dtype, config_hash(tiny))
-    return dataclasses.replace(tiny, device=device, dtype=dtype, identity=identity)
+    check_base_precision(base_precision, device)
+    if model == "tiny":
+        return parts.open_tiny(device, dtype, base_precision)
+    source, text_encoder = resolve_sources(source, text_encoder_source)
+    if is_single_file(source):
+        _check_single_file(source)
+        return parts.open_single_file(source, text_encoder, device, dtype, base_precision, _configs)
+    source = str(Path(source).resolve()) if Path(source).is_dir() else str(source)
+    # Read the small config first: a 2.0 checkpoint should fail before tens of GB are loaded.
+    _check_is_23(_load_transformer_config(source), source)
+    return parts.open_pretrained(source, device, dtype, base_precision)
 
 
 def load_pretrained(source: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.bfloat16) -> Components:
     """Load a diffusers-format LTX-2.3 folder or hub id."""
-    from diffusers import LTX2Pipeline
-
-    source = str(Path(source).resolve()) if Path(source).is_dir() else str(source)
-    # Read the small config first: a 2.0 checkpoint should fail before tens of GB are loaded.
-    _check_is_23(_load_transformer_config(source), source)
-    pipe = LTX2Pipeline.from_pretrained(source, dtype=dtype)
-    parts = {name: getattr(pipe, name) for name in (*MODULE_NAMES, "tokenizer", "scheduler")}
-    for name in MODULE_NAMES:
-        parts[name].to(device=device).eval()
-    return _with_identity(parts, "ltx-2.3", source, torch.device(device), dtype)
-
-
-def _classes() -> dict:
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
-
-    return {"transformer": LTX2VideoTransformer3DModel, "connectors": LTX2TextConnectors,
-            "vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
+    return load_model("ltx-2.3", device, dtype, source)
 
 
 def load_single_file(path: str, text_encoder_source: str, device: torch.device, dtype: torch.dtype) -> Components:
-    """Lightricks' one-file 2.3 checkpoint + a Gemma 3 folder -> components, each loaded strictly.
+    """Lightricks' one-file 2.3 checkpoint + a Gemma 3 folder -> components, each loaded strictly."""
+    return load_model("ltx-2.3", device, dtype, path, text_encoder_source)
 
-    Tensors are read one by one straight onto `device` in `dtype` into modules built on the meta
-    device, so host memory never holds a second copy of the 19 B transformer.
-    """
-    from accelerate import init_empty_weights
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from safetensors import safe_open
-    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
-    _check_single_file(path)
-    parts = {}
-    with safe_open(path, framework="pt", device=str(device)) as handle:
-        keys = split_checkpoint(handle.keys())
-        configs = _configs(handle.metadata() or {})
-        for name, cls in _classes().items():
-            with init_empty_weights():
-                module = cls.from_config(configs[name])
-            renamed = ((to_diffusers_key(name, key), key) for key in keys[name])
-            # On CPU, get_tensor returns views into the mapped file at arbitrary offsets; owned
-            # (aligned) copies compute bit-identically to a diffusers-folder load.
-            state = {new: handle.get_tensor(key).to(dtype=dtype, copy=device.type == "cpu")
-                     for new, key in renamed if new is not None}
-            _load_strict(module, state, name, path)
-            parts[name] = module.eval()
-    parts["text_encoder"] = Gemma3ForConditionalGeneration.from_pretrained(text_encoder_source, dtype=dtype)
-    parts["text_encoder"].to(device).eval()
-    parts["tokenizer"] = AutoTokenizer.from_pretrained(text_encoder_source)
-    parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(str(LTX23_CONFIG_DIR / "scheduler"))
-    return _with_identity(parts, "ltx-2.3", f"{Path(path).resolve()}+{text_encoder_source}", device, dtype)
+def _classes() -> dict:
+    return parts.classes()
 
 
 def _configs(metadata: dict) -> dict[str, dict]:
@@ -195,15 +164,6 @@ def _configs(metadata: dict) -> dict[str, dict]:
     if CONFIGS_METADATA_KEY in metadata:
         return json.loads(metadata[CONFIGS_METADATA_KEY])
     return {name: cls.load_config(str(LTX23_CONFIG_DIR / name)) for name, cls in _classes().items()}
-
-
-def _load_strict(module, state: dict, name: str, path: str) -> None:
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelUnavailable(f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
-                               f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).")
-    module.load_state_dict(state, strict=True, assign=True)
 
 
 def save_single_file(components: Components, path: str | Path) -> Path:
