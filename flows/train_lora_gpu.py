@@ -24,7 +24,7 @@ from lib.worker import TrainJob
 from tasks import model_cache
 from tasks.housekeeping import sweep_stale_runs
 from tasks.parent_run import ParentRun
-from tasks.training import encode_latents, render_validation, run_and_parent_logger, train_lora_task
+from tasks.training import encode_latents, encode_texts, render_validation, run_and_parent_logger, train_lora_task
 
 
 
@@ -76,10 +76,15 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: 
     parent.link_child()
     log = run_and_parent_logger(parent)
     try:
+        # Text first, then the VAEs, then the transformer: each part is resident only while needed.
+        negative_text = encode_texts([*clips, *plan.validation.clips], plan, cache)
         latents = _encode(clips, plan, cache, "encoding training clips", log)
         validation_latents = _encode(plan.validation.clips, plan, cache, "encoding validation samples", log)
         local_clips = [ref.model_copy(update={"path": str(cache.open(ref))}) for ref in plan.validation.clips]
-        validation = plan.validation.model_copy(update={"latents": validation_latents, "clips": local_clips})
+        if negative_text is not None:
+            negative_text = negative_text.model_copy(update={"path": str(cache.open(negative_text))})
+        validation = plan.validation.model_copy(update={"latents": validation_latents, "clips": local_clips,
+                                                        "negative_text": negative_text})
         plan = plan.model_copy(update={"validation": validation})
         job = TrainJob(plan=plan, latents=[ref.path for ref in latents], output_dir=str(output),
                        checkpoint_dir=str(checkpoint_folder(run_id)))

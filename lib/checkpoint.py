@@ -21,7 +21,8 @@ def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: to
     optimizer_state = optimizer.state_dict()
     for param_id, state in optimizer_state["state"].items():
         for name, value in state.items():
-            tensors[f"optim.{param_id}.{name}"] = value.detach().cpu().clone().contiguous()
+            # bitsandbytes' 8-bit AdamW keeps its step as a plain int
+            tensors[f"optim.{param_id}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     metadata = {"step": str(step), "losses": json.dumps(losses),

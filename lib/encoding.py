@@ -17,6 +17,7 @@ from lib.cache import Cache, content_key
 from lib.conditioning import Example
 from lib.conform import clip_metadata
 from lib.model import Components, model_spec
+from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
 from lib.storage import FileRef, atomic_file
 
 ENCODER_VERSION = "3"  # explicit code version (lib.cache.content_key): bump when encoded bytes change for the same clip and model
@@ -62,6 +63,39 @@ def latents_entry(clip: FileRef, components: Components, reference_downscale: in
     return f"latents/{latent_key(clip, components, reference_downscale)}/latents.safetensors"
 
 
+def prompt_entry(prompt: str, components: Components) -> str:
+    key = content_key("prompt", ENCODER_VERSION, prompt=prompt, model=components.identity)
+    return f"prompts/{key}/text.safetensors"
+
+
+def encode_prompt(components: Components, prompt: str, cache: Cache) -> FileRef:
+    """The transformer's text inputs for `prompt` (a caption or the negative prompt), cached by
+    content like latents, so the text encoder is loaded only for prompts never seen before."""
+    entry = prompt_entry(prompt, components)
+    key = entry.split("/")[1]
+    if not cache.sync(entry):
+        with exclusive(components, f"prompt-{key}"):
+            text = latents.encode_prompts(acquire(components, *TEXT_PARTS), [prompt])
+        with atomic_file(cache.path(entry)) as partial:
+            save_file({name: text[name][0].contiguous() for name in TEXT_KEYS}, partial)
+        cache.publish(entry)
+    return cache.ref(entry, key)
+
+
+def load_prompt(path: str | Path) -> dict[str, torch.Tensor]:
+    """`encode_prompt`'s file -> the text inputs, batch first (1, T, D)."""
+    return {name: tensor[None] for name, tensor in load_file(str(path)).items()}
+
+
+def encode_captions(components: Components, clips: list[FileRef], cache: Cache, reference_downscale: int = 1) -> int:
+    """Encode the captions of clips whose latents are not cached yet; returns how many clips that was.
+    Run before `encode_clip`, it lets the text encoder be released before the VAEs are loaded."""
+    pending = [clip for clip in clips if not cache.sync(latents_entry(clip, components, reference_downscale))]
+    for clip in pending:
+        encode_prompt(components, clip_metadata(str(cache.open(clip))).get("caption", ""), cache)
+    return len(pending)
+
+
 def encode_clip(components: Components, clip: FileRef, cache: Cache, reference_downscale: int = 1) -> FileRef:
     """Encode one conformed clip (unless its latents are in the cache, here or at the location) and
     return its latents file. The clip is read through the cache: this worker need not have made it."""
@@ -70,10 +104,14 @@ def encode_clip(components: Components, clip: FileRef, cache: Cache, reference_d
     if cache.sync(entry):
         return cache.ref(entry, key)
     clip_path = str(cache.open(clip))
-    tensors = _encode(components, clip_path, reference_downscale)
-    metadata = {k: v for k, v in clip_metadata(clip_path).items() if k in ("name", "caption", "frame_rate")}
+    metadata = clip_metadata(clip_path)
+    text = load_prompt(cache.open(encode_prompt(components, metadata.get("caption", ""), cache)))
+    with exclusive(components, f"clip-{key}"):
+        tensors = _encode(acquire(components, *MEDIA_ENCODE_PARTS), clip_path, reference_downscale)
+    tensors |= {name: text[name][0] for name in TEXT_KEYS}
     with atomic_file(cache.path(entry)) as partial:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, partial,
+                  metadata={k: v for k, v in metadata.items() if k in ("name", "caption", "frame_rate")})
     cache.publish(entry)
     return cache.ref(entry, key)
 
@@ -83,8 +121,6 @@ def _encode(components: Components, clip_path: str, reference_downscale: int) ->
 
     clip = load_numpy(clip_path)
     spec = model_spec(components)
-    caption = clip_metadata(clip_path).get("caption", "")
-    text = latents.encode_prompts(components, [caption])
     _, height, width, _ = clip["reference"].shape
     reference = downscale_frames(clip["reference"], *reference_size(height, width, reference_downscale,
                                                                    spec["spatial_compression"]))
@@ -94,7 +130,6 @@ def _encode(components: Components, clip_path: str, reference_downscale: int) ->
         "target_audio": latents.encode_audio(components, clip["target_audio"]),
         "reference_audio": latents.encode_audio(components, clip["reference_audio"]),
         "video_mask": latent_mask(clip["mask"], spec["temporal_compression"], spec["spatial_compression"]),
-        **{name: text[name][0] for name in TEXT_KEYS},
     }
 
 

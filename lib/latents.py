@@ -22,6 +22,7 @@ MEL_N_FFT = 1024
 MEL_HOP = 160          # 100 mel frames per second
 MEL_F_MAX = 8_000.0
 MEL_LOG_FLOOR = 1e-5
+TILED_DECODE_PX = 768 * 768
 
 
 def log_mel(waveform: np.ndarray, n_mels: int) -> torch.Tensor:
@@ -61,6 +62,14 @@ def decode_video(components: Components, latents: torch.Tensor) -> np.ndarray:
     latents = latents.unsqueeze(0).to(components.device, components.dtype)
     mean, std = _video_stats(vae, latents)
     latents = latents * std / vae.config.scaling_factor + mean
+    # Above TILED_DECODE_PX pixels per frame, decode in overlapping tiles (diffusers' blending):
+    # a 960x960x89 reel would otherwise need tens of GB of decoder activations.
+    _, _, _, height, width = latents.shape
+    spatial = model_spec(components)["spatial_compression"]
+    if height * width * spatial * spatial > TILED_DECODE_PX:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
     # A timestep-conditioned decoder gets the pipeline's default decode_timestep (0, no noise).
     temb = torch.zeros(1, device=components.device, dtype=components.dtype) \
         if vae.config.timestep_conditioning else None

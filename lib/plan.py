@@ -25,6 +25,7 @@ class ValidationPlan(BaseModel):
 
     clips: list[FileRef] = []       # conformed validation samples
     latents: list[FileRef] = []     # their cached latents, filled in on the GPU side
+    negative_text: FileRef | None = None   # the negative prompt's text inputs, filled in on the GPU side
     negative_prompt: str
     sampler: SamplerSettings
     every: int | None = None        # also render every N training steps

@@ -9,6 +9,7 @@ from lib import latents
 from lib.conditioning import ConditioningSettings
 from lib.encoding import load_example
 from lib.model import Components
+from lib.model.lifetime import DECODE_PARTS, acquire
 from lib.reel import composite, write_reel
 from lib.sampling import SamplerSettings, sample
 
@@ -28,10 +29,12 @@ def render_sample(components: Components, clip_path: str, latents_path: str, neg
             "frame_rate": example.frame_rate}
 
 
-def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_prompt: str,
+def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_text: dict,
                 settings: SamplerSettings, path: Path,
                 conditioning: ConditioningSettings = ConditioningSettings(), on_sample=None) -> Path:
-    negative_text = latents.encode_prompts(components, [negative_prompt])
+    """`negative_text`: the negative prompt's text inputs (lib.encoding.encode_prompt's file, loaded),
+    so rendering needs the transformer and the decoders but never the text encoder."""
+    acquire(components, "transformer", *DECODE_PARTS)
     was_training = components.transformer.training
     components.transformer.eval()
     try:

@@ -107,6 +107,16 @@ def optimizer_step(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: 
     optimizer.zero_grad(set_to_none=True)
 
 
+def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with fp32 state, or bitsandbytes' AdamW8bit (block-wise 8-bit moments: 2 bytes per
+    LoRA parameter instead of 8)."""
+    if settings.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
 def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
@@ -123,7 +133,7 @@ def train(transformer, examples: list[Example], settings: TrainSettings, checkpo
     transformer.train()
     model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = build_optimizer(params, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
     generator = torch.Generator().manual_seed(settings.seed * 1000 + rank)  # ranks see different draws
     result = TrainResult()

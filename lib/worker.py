@@ -44,14 +44,15 @@ def lora_digest(transformer, dtype: torch.dtype = torch.float32) -> str:
 
 def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
     """Train; rank 0 writes lora.safetensors and losses.json into job.output_dir."""
-    from lib.model import load_model
+    from lib.model import keep_only, open_model
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     plan = job.plan
     if components is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-        components = load_model(plan.model, device=device, source=plan.model_source,
-                                text_encoder_source=plan.text_encoder_source)
+        components = open_model(plan.model, device=device, source=plan.model_source,
+                                text_encoder_source=plan.text_encoder_source, base_precision=plan.base_precision)
+    keep_only(components, "transformer")   # a rank needs nothing else: latents and prompts are cached
     output = Path(job.output_dir)
     output.mkdir(parents=True, exist_ok=True)  # the digests below are written before any atomic write creates it
     examples = [load_example(path) for path in job.latents]

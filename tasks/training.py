@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from lib import encoding, worker
 from lib.cache import Cache
 from lib.lora_io import add_lora, load_lora_state, read_lora
+from lib.model.lifetime import DECODE_PARTS, TEXT_PARTS, acquire, free_device_memory, keep_only, release
 from lib.plan import RunPlan, ValidationPlan
 from lib.progress import Progress
 from lib.storage import FileRef
@@ -28,6 +29,22 @@ def encode_latents(clip: FileRef, plan: RunPlan, cache: Cache) -> FileRef:
     (lib.cache) is the authority, and its key holds the loaded model's identity (weights source,
     configs, dtype), which the task's inputs cannot see."""
     return encoding.encode_clip(model_cache.for_plan(plan), clip, cache, plan.conditioning.reference_downscale)
+
+
+@task(cache_policy=NO_CACHE)
+def encode_texts(clips: list[FileRef], plan: RunPlan, cache: Cache) -> FileRef | None:
+    """Every caption not encoded yet, and the negative prompt when there are validation samples,
+    into the prompt cache; then the text encoder and connectors are released for good."""
+    components = model_cache.for_plan(plan)
+    downscale = plan.conditioning.reference_downscale
+    try:
+        pending = encoding.encode_captions(components, clips, cache, downscale)
+        get_run_logger().info("%d caption(s) to encode (the others' latents are cached)", pending)
+        if plan.validation.clips:
+            return encoding.encode_prompt(components, plan.validation.negative_prompt, cache)
+        return None
+    finally:
+        release(components, *TEXT_PARTS)
 
 
 def run_and_parent_logger(parent: ParentRun):
@@ -68,6 +85,7 @@ def _periodic_validation(job: worker.TrainJob, components):
             return
         path = Path(job.output_dir) / f"validation-step{step:06d}.mp4"
         _render(components, plan, path, logger.info)
+        release(components, *DECODE_PARTS)   # back to training's footprint
         logger.info("validation reel at step %d: %s", step, path)
     return maybe_render
 
@@ -81,8 +99,9 @@ def train_lora_task(job: worker.TrainJob, gpus: int = 1, parent_run_id: str | No
             get_run_logger().warning("validation_every is not rendered during multi-GPU training; "
                                      "the final reel is.")
         model_cache.forget()  # free this process's copy: every rank loads its own
+        free_device_memory()  # and hand its cached CUDA blocks back before the ranks start
         return _train_distributed(job, gpus)
-    components = model_cache.for_plan(job.plan)
+    components = keep_only(model_cache.for_plan(job.plan), "transformer")
     callbacks = [_progress_reporter(job.plan.train.steps, ParentRun(parent_run_id))]
     if periodic:
         callbacks.append(_periodic_validation(job, components))
@@ -108,7 +127,7 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
 
 @task(cache_policy=NO_CACHE)
 def render_validation(plan: RunPlan, path: Path, lora_path: Path, parent_run_id: str | None = None) -> Path:
-    components = model_cache.for_plan(plan)
+    components = acquire(model_cache.for_plan(plan), "transformer")
     if not getattr(components.transformer, "peft_config", None):  # trained in other processes (torchrun)
         state, info = read_lora(lora_path)
         add_lora(components.transformer, info["rank"], plan.train.seed)
@@ -120,8 +139,9 @@ def _render(components, plan: RunPlan, path: Path, log=None) -> Path:
     from lib.preview import render_reel
 
     validation: ValidationPlan = plan.validation
+    negative_text = encoding.load_prompt(validation.negative_text.path)
     with Progress(len(validation.clips), f"validation samples for {path.name}", log=log, unit="sample",
                   every_s=0) as progress:
         return render_reel(components, [c.path for c in validation.clips], [f.path for f in validation.latents],
-                           validation.negative_prompt, validation.sampler, path, plan.conditioning,
+                           negative_text, validation.sampler, path, plan.conditioning,
                            on_sample=lambda done: progress.update(done))

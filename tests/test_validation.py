@@ -88,7 +88,7 @@ def test_stg_changes_the_output_and_zero_skips_the_extra_pass(prepared):
 
 def test_reel_geometry_frames_and_audio(prepared):
     path = render_reel(prepared["components"], [prepared["clip"].path] * 2, [prepared["latents"].path] * 2,
-                       prepared["request"].validation_negative_prompt, SamplerSettings(steps=2),
+                       prepared["negative"], SamplerSettings(steps=2),
                        prepared["folder"] / "reel.mp4")
     with av.open(str(path)) as reel:
         video, audio = reel.streams.video[0], reel.streams.audio[0]
