@@ -3,6 +3,7 @@
     av2av check <zip or URL> [--frames N --fps F --resolution R --aspect-ratio A
                  --auto-scale-input --debug-dataset OUT.zip --report report.json]
     av2av train --config request.json
+    av2av plan --config request.json [--gpu-memory GB] [--json]
     av2av sample DIR
 
 Flags take their help, defaults and choices from the request model (lib/config.py). `check` runs
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Run the whole train-lora flow locally from a request JSON.")
     train.add_argument("--config", required=True, metavar="request.json",
                        help="A JSON object with the request parameters (see README).")
+    plan = commands.add_parser("plan", help="Print the GPU memory a request needs, per part and stage; exit 2 "
+                               "if it does not fit --gpu-memory.")
+    plan.add_argument("--config", required=True, metavar="request.json", help="The request JSON (see README).")
+    plan.add_argument("--gpu-memory", type=float, metavar="GB",
+                      help="GPU memory to check against (default: $AV2AV_GPU_MEMORY_GB, else this machine's GPU).")
+    plan.add_argument("--json", action="store_true", help="Print the plan as one JSON object.")
     sample = commands.add_parser("sample", help="Write a synthetic sample dataset (the layout to follow), "
                                  "a validation sample and a request.json for the tiny model.")
     sample.add_argument("folder", help="Folder to write into.")
@@ -124,17 +131,40 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _read_request(path: str) -> TrainRequest | int:
+    """The request in --config, or the exit status after saying why it cannot be used."""
     try:
-        text = Path(args.config).read_text()
+        text = Path(path).read_text()
     except OSError as error:
-        print(f"Cannot read --config {args.config}: {error.strerror}", file=sys.stderr)
+        print(f"Cannot read --config {path}: {error.strerror}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        request = TrainRequest.model_validate_json(text)
+        return TrainRequest.model_validate_json(text)
     except ValidationError as error:
-        print(f"Invalid request in {args.config}:\n{_explain(error)}", file=sys.stderr)
+        print(f"Invalid request in {path}:\n{_explain(error)}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from lib.memory_plan import declared_gpu_memory, format_plan, plan_memory
+
+    request = _read_request(args.config)
+    if isinstance(request, int):
+        return request
+    try:
+        gpu_memory = args.gpu_memory if args.gpu_memory is not None else declared_gpu_memory()
+    except InvalidRequest as error:
+        print(f"Invalid request: {error.message}", file=sys.stderr)
+        return EXIT_INVALID
+    plan = plan_memory(request, "cuda" if request.model != "tiny" else "cpu", gpu_memory)
+    print(json.dumps(plan.as_dict()) if args.json else format_plan(plan, request))
+    return EXIT_OK if plan.fits else EXIT_INVALID
+
+
+def run_train(args: argparse.Namespace) -> int:
+    request = _read_request(args.config)
+    if isinstance(request, int):
+        return request
     from flows.train_lora import train_lora
 
     state = train_lora(request, return_state=True)
@@ -176,6 +206,8 @@ def _command(argv: list[str] | None) -> int:
             return run_check(args)
         if args.command == "train":
             return run_train(args)
+        if args.command == "plan":
+            return run_plan(args)
         if args.command == "sample":
             from lib.synthetic import make_demo
 

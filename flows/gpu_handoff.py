@@ -36,6 +36,22 @@ def deployment_available(name: str) -> bool:
     return True
 
 
+def gpu_memory_declared() -> float | None:
+    """GB of GPU memory the heavy half will have: what the GPU deployment declares in its job
+    variables (env AV2AV_GPU_MEMORY_GB) when the run is handed to it, else what this machine
+    declares or has (lib.memory_plan.declared_gpu_memory). None: nothing declared, nothing checked."""
+    from lib.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory
+
+    if not deployment_available(GPU_DEPLOYMENT):
+        return declared_gpu_memory()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        variables = client.read_deployment_by_name(GPU_DEPLOYMENT).job_variables or {}
+    declared = (variables.get("env") or {}).get(GPU_MEMORY_ENV)
+    return float(declared) if declared else None
+
+
 def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache) -> dict[str, Path | dict]:
     """Run the GPU half as `<this run's name>-gpu`, giving it this run's id so it links back and
     mirrors its progress here. Returns its result with every file as a local path here."""

@@ -12,12 +12,13 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from flows.gpu_handoff import run_gpu_flow
+from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
 from lib.config import TrainRequest
 from lib.checkpoint import check_checkpoint
 from lib.errors import Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
 from lib.fingerprint import run_fingerprint
+from lib.memory_plan import check_fits
 from lib.model import check_model_source
 from lib.outputs import billing_units, write_config
 from lib.plan import plan_run
@@ -115,6 +116,8 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     output_url = request.output_url or str(Path("outputs") / run_name())
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
+    # A request the GPU pool's memory cannot hold is refused here, not after a GPU is rented.
+    check_fits(request, gpu_memory_declared())
     # Before any dataset work: a run whose weights cannot be found, or whose outputs could not be
     # written, must not spend minutes first.
     check_model_source(request.model, request.model_source, request.text_encoder_source)

@@ -5,6 +5,16 @@ Lightricks' single-file checkpoint; `tiny` builds the same classes with random w
 enough for CPU tests. Everything else in lib/ takes a `Components` and reads the numbers it needs
 from `model_spec`.
 """
+import logging
+
+# Set before diffusers or torchao are imported. On a CPU machine torchao cannot load its CUDA
+# extensions and says so on import, torch warns about torchao's pytree registrations, diffusers
+# about torchao checkpoints we never deserialize, and every `.to(dtype)` of a diffusers model warns
+# about an (empty) list of fp32 modules: noise in every run's log.
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
+              "diffusers.models.modeling_utils"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
 from lib.model.components import (MODULE_NAMES, Components, build_tiny, config_hash, model_spec, save_pretrained,
                                   to_pipeline)
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
