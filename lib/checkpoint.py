@@ -20,8 +20,7 @@ def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: to
     tensors = {f"lora.{k}": v for k, v in lora_state_dict(transformer).items()}
     optimizer_state = optimizer.state_dict()
     for param_id, state in optimizer_state["state"].items():
-        for name, value in state.items():
-            # bitsandbytes' 8-bit AdamW keeps its step as a plain int
+        for name, value in _flatten(state):
             tensors[f"optim.{param_id}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
@@ -29,6 +28,23 @@ def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: to
                 "param_groups": json.dumps(optimizer_state["param_groups"]),
                 "scheduler": json.dumps(scheduler.state_dict())}
     return write_atomic(path, tensors, metadata)
+
+
+def _flatten(state: dict, prefix: str = ""):
+    """(name, value) pairs; nested dicts (bitsandbytes' 8-bit state) get `outer/inner` names, and
+    plain numbers (its step counter) become tensors."""
+    for name, value in state.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{name}/")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _nest(state: dict, name: str, value: torch.Tensor) -> None:
+    *outer, last = name.split("/")
+    for key in outer:
+        state = state.setdefault(key, {})
+    state[last] = value.item() if last == "step" and value.dtype == torch.int64 else value
 
 
 def check_checkpoint(path: str | Path, rank: int) -> int:
@@ -58,7 +74,7 @@ def load_checkpoint(path: str | Path, transformer, optimizer, scheduler, generat
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, param_id, name = key.split(".", 2)
-            state.setdefault(int(param_id), {})[name] = value
+            _nest(state.setdefault(int(param_id), {}), name, value)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     scheduler.load_state_dict(json.loads(metadata["scheduler"]))
     generator.set_state(tensors["rng.generator"])

@@ -22,6 +22,7 @@ GB = 1e9
 GPU_MEMORY_ENV = "AV2AV_GPU_MEMORY_GB"
 VIDEO_STRIDE, FRAME_STRIDE = 32, 8     # the video VAE's compression (both presets)
 AUDIO_RATE, MEL_HOP, AUDIO_STRIDE = 16_000, 160, 4
+BACKWARD_WORKING = 0.8
 RESERVE = 0.08          # CUDA context, allocator fragmentation: a plan fits in 92 % of the card
 FP32, LORA_BYTES = 4, {"adamw": 4 + 4 + 8, "adamw8bit": 4 + 4 + 2}   # weights, grads, moments
 STAGE_PARTS = {"text": ("text_encoder", "connectors"), "encode": ("vae", "audio_vae"),
@@ -125,8 +126,10 @@ def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float |
     counted = _activations(request.model, target, reference, audio, request.rank, base)
     checkpointed = device == "cuda"
     kept = counted.block_output if checkpointed else counted.per_layer
+    # While a block runs backward its input gradients are alive beside what it saved: about 0.8 of
+    # its saved bytes (measured with bench/gpu.py --preset tiny against peak RSS growth).
     train_activations = counted.outside_blocks + counted.layers * kept + counted.per_layer * checkpointed \
-        + 2 * counted.largest
+        + int(BACKWARD_WORKING * counted.per_layer)
     rows.append(Row("activations" + (" (gradient checkpointing)" if checkpointed else ""), 0, train_activations,
                     ("train",)))
     rows.extend(_stage_activations(request, counts, base, counted.largest))

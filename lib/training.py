@@ -32,6 +32,7 @@ SHIFT_SEQ_LEN = (1024, 4096)
 SHIFT_RANGE = (0.95, 2.05)
 UNIFORM_FRACTION = 0.1
 SIGMA_EPS = 1e-3
+MIN_8BIT_SIZE = 4096   # bitsandbytes' default: smaller tensors keep fp32 moments (all of the tiny preset's)
 NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
 
 
@@ -113,7 +114,8 @@ def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                   min_8bit_size=MIN_8BIT_SIZE)
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 

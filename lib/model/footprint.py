@@ -123,6 +123,32 @@ def count_activations(model: str, video_shape: tuple[int, int, int], reference_s
                            largest=max(one[1], two[1]), layers=config["num_layers"])
 
 
+def count_step_flops(model: str, video_shape, reference_shape, audio_latents: int, rank: int) -> int:
+    """Model FLOPs of one LoRA training step (forward, then backward to the inputs and the LoRA;
+    a checkpoint's recomputation is not counted, as MFU conventions have it), from one- and
+    two-block meta passes under torch's FLOP counter."""
+    one, two = (_step_flops(model, n, video_shape, reference_shape, audio_latents, rank) for n in (1, 2))
+    return one + (architecture_configs(model)["transformer"]["num_layers"] - 1) * (two - one)
+
+
+def _step_flops(model: str, layers: int, video_shape, reference_shape, audio_latents: int, rank: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lib.conditioning import build_inputs, predict
+    from lib.lora_io import add_lora
+
+    transformer = build_on_meta(model, "transformer", num_layers=layers)
+    with torch.device("meta"):
+        add_lora(transformer, rank, 0)
+    transformer.to(torch.bfloat16).train()
+    example, draws = _meta_example(model, transformer, video_shape, reference_shape, audio_latents)
+    with FlopCounterMode(display=False) as counter:
+        inputs = build_inputs(transformer, example, *draws, dtype=torch.bfloat16)
+        video, audio = predict(transformer, inputs)
+        ((video - inputs.video_velocity).pow(2).mean() + (audio - inputs.audio_velocity).pow(2).mean()).backward()
+    return counter.get_total_flops()
+
+
 def _numel(shape) -> int:
     total = 1
     for size in shape:

@@ -131,3 +131,19 @@ def load_strict(module: torch.nn.Module, state: dict, name: str, path: str) -> N
         raise ModelUnavailable(f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
                                f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).")
     module.load_state_dict(state, strict=True, assign=True)
+
+
+def random_transformer(model: str, device: torch.device, dtype: torch.dtype, base_precision: str = "bf16"):
+    """The transformer with random weights built directly on `device` in `dtype` (no download, no
+    host copy): the real 2.3 architecture from its shipped config, or the tiny preset's."""
+    from lib.model.footprint import architecture_configs
+
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)   # a 19 B transformer would not fit in fp32 first
+        try:
+            module = classes()["transformer"].from_config(architecture_configs(model)["transformer"])
+        finally:
+            torch.set_default_dtype(previous)
+    return place("transformer", module, torch.device(device), dtype, base_precision)
