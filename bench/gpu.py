@@ -70,7 +70,6 @@ def rss_bytes() -> int:
 
 def measure(preset: str, precision: str, steps: int) -> dict:
     """Train `steps` steps in this process; peak memory, step times, losses."""
-    from lib.memory_plan import GB as _GB  # noqa: F401  (imports the plan's deps before the baseline)
     from lib.model.parts import random_transformer
     from lib.training import TrainSettings, train
 

@@ -1,6 +1,8 @@
 """Behaviour of lib.encode: round trips through lib.video and plain PyAV decoding."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -34,7 +36,18 @@ def _gradient_frames(n: int, height: int, width: int) -> np.ndarray:
 
 
 def _leftovers(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+    """Temporary files atomic_file (lib/storage.py) leaves if a write is interrupted."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
+def test_leftover_check_sees_an_interrupted_write(tmp_path):
+    from lib.storage import atomic_file
+
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "clip.mp4") as partial:
+        Path(partial).write_bytes(b"half")
+        Path(partial).rename(tmp_path / ".clip.mp4.kept.partial")   # what a killed process would leave
+        raise RuntimeError("interrupted")
+    assert _leftovers(tmp_path) == [".clip.mp4.kept.partial"]
 
 
 def test_h264_with_audio_round_trips(tmp_path):
