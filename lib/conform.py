@@ -130,10 +130,13 @@ def _check(triplet: Triplet) -> TripletCheck:
     return TripletCheck(name=triplet.name, **facts)
 
 
-def _too_short(name: str, short: dict[str, ClipFacts], settings: ConformSettings) -> MediaError:
-    clips = ", ".join(f"{role} {facts.duration_s:.2f} s" for role, facts in short.items())
+def _too_short(triplet: Triplet, short: dict[str, ClipFacts], settings: ConformSettings) -> MediaError:
+    files = {"reference": triplet.start, "target": triplet.end}
+    clips = ", ".join(f"{role} {Path(files[role].path).name} ({facts.duration_s:.2f} s)"
+                      for role, facts in short.items())
+    name = triplet.name
     return MediaError(
-        f"'{name}': {clips} shorter than the {settings.window_s:.2f} s needed for "
+        f"'{name}': {clips} is shorter than the {settings.window_s:.2f} s needed for "
         f"{settings.number_of_frames} frames at {settings.frame_rate} fps; use longer clips, fewer "
         "frames, or auto_scale_input=true to stretch them.", Reason.TOO_SHORT.value)
 
@@ -229,7 +232,7 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
     short = {role: f for role, f in clips.items() if f.duration_s + DURATION_TOLERANCE_S < settings.window_s}
     try:
         if short and not settings.auto_scale_input:
-            raise _too_short(triplet.name, short, settings)
+            raise _too_short(triplet, short, settings)
         # Reference and target decode side by side: PyAV releases the GIL while decoding/scaling.
         with ThreadPoolExecutor(max_workers=2) as pool:
             reference_job = pool.submit(_fit_clip, triplet.start.path, check.reference, settings, "reference" in short)

@@ -90,7 +90,7 @@ def test_audio_shorter_than_video_is_padded_with_silence(tmp_path, media):
 def test_rejections_carry_their_reason(tmp_path, media, car, clip, reason):
     result = run(tmp_path, media / clip, car, media / "masks" / "runningcar_mask_square_432x240.png")
     assert (result.status, result.reason) == ("rejected", reason), result.message
-    assert clip in result.message or "t'" in result.message
+    assert clip in result.message   # the user's own file, by name
 
 
 def test_auto_scale_stretches_a_short_clip(tmp_path, media, car):
