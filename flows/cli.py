@@ -24,7 +24,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.config import TrainRequest
-from lib.errors import Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
+from lib.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
+                        UploadError)
 from lib.progress import MODE_ENV
 
 CHECK_FLAGS = {  # flag -> request field
@@ -86,8 +87,6 @@ def _explain(error: ValidationError) -> str:
 
 def _refusal(error: BaseException) -> tuple[int, str] | None:
     """An expected refusal -> (exit status, the one line to print); None for a real bug."""
-    from lib.upload import UploadError
-
     if isinstance(error, InvalidDataset):
         return EXIT_INVALID, error.message
     if isinstance(error, (InvalidRequest, ModelUnavailable)):

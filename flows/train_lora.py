@@ -16,7 +16,8 @@ from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
 from lib.config import TrainRequest
 from lib.checkpoint import check_checkpoint
-from lib.errors import Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable
+from lib.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
+                        UploadError)
 from lib.fingerprint import run_fingerprint
 from lib.memory_plan import check_fits
 from lib.model import check_model_source
@@ -24,7 +25,7 @@ from lib.outputs import billing_units, write_config
 from lib.plan import plan_run
 from lib.cache import Cache, check_cache_location
 from lib.housekeeping import mark_owner, run_entry, stale_after_text
-from lib.upload import UploadError, check_output_location
+from lib.upload import check_output_location
 from tasks import ingest
 from tasks.housekeeping import sweep_stale_runs
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
@@ -45,7 +46,7 @@ def step(name: str):
         raise StepFailed(f"Step '{name}' failed: {type(error).__name__}: {error}") from error
 
 
-# Expected refusals -> the Failed state's name. UploadError before DownloadError: it subclasses it.
+# Expected refusals -> the Failed state's name (the one table; the CLI maps the same classes).
 FAILED_STATE_NAMES = ((InvalidDataset, "InvalidDataset"), (InvalidRequest, "InvalidRequest"),
                       (ModelUnavailable, "ModelUnavailable"), (UploadError, "UploadFailed"),
                       (DownloadError, "DownloadFailed"), (CacheUnavailable, "CacheUnavailable"))

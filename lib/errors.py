@@ -46,14 +46,35 @@ class Av2AvError(Exception):
             self.code = code
 
 
-class DownloadError(Av2AvError):
-    """The training data (or a validation file) could not be fetched. Billed 0."""
+class TransferError(Av2AvError):
+    """Moving bytes to or from storage failed: the dataset or a validation file (download), or
+    the outputs (upload). Billed 0."""
+
+    code = "transfer_failed"
+
+
+class TransientError(TransferError):
+    """A transfer failure worth retrying (connection reset, 5xx, 429, time-out)."""
+
+
+class DownloadError(TransferError):
+    """The training data (or a validation file) could not be fetched."""
 
     code = "download_failed"
 
 
-class TransientDownloadError(DownloadError):
-    """A download failure worth retrying (connection reset, 5xx, timeout)."""
+class UploadError(TransferError):
+    """Writing to output_url failed."""
+
+    code = "upload_failed"
+
+
+class TransientDownloadError(DownloadError, TransientError):
+    pass
+
+
+class TransientUploadError(UploadError, TransientError):
+    pass
 
 
 class ArchiveError(Av2AvError):

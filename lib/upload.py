@@ -10,20 +10,12 @@ import posixpath
 import uuid
 from pathlib import Path
 
-from lib.errors import DownloadError, InvalidRequest, TransientDownloadError
+from lib.errors import InvalidRequest, TransientUploadError, UploadError
 from lib.storage import MissingExtra, describe_cause, is_transient, open_fs, probe_writable, sha256_file
 
 RESULT_NAME = "result.json"
 
 
-class UploadError(DownloadError):
-    """Writing to output_url failed (the same classification: transient or not)."""
-
-    code = "upload_failed"
-
-
-class TransientUploadError(UploadError, TransientDownloadError):
-    pass
 
 
 def _put(fs, local: Path | None, data: bytes | None, target: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from lib.storage import sha256_file
-from lib.upload import RESULT_NAME, TransientUploadError, UploadError, upload_outputs
+from lib.errors import TransientUploadError, UploadError
+from lib.upload import RESULT_NAME, upload_outputs
 
 
 @pytest.fixture
