@@ -20,10 +20,10 @@ from pathlib import Path
 import av
 from safetensors.numpy import load_file, save_file
 
-from lib.conform import check_triplet
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lib.conform import check_triplet  # noqa: E402
 MEDIA = ROOT.parent / "shared" / "media"
 CLIP_1080P_10S = MEDIA / "hevc_aac_1920x1080_30fps_10s.mp4"
 REFERENCE = MEDIA / "h264_aac_972x540_25fps_11.7s_runningcar.mp4"

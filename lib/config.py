@@ -1,7 +1,7 @@
 """The request: one frozen pydantic model, the single source of parameter names, defaults,
 ranges and help text for the CLI, the Prefect flow signature, the UI form and prefect.yaml.
 
-Names and semantics are the product spec's (shared/spec/av2av-masked.md); fields marked
+Names and semantics are those of the hosted av2av-masked product's parameters; fields marked
 "extension" are ours.
 """
 from __future__ import annotations

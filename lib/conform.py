@@ -1,4 +1,4 @@
-"""Conform one triplet (DESIGN §4): check it, then fit reference, target, mask and audio to the
+"""Conform one triplet (docs/architecture.md, "Dataset"): check it, then fit reference, target, mask and audio to the
 training window and bucket, frame- and pixel-aligned, and write it once, content-addressed.
 
 `check_triplet` depends only on the files; `conform_triplet` also on the settings, so a change

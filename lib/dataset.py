@@ -1,4 +1,4 @@
-"""Matching archive files into triplets, and the manifest's schema (DESIGN §4).
+"""Matching archive files into triplets, and the manifest's schema (docs/architecture.md, "Dataset").
 
 `<name>_start.<video>`, `<name>_end.<video>`, `<name>_mask.<image|video>`, optional `<name>.txt`.
 Base names match case-sensitively; extensions case-insensitively; folders are allowed but a

@@ -1,4 +1,4 @@
-"""Latent pre-encoding, cached on disk by content (DESIGN §5, "Latents").
+"""Latent pre-encoding, cached on disk by content (docs/architecture.md, "Formats").
 
 One `.safetensors` per conformed clip under `<cache>/latents/<key>/`, key = hash of the conformed
 clip's content key + the model identity + the encoder settings. A rerun with other training

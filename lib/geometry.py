@@ -1,4 +1,4 @@
-"""Bucket geometry: resize to *fill* the bucket, then center-crop (DESIGN §4.2).
+"""Bucket geometry: resize to *fill* the bucket, then center-crop (docs/architecture.md, "Dataset").
 
 Reference, target and mask all go through `fill_crop_box`, so they stay pixel-aligned.
 """

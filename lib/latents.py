@@ -134,7 +134,7 @@ def _audio_stats(audio_vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def _check_video_shape(components: Components, shape: tuple[int, ...]) -> None:
-    # The VAE itself fails with an opaque reshape error on these (facts note, gotchas 8 and 9).
+    # The VAE itself fails with an opaque reshape error on these (frames not 8k+1, or sides not multiples of 32).
     spec = model_spec(components)
     spatial, temporal = spec["spatial_compression"], spec["temporal_compression"]
     if len(shape) != 4 or shape[3] != 3:

@@ -1,4 +1,4 @@
-"""LoRA files (DESIGN §6): only LoRA tensors, keys `diffusion_model.<module>.lora_A/B.weight`,
+"""LoRA files (docs/architecture.md, "Formats"): only LoRA tensors, keys `diffusion_model.<module>.lora_A/B.weight`,
 loadable by the diffusers LTX-2 pipeline's `load_lora_weights` and ComfyUI / the official LTX loaders.
 
 Alpha = rank, so a plain state dict loads exactly; the peft adapter metadata is stored anyway.

@@ -1,4 +1,4 @@
-"""Mask normalization (DESIGN §4.3): image or per-frame video → bool (N, H, W), 1 = regenerate.
+"""Mask normalization (docs/architecture.md, "Dataset"): image or per-frame video → bool (N, H, W), 1 = regenerate.
 
 WHITE = regenerate, BLACK = keep, binarized on luminance at 0.5 — except palette-indexed
 images (object-id masks as DAVIS-style tools export them), where any non-zero index regenerates.

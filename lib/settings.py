@@ -15,10 +15,8 @@ class TrainSettings:
     learning_rate: float
     seed: int = 0
     warmup_steps: int = 0
-    schedule: str = "constant"            # or "cosine"
     checkpoint_every: int | None = None
     grad_clip: float = 1.0
-    weight_decay: float = 0.0
     optimizer: str = "adamw"              # or "adamw8bit" (bitsandbytes)
 
 

@@ -1,6 +1,7 @@
 """Model configurations: the tiny random preset (tests, demo, CI) and the real LTX-2.3.
 
-Tiny configs are the verified ones of the facts note (shape rules: widths, registers, BWE). The
+Tiny configs satisfy the classes' shape rules (attention widths, register counts, the
+vocoder's BWE stage). The
 real 2.3 configs are those of diffusers' `scripts/convert_ltx2_to_diffusers.py` (version "2.3"),
 shipped in lib/model/ltx23/<component>/config.json so a Lightricks single-file checkpoint loads
 without a download and the real architecture can be built on the meta device.
@@ -12,11 +13,11 @@ from pathlib import Path
 LTX23_CONFIG_DIR = Path(__file__).with_name("ltx23")
 TINY_MAX_SEQUENCE_LENGTH = 32       # a multiple of the tiny connectors' 8 registers; keeps tests cheap
 
-# What makes a transformer 2.3 rather than 2.0 (facts note); checked when loading a folder.
+# What makes a transformer 2.3 rather than 2.0; checked when loading a folder.
 LTX23_FLAGS = dict(gated_attn=True, audio_gated_attn=True, cross_attn_mod=True, audio_cross_attn_mod=True,
                    use_prompt_embeddings=False, perturbed_attn=True, rope_type="split")
 
-# --- tiny configs: the facts note's, which satisfy its shape rules (widths, registers, BWE) ---
+# --- tiny configs: the smallest that satisfy the shape rules (widths, registers, BWE) ---
 TINY_TRANSFORMER = dict(
     in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
     num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
@@ -39,7 +40,7 @@ TINY_VAE = dict(
     upsample_residual=(False,) * 4, upsample_factor=(2, 2, 1, 2), timestep_conditioning=False,
     patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6, encoder_causal=True, decoder_causal=False,
     encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="zeros",
-    # Must be explicit: the class would derive 64/16 from the scaling flags (facts note, gotcha 1).
+    # Must be explicit: the class would derive 64/16 from the scaling flags (the LTX-2 video VAE computes its ratios from the flags unless told).
     spatial_compression_ratio=32, temporal_compression_ratio=8)
 TINY_AUDIO_VAE = dict(
     base_channels=16, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=None,
@@ -70,7 +71,7 @@ TINY_SCHEDULER = dict(
 TINY_GEMMA_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=16,
                        pad_token_id=0)
-# Gemma3ForConditionalGeneration insists on a vision tower even for text (gotcha 12).
+# Gemma3ForConditionalGeneration insists on a vision tower even for text (transformers requires it).
 TINY_GEMMA_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                          image_size=28, patch_size=14)
 TINY_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
