@@ -233,7 +233,8 @@ def _assert_one_clear_line(stack: Stack, run: dict) -> None:
     last logs reach the server after its state (the engine flushes them on exit): wait for them."""
     deadline = time.monotonic() + 20
     logs = stack.flow_run_logs(run["id"], limit=200)
-    while "Finished in state" not in logs and time.monotonic() < deadline:
+    # a task's "Finished in state ..." can come first: wait for the flow's own refusal line
+    while f"{run['state_name']}: " not in logs and time.monotonic() < deadline:
         time.sleep(1)
         logs = stack.flow_run_logs(run["id"], limit=200)
     assert "Traceback" not in logs and "unexpected exception" not in logs, logs
