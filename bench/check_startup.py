@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.synthetic import make_sample_zip  # noqa: E402
+from lib.media.synthetic import make_sample_zip  # noqa: E402
 
 TRIPLETS = 8
 HEAVY = ("torch", "peft", "diffusers", "prefect")

@@ -1,5 +1,5 @@
 """GPU acceptance: the full-size LTX-2.3 transformer with random weights (no download) trained
-with the project's own loop (lib.training.train: LoRA, AdamW, gradient checkpointing on CUDA) at
+with the project's own loop (lib.train.training.train: LoRA, AdamW, gradient checkpointing on CUDA) at
 the default request (medium 1:1, 89 frames, rank 32), once per base precision. Per precision:
 peak memory, median step time, MFU (model FLOPs from a meta-device FLOP count ÷ the device's
 dense bf16 peak) and the memory plan's prediction (`av2av plan`) with measured ÷ predicted.
@@ -34,7 +34,7 @@ GB = 1e9
 
 
 def request_for(preset: str, precision: str):
-    from lib.config import TrainRequest
+    from lib.core.config import TrainRequest
 
     if preset == "tiny":
         return TrainRequest(training_data_url="bench.zip", model="tiny", base_precision=precision,
@@ -43,8 +43,8 @@ def request_for(preset: str, precision: str):
 
 
 def synthetic_examples(request, transformer, count: int = 2):
-    from lib.conditioning import Example
-    from lib.memory_plan import latent_shapes
+    from lib.model.conditioning import Example
+    from lib.train.memory_plan import latent_shapes
 
     target, reference, audio = latent_shapes(request)
     config = transformer.config
@@ -71,7 +71,7 @@ def rss_bytes() -> int:
 def measure(preset: str, precision: str, steps: int) -> dict:
     """Train `steps` steps in this process; peak memory, step times, losses."""
     from lib.model.parts import random_transformer
-    from lib.training import TrainSettings, train
+    from lib.train.training import TrainSettings, train
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -96,8 +96,8 @@ def measure(preset: str, precision: str, steps: int) -> dict:
 
 def predicted(preset: str, precision: str) -> tuple[int, int]:
     """(bytes the plan predicts for what `measure` measures, model FLOPs per step)."""
-    from lib.memory_plan import latent_shapes, plan_memory
-    from lib.model.footprint import count_step_flops
+    from lib.train.memory_plan import latent_shapes, plan_memory
+    from lib.train.footprint import count_step_flops
 
     request = request_for(preset, precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.conform import check_triplet  # noqa: E402
+from lib.ingest.conform import check_triplet  # noqa: E402
 MEDIA = ROOT.parent / "shared" / "media"
 CLIP_1080P_10S = MEDIA / "hevc_aac_1920x1080_30fps_10s.mp4"
 REFERENCE = MEDIA / "h264_aac_972x540_25fps_11.7s_runningcar.mp4"
@@ -54,8 +54,8 @@ def bare_decode(path: Path, window_s: float) -> None:
 
 
 def triplet_of(start: Path, end: Path, mask: Path):
-    from lib.dataset import Triplet
-    from lib.storage import FileRef
+    from lib.ingest.dataset import Triplet
+    from lib.core.storage import FileRef
 
     return Triplet(name="bench", start=FileRef.of(start), end=FileRef.of(end), mask=FileRef.of(mask))
 
@@ -63,8 +63,8 @@ def triplet_of(start: Path, end: Path, mask: Path):
 def conform_once(start: Path, end: Path, mask: Path, frames: int, fps: int, auto_scale: bool, cache: Path,
                  triplet=None) -> str:
     """Check + conform (hashing the inputs is the fetch step's job: pass `triplet` to leave it out)."""
-    from lib.cache import Cache
-    from lib.conform import ConformSettings, check_triplet, conform_triplet
+    from lib.core.cache import Cache
+    from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet
 
     triplet = triplet or triplet_of(start, end, mask)
     settings = ConformSettings(number_of_frames=frames, frame_rate=fps, width=768, height=448,

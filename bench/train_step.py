@@ -18,16 +18,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.conditioning import build_inputs  # noqa: E402
-from lib.cache import Cache  # noqa: E402
-from lib.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
-from lib.dataset import Triplet  # noqa: E402
-from lib.encoding import encode_clip, load_example  # noqa: E402
-from lib.lora_io import add_lora  # noqa: E402
+from lib.model.conditioning import build_inputs  # noqa: E402
+from lib.core.cache import Cache  # noqa: E402
+from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
+from lib.ingest.dataset import Triplet  # noqa: E402
+from lib.model.encoding import encode_clip, load_example  # noqa: E402
+from lib.train.lora_io import add_lora  # noqa: E402
 from lib.model import build_tiny  # noqa: E402
-from lib.storage import FileRef  # noqa: E402
-from lib.synthetic import make_clip, make_box_mask  # noqa: E402
-from lib.training import TrainSettings, lr_factor, optimizer_step, training_step  # noqa: E402
+from lib.core.storage import FileRef  # noqa: E402
+from lib.media.synthetic import make_clip, make_box_mask  # noqa: E402
+from lib.train.training import TrainSettings, lr_factor, optimizer_step, training_step  # noqa: E402
 
 STEPS = 60
 

@@ -6,7 +6,7 @@
     av2av plan --config request.json [--gpu-memory GB] [--json]
     av2av sample DIR
 
-Flags take their help, defaults and choices from the request model (lib/config.py). `check` runs
+Flags take their help, defaults and choices from the request model (lib/core/config.py). `check` runs
 the dataset steps without Prefect (no server, no model libraries), so it starts in about a second.
 Expected refusals print one line per problem, never a traceback. Exit status: 0 success; 2 the
 request, the dataset or the model's weights are unusable (nothing qualifies, a bad parameter,
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lib.config import TrainRequest
-from lib.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
+from lib.core.config import TrainRequest
+from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
                         UploadError)
-from lib.progress import MODE_ENV
+from lib.core.progress import MODE_ENV
 
 CHECK_FLAGS = {  # flag -> request field
     "--frames": "number_of_frames",
@@ -106,9 +106,9 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"Checking {request.training_data_url} ...", file=sys.stderr, flush=True)
     from flows.prepare import local_steps, prepare_dataset   # no Prefect: nothing to start, nothing to log
 
-    from lib.report import render_text
+    from lib.ingest.report import render_text
 
-    from lib.cache import Cache, check_cache_location
+    from lib.core.cache import Cache, check_cache_location
 
     try:
         cache = Cache.current()
@@ -145,7 +145,7 @@ def _read_request(path: str) -> TrainRequest | int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from lib.memory_plan import declared_gpu_memory, format_plan, plan_memory
+    from lib.train.memory_plan import declared_gpu_memory, format_plan, plan_memory
 
     request = _read_request(args.config)
     if isinstance(request, int):
@@ -170,7 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
     if state.is_completed():
         print(json.dumps(state.result(), indent=2))
         return EXIT_OK
-    from lib.report import render_text
+    from lib.ingest.report import render_text
 
     error = state.result(raise_on_failure=False)
     refusal = _refusal(error) if isinstance(error, BaseException) else None
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The local ephemeral API's telemetry write races its own startup on SQLite ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # A live bar on a terminal, plain progress lines when piped (lib/progress.py); for this command
+    # A live bar on a terminal, plain progress lines when piped (lib/core/progress.py); for this command
     # only, so an in-process caller (a test, a notebook) keeps its own setting afterwards.
     previous = os.environ.get(MODE_ENV)
     os.environ[MODE_ENV] = previous or ("bar" if sys.stderr.isatty() else "lines")
@@ -208,7 +208,7 @@ def _command(argv: list[str] | None) -> int:
         if args.command == "plan":
             return run_plan(args)
         if args.command == "sample":
-            from lib.synthetic import make_demo
+            from lib.media.synthetic import make_demo
 
             for name, path in make_demo(Path(args.folder)).items():
                 print(f"{name}: {path}")

@@ -13,10 +13,10 @@ from pathlib import Path
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
-from lib.cache import Cache
-from lib.housekeeping import GPU_RESULT, gpu_entry
-from lib.plan import RunPlan
-from lib.storage import FileRef
+from lib.core.cache import Cache
+from lib.core.housekeeping import GPU_RESULT, gpu_entry
+from lib.core.plan import RunPlan
+from lib.core.storage import FileRef
 
 GPU_DEPLOYMENT = os.environ.get("AV2AV_GPU_DEPLOYMENT", "train-lora-gpu/train-lora-gpu")
 
@@ -39,8 +39,8 @@ def deployment_available(name: str) -> bool:
 def gpu_memory_declared() -> float | None:
     """GB of GPU memory the heavy half will have: what the GPU deployment declares in its job
     variables (env AV2AV_GPU_MEMORY_GB) when the run is handed to it, else what this machine
-    declares or has (lib.memory_plan.declared_gpu_memory). None: nothing declared, nothing checked."""
-    from lib.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory
+    declares or has (lib.train.memory_plan.declared_gpu_memory). None: nothing declared, nothing checked."""
+    from lib.train.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory
 
     if not deployment_available(GPU_DEPLOYMENT):
         return declared_gpu_memory()

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from lib.config import TrainRequest
-from lib.conform import TripletResult
-from lib.errors import ArchiveError
-from lib.plan import conform_settings
-from lib.progress import Progress, announce
-from lib.report import raise_if_unusable
-from lib.cache import Cache
-from lib.storage import FileRef
+from lib.core.config import TrainRequest
+from lib.ingest.conform import TripletResult
+from lib.core.errors import ArchiveError
+from lib.core.plan import conform_settings
+from lib.core.progress import Progress, announce
+from lib.ingest.report import raise_if_unusable
+from lib.core.cache import Cache
+from lib.core.storage import FileRef
 
 
 class PreparedDataset(BaseModel):
@@ -63,8 +63,9 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
 
 
 def local_steps() -> Steps:
-    from lib import archive, conform, dataset, debug_dataset, report, storage
+    from lib.ingest import archive, conform, dataset, debug_dataset, report
 
+    from lib.core import storage
     def fetch(url: str, local: Path) -> FileRef:
         return storage.fetch_with_retries(url, local / "downloads")
 

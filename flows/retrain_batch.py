@@ -1,4 +1,4 @@
-"""`retrain-batch`: scheduled batch retraining. Reads a manifest of LoRAs (lib/batch.py), retrains
+"""`retrain-batch`: scheduled batch retraining. Reads a manifest of LoRAs (lib/core/batch.py), retrains
 only the entries whose dataset content or parameters changed since their last successful run, each
 as its own `train-lora` run (named `nightly-<entry>-<date>`), and waits for them. It holds no GPU:
 how many train at once is set by Prefect on the GPU pool (README, "Batch retraining").
@@ -13,9 +13,9 @@ from prefect.states import Completed, Failed
 
 from flows.gpu_handoff import deployment_available
 from flows.train_lora import REFUSALS, refused
-from lib import storage
-from lib.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, summary_rows
-from lib.errors import DownloadError
+from lib.core import storage
+from lib.core.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, summary_rows
+from lib.core.errors import DownloadError
 from tasks.batch import TRAIN_DEPLOYMENT, not_checked, skipped, train_entry, unchanged_since
 
 

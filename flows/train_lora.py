@@ -14,18 +14,18 @@ from prefect.states import Completed, Failed, State
 
 from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
-from lib.config import TrainRequest
-from lib.checkpoint import check_checkpoint
-from lib.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
+from lib.core.config import TrainRequest
+from lib.train.checkpoint import check_checkpoint
+from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
                         UploadError)
-from lib.fingerprint import run_fingerprint
-from lib.memory_plan import check_fits
+from lib.core.plan import run_fingerprint
+from lib.train.memory_plan import check_fits
 from lib.model import check_model_source
-from lib.outputs import billing_units, write_config
-from lib.plan import plan_run
-from lib.cache import Cache, check_cache_location
-from lib.housekeeping import mark_owner, run_entry, stale_after_text
-from lib.upload import check_output_location
+from lib.publish.outputs import billing_units, write_config
+from lib.core.plan import plan_run
+from lib.core.cache import Cache, check_cache_location
+from lib.core.housekeeping import mark_owner, run_entry, stale_after_text
+from lib.publish.upload import check_output_location
 from tasks import ingest
 from tasks.housekeeping import sweep_stale_runs
 from tasks.outputs import last_success, prepare_validation, remember_success, upload

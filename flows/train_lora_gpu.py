@@ -1,7 +1,7 @@
 """`train-lora-gpu`: the heavy half, on a GPU work pool. One flow run holds the GPU for latent
 encoding, training and validation, so the model is loaded once. Every setting comes in the run
-plan the CPU flow derived from the request (lib/plan.py); the data comes through the cache
-(lib/cache.py): the conformed clips by name and hash, read from the cache location into this
+plan the CPU flow derived from the request (lib/core/plan.py); the data comes through the cache
+(lib/core/cache.py): the conformed clips by name and hash, read from the cache location into this
 worker's local copy, so the two pools need no shared filesystem."""
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 
 from prefect import flow, unmapped
 
-from lib.cache import Cache
-from lib.housekeeping import GPU_RESULT, gpu_entry, mark_owner
-from lib.outputs import loss_curve
-from lib.plan import RunPlan
-from lib.progress import Progress
-from lib.reel import animated_previews
-from lib.storage import FileRef, work_dir
-from lib.worker import TrainJob
+from lib.core.cache import Cache
+from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner
+from lib.publish.outputs import loss_curve
+from lib.core.plan import RunPlan
+from lib.core.progress import Progress
+from lib.validate.reel import animated_previews
+from lib.core.storage import FileRef, work_dir
+from lib.train.worker import TrainJob
 from tasks import model_cache
 from tasks.housekeeping import sweep_stale_runs
 from tasks.parent_run import ParentRun

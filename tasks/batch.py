@@ -10,12 +10,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from lib import storage
-from lib.batch import EntryOutcome
-from lib.config import TrainRequest
-from lib.errors import DownloadError
-from lib.fingerprint import run_fingerprint
-from lib.outputs import billing_units
+from lib.core import storage
+from lib.core.batch import EntryOutcome
+from lib.core.config import TrainRequest
+from lib.core.errors import DownloadError
+from lib.core.plan import run_fingerprint
+from lib.publish.outputs import billing_units
 from tasks.outputs import last_success
 
 TRAIN_DEPLOYMENT = os.environ.get("AV2AV_TRAIN_DEPLOYMENT", "train-lora/train-lora")

@@ -6,8 +6,8 @@ import uuid
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib import housekeeping
-from lib.cache import Cache
+from lib.core import housekeeping
+from lib.core.cache import Cache
 
 
 def run_is_alive(run_id: str) -> bool:

@@ -1,6 +1,6 @@
 """Ingestion tasks: fetch → extract → match → check → conform → report, one lib call each.
 
-Not Prefect-cached: the content-addressed cache (lib.cache) is the one authority on what was
+Not Prefect-cached: the content-addressed cache (lib.core.cache) is the one authority on what was
 computed before. Every step that makes something reads it back from there (the archive's
 extracted folder, each triplet's check and conform outcome, keyed by content and an explicit code
 version), so a cleaned cache folder means recomputing, never a record pointing at missing files.
@@ -12,11 +12,12 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from lib import archive, conform, dataset, debug_dataset, report, storage
-from lib.cache import Cache
-from lib.conform import ConformSettings, TripletCheck, TripletResult
-from lib.dataset import Rejection, Triplet
-from lib.storage import FileRef
+from lib.ingest import archive, conform, dataset, debug_dataset, report
+from lib.core import storage
+from lib.core.cache import Cache
+from lib.ingest.conform import ConformSettings, TripletCheck, TripletResult
+from lib.ingest.dataset import Rejection, Triplet
+from lib.core.storage import FileRef
 from tasks.retries import retry_transient
 
 

@@ -8,12 +8,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lib.cache import Cache
-from lib.config import TrainRequest
-from lib.plan import validation_conform_settings
-from lib.storage import FileRef
-from lib.upload import upload_outputs
-from lib.validation import prepare_samples
+from lib.core.cache import Cache
+from lib.core.config import TrainRequest
+from lib.core.plan import validation_conform_settings
+from lib.core.storage import FileRef
+from lib.publish.upload import upload_outputs
+from lib.ingest.validation import prepare_samples
 from tasks.retries import retry_transient
 
 
@@ -76,7 +76,7 @@ def prepare_validation(request: TrainRequest, cache: Cache) -> list[FileRef]:
 
 
 def _variable_name(request: TrainRequest) -> str:
-    from lib.fingerprint import parameters_key
+    from lib.core.plan import parameters_key
 
     return f"av2av_last_success_{parameters_key(request)}"
 

@@ -1,7 +1,7 @@
 """Retry only what can heal (network hiccups, 5xx), never a user's bad input."""
 from __future__ import annotations
 
-from lib.errors import TransientError
+from lib.core.errors import TransientError
 
 
 def retry_transient(task, task_run, state) -> bool:

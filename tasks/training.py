@@ -10,13 +10,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lib import encoding, worker
-from lib.cache import Cache
-from lib.lora_io import add_lora, load_lora_state, read_lora
+from lib.model import encoding
+
+from lib.train import worker
+from lib.core.cache import Cache
+from lib.train.lora_io import add_lora, load_lora_state, read_lora
 from lib.model.lifetime import DECODE_PARTS, TEXT_PARTS, acquire, free_device_memory, keep_only, release
-from lib.plan import RunPlan, ValidationPlan
-from lib.progress import Progress
-from lib.storage import FileRef
+from lib.core.plan import RunPlan, ValidationPlan
+from lib.core.progress import Progress
+from lib.core.storage import FileRef
 from tasks import model_cache
 from tasks.parent_run import PROGRESS_KEY, ParentRun
 
@@ -26,7 +28,7 @@ PROGRESS_EVERY = 10  # steps between progress updates (artifact + log line)
 @task(task_run_name="encode-{clip.sha256:.12}", cache_policy=NO_CACHE)
 def encode_latents(clip: FileRef, plan: RunPlan, cache: Cache) -> FileRef:
     """Latents of one conformed clip. Not Prefect-cached on purpose: the content-addressed cache
-    (lib.cache) is the authority, and its key holds the loaded model's identity (weights source,
+    (lib.core.cache) is the authority, and its key holds the loaded model's identity (weights source,
     configs, dtype), which the task's inputs cannot see."""
     return encoding.encode_clip(model_cache.for_plan(plan), clip, cache, plan.conditioning.reference_downscale)
 
@@ -118,7 +120,7 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
     job_file = output / "train_job.json"
     job_file.write_text(job.model_dump_json())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "lib.worker", str(job_file)]
+               "-m", "lib.train.worker", str(job_file)]
     subprocess.run(command, check=True, env=os.environ.copy())
     import json
 
@@ -136,7 +138,7 @@ def render_validation(plan: RunPlan, path: Path, lora_path: Path, parent_run_id:
 
 
 def _render(components, plan: RunPlan, path: Path, log=None) -> Path:
-    from lib.preview import render_reel
+    from lib.validate.preview import render_reel
 
     validation: ValidationPlan = plan.validation
     negative_text = encoding.load_prompt(validation.negative_text.path)

@@ -38,7 +38,7 @@ def prefect_harness(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_zip(tmp_path_factory) -> Path:
     """The synthetic sample dataset (3 good triplets + 1 silent), built once per session."""
-    from lib.synthetic import make_sample_zip
+    from lib.media.synthetic import make_sample_zip
 
     return make_sample_zip(tmp_path_factory.mktemp("sample") / "sample.zip")
 
@@ -74,7 +74,7 @@ def silent_server():
 @pytest.fixture
 def decodes(monkeypatch) -> dict[str, int]:
     """Counts the triplet checks and fits that really decode media (not read back from the cache)."""
-    from lib import conform
+    from lib.ingest import conform
 
     counts = {"check": 0, "conform": 0}
 

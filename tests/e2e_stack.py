@@ -343,7 +343,7 @@ def _start(stack: Stack) -> None:
 
     stack.spawn("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
     # Build the datasets while the server migrates its database.
-    from lib.synthetic import make_box_mask, make_clip, make_sample_zip
+    from lib.media.synthetic import make_box_mask, make_clip, make_sample_zip
 
     make_sample_zip(stack.served / "sample.zip", triplets=2)
     make_clip(stack.served / "val_source.mp4", 0.5, seed=5)

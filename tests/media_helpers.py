@@ -9,7 +9,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from lib.encode import write_video
+from lib.media.encode import write_video
 
 
 def with_tone(source: Path, destination: Path, frequency_hz: float = 440.0) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.archive import ArchiveLimits, safe_extract
-from lib.errors import ArchiveError
+from lib.ingest.archive import ArchiveLimits, safe_extract
+from lib.core.errors import ArchiveError
 
 
 def _zip(path: Path, members: dict[str, bytes], **kwargs) -> Path:

@@ -1,4 +1,4 @@
-"""lib/audio.py against the shared real media (see shared/media/MANIFEST.tsv) and synthetic signals."""
+"""lib/media/audio.py against the shared real media (see shared/media/MANIFEST.tsv) and synthetic signals."""
 from __future__ import annotations
 
 import csv
@@ -9,11 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from lib.audio import (
+from lib.media.audio import (
     NORMALIZE_PEAK_DBFS, SAMPLE_RATE, SILENCE_DBFS, check_audio, fit_duration, loudness_lufs,
     peak_db, peak_normalize, place_audio, probe_audio, read_audio,
 )
-from lib.errors import MediaError, Reason
+from lib.core.errors import MediaError, Reason
 
 try:
     from tests.conftest import MEDIA

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from lib.batch import EntryOutcome, child_run_name, failed_message, parse_manifest, plan_entries
-from lib.errors import InvalidRequest
+from lib.core.batch import EntryOutcome, child_run_name, failed_message, parse_manifest, plan_entries
+from lib.core.errors import InvalidRequest
 
 MANIFEST = """
 output_url: s3://studio/nightly/

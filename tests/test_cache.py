@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from lib import conform, housekeeping
-from lib.cache import Cache, CacheMiss, check_cache_location
-from lib.errors import CacheUnavailable
-from lib.report import build_report
-from lib.storage import FileRef
+from lib.ingest import conform
+
+from lib.core import housekeeping
+from lib.core.cache import Cache, CacheMiss, check_cache_location
+from lib.core.errors import CacheUnavailable
+from lib.ingest.report import build_report
+from lib.core.storage import FileRef
 from tests.training_fixtures import FRAMES, HEIGHT, WIDTH
 
 
 @pytest.fixture(scope="module")
 def triplet(tmp_path_factory):
-    from lib.dataset import Triplet
-    from lib.synthetic import make_box_mask, make_clip
+    from lib.ingest.dataset import Triplet
+    from lib.media.synthetic import make_box_mask, make_clip
 
     folder = tmp_path_factory.mktemp("triplet")
     files = {"start": make_clip(folder / "a_start.mp4", 1.0, seed=1),

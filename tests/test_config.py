@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from lib.config import TrainRequest
+from lib.core.config import TrainRequest
 
 URL = "file:///data/triplets.zip"
 
@@ -66,7 +66,7 @@ def test_frozen_and_every_field_described():
 def test_readme_documents_every_parameter():
     from pathlib import Path
 
-    from lib.config import parameter_table
+    from lib.core.config import parameter_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name for name in TrainRequest.model_fields if f"| `{name}`" not in readme]

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from lib.conform import ConformSettings, check_triplet, conform_triplet
-from lib.dataset import Triplet
-from lib.cache import Cache
-from lib.storage import FileRef
+from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet
+from lib.ingest.dataset import Triplet
+from lib.core.cache import Cache
+from lib.core.storage import FileRef
 from tests.media_helpers import with_tone
 
 LOW_16_9 = dict(width=512, height=288)

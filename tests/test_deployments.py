@@ -10,7 +10,7 @@ from prefect.utilities.callables import parameter_schema
 
 import flows.train_lora as train_lora_module
 from flows.train_lora import train_lora
-from lib.config import TrainRequest
+from lib.core.config import TrainRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_prefect_yaml_deployments():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
-    from lib.synthetic import make_sample_zip
+    from lib.media.synthetic import make_sample_zip
 
     sample_zip = make_sample_zip(tmp_path / "data" / "triplets.zip", triplets=3, duration_s=0.5)
     trainings = []

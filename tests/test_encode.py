@@ -1,4 +1,4 @@
-"""Behaviour of lib.encode: round trips through lib.video and plain PyAV decoding."""
+"""Behaviour of lib.media.encode: round trips through lib.media.video and plain PyAV decoding."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from lib.encode import write_video, write_wav
-from lib.video import iter_display_frames, probe, read_frames
+from lib.media.encode import write_video, write_wav
+from lib.media.video import iter_display_frames, probe, read_frames
 
 
 def _decoded_audio(path) -> tuple[np.ndarray, int]:
@@ -36,12 +36,12 @@ def _gradient_frames(n: int, height: int, width: int) -> np.ndarray:
 
 
 def _leftovers(folder) -> list[str]:
-    """Temporary files atomic_file (lib/storage.py) leaves if a write is interrupted."""
+    """Temporary files atomic_file (lib/core/storage.py) leaves if a write is interrupted."""
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
 
 
 def test_leftover_check_sees_an_interrupted_write(tmp_path):
-    from lib.storage import atomic_file
+    from lib.core.storage import atomic_file
 
     with pytest.raises(RuntimeError), atomic_file(tmp_path / "clip.mp4") as partial:
         Path(partial).write_bytes(b"half")

@@ -9,8 +9,8 @@ import threading
 import fsspec
 import pytest
 
-from lib.errors import DownloadError, TransientDownloadError
-from lib.storage import fetch, sha256_file
+from lib.core.errors import DownloadError, TransientDownloadError
+from lib.core.storage import fetch, sha256_file
 
 PAYLOAD = b"PK" + bytes(range(256)) * 40
 

@@ -8,8 +8,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.train_lora import train_lora
-from lib.config import TrainRequest
-from lib.errors import InvalidDataset
+from lib.core.config import TrainRequest
+from lib.core.errors import InvalidDataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -70,7 +70,7 @@ def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_trai
 
 
 def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, no_training, decodes, monkeypatch):
-    from lib import conform
+    from lib.ingest import conform
 
     request = _request(sample_zip, tmp_path)
     assert train_lora(request, return_state=True).is_completed()

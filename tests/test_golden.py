@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from lib.training import TrainSettings, train
+from lib.train.training import TrainSettings, train
 from tests.training_fixtures import single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
@@ -40,8 +39,8 @@ def test_seeded_training_losses(training_data):
 
 
 def test_sampler_output(training_data):
-    from lib.latents import encode_prompts
-    from lib.sampling import SamplerSettings, sample
+    from lib.model.latents import encode_prompts
+    from lib.validate.sampling import SamplerSettings, sample
 
     components = training_data.components
     negative = encode_prompts(components, ["worst quality"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.masks import conform_mask
+from lib.media.masks import conform_mask
 from tests.media_helpers import pack_png_masks
 
 GIRLS_DISPLAY = (432, 240)

@@ -1,7 +1,7 @@
 """Matching archive members into triplets; every orphan and duplicate reported."""
 from __future__ import annotations
 
-from lib.dataset import match_triplets
+from lib.ingest.dataset import match_triplets
 
 
 def _reasons(matching):
@@ -50,9 +50,9 @@ def test_avchd_clips_are_accepted_and_decode(tmp_path):
     """Camcorder .mts/.m2ts files (MPEG transport streams) are videos like any other."""
     import av
 
-    from lib.conform import check_triplet
-    from lib.dataset import triplets_from_manifest
-    from lib.synthetic import make_box_mask, make_clip
+    from lib.ingest.conform import check_triplet
+    from lib.ingest.dataset import triplets_from_manifest
+    from lib.media.synthetic import make_box_mask, make_clip
 
     def as_transport_stream(source, destination):
         with av.open(str(source)) as inp, av.open(str(destination), "w", format="mpegts") as out:

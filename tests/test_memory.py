@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.config import TrainRequest
-from lib.errors import InvalidRequest
-from lib.lora_io import read_lora, save_lora
+from lib.core.config import TrainRequest
+from lib.core.errors import InvalidRequest
+from lib.train.lora_io import read_lora, save_lora
 from lib.model import build_tiny, load_model, to_pipeline
-from lib.training import TrainSettings, train
+from lib.train.training import TrainSettings, train
 from tests.training_fixtures import evaluation_loss, fixed_inputs, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
@@ -28,10 +28,10 @@ QUANTIZED_WEIGHT = {"int8": "Int8Tensor", "fp8": "Float8Tensor", "nf4": "Params4
 @pytest.mark.usefixtures("prefect_harness", "single_thread")
 def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a_time(training_data, tmp_path,
                                                                                        monkeypatch):
-    import lib.training
+    import lib.train.training
     from flows.train_lora_gpu import train_lora_gpu
     from lib.model import resident
-    from lib.plan import plan_run
+    from lib.core.plan import plan_run
     from tasks import model_cache
 
     shutil.copytree(training_data.cache_root / "conformed", tmp_path / "conformed")   # clips only: encode afresh
@@ -40,13 +40,13 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
                            aspect_ratio="16:9", number_of_steps=100, validation_steps=2, reference_downscale=1)
     plan = plan_run(request, [training_data.clips[0]])
     plan = plan.model_copy(update={"train": dataclasses.replace(plan.train, steps=3)})
-    seen, original_step = [], lib.training.training_step
+    seen, original_step = [], lib.train.training.training_step
 
     def recording_step(*args, **kwargs):
         components = model_cache.for_plan(plan)
         seen.append((set(resident(components)), components.ledger))
         return original_step(*args, **kwargs)
-    monkeypatch.setattr(lib.training, "training_step", recording_step)
+    monkeypatch.setattr(lib.train.training, "training_step", recording_step)
     model_cache.forget()
     state = train_lora_gpu(plan, training_data.clips, "ledger", str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
@@ -96,10 +96,10 @@ def test_quantized_base_trains_and_its_lora_loads_into_the_unquantized_pipeline(
 
 @pytest.mark.usefixtures("single_thread")
 def test_adamw8bit_keeps_8bit_state_trains_and_resumes_from_its_checkpoint(training_data, tmp_path, monkeypatch):
-    import lib.training
+    import lib.train.training
     from safetensors import safe_open
 
-    monkeypatch.setattr(lib.training, "MIN_8BIT_SIZE", 0)   # the tiny LoRA's tensors are under the 4096 default
+    monkeypatch.setattr(lib.train.training, "MIN_8BIT_SIZE", 0)   # the tiny LoRA's tensors are under the 4096 default
     settings = TrainSettings(rank=8, steps=12, learning_rate=1e-2, optimizer="adamw8bit", checkpoint_every=6)
     transformer = copy.deepcopy(training_data.components.transformer)
     before = evaluation_loss(transformer, training_data.examples)
@@ -126,7 +126,7 @@ def test_fp8_on_a_gpu_older_than_ada_is_refused_naming_what_it_needs(monkeypatch
 
 
 def test_plan_counts_the_real_architecture_and_orders_the_precisions():
-    from lib.memory_plan import GB, plan_memory
+    from lib.train.memory_plan import GB, plan_memory
 
     plans = {p: plan_memory(TrainRequest(training_data_url="x.zip", base_precision=p), "cuda", suggest=False)
              for p in ("bf16", "int8", "fp8", "nf4")}

@@ -1,4 +1,4 @@
-"""lib/model.py and lib/latents.py on the tiny preset: determinism, the real loading path, shapes,
+"""lib/model.py and lib/model/latents.py on the tiny preset: determinism, the real loading path, shapes,
 normalization identical to the diffusers pipeline's, and a transformer forward on our outputs."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import latents as L
-from lib.errors import ModelUnavailable
+from lib.model import latents as L
+from lib.core.errors import ModelUnavailable
 from lib.model import (LTX23_FLAGS, MODULE_NAMES, build_tiny, check_model_source, config_hash, load_model,
                        model_spec, save_pretrained, to_pipeline)
 

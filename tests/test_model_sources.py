@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lib.errors import ModelUnavailable
+from lib.core.errors import ModelUnavailable
 from lib.model import LTX23_CONFIG_DIR, build_tiny, check_model_source, load_model, save_pretrained, save_single_file
 from lib.model.single_file import split_checkpoint, to_diffusers_key
 
@@ -49,7 +49,7 @@ def test_single_file_uses_lightricks_names(checkpoints):
 
 
 def test_single_file_loads_like_the_diffusers_folder(checkpoints, offline):
-    from lib.conditioning import build_inputs
+    from lib.model.conditioning import build_inputs
     from tests.training_fixtures import synthetic_example
 
     from_folder = load_model("ltx-2.3", source=checkpoints["diffusers"], device="cpu", dtype=torch.float32)

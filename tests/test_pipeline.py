@@ -8,10 +8,10 @@ import pytest
 from safetensors import safe_open
 
 import flows.train_lora as train_lora_module
-from lib.config import TrainRequest
-from lib.storage import sha256_file
-from lib.synthetic import make_box_mask, make_clip
-from lib.validation import InvalidValidationSample
+from lib.core.config import TrainRequest
+from lib.core.storage import sha256_file
+from lib.media.synthetic import make_box_mask, make_clip
+from lib.ingest.validation import InvalidValidationSample
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lib.config import TrainRequest, ValidationSample
-from lib.lora_io import add_lora, read_lora, save_lora
+from lib.core.config import TrainRequest, ValidationSample
+from lib.train.lora_io import add_lora, read_lora, save_lora
 from lib.model import load_model, to_pipeline
-from lib.training import TrainSettings, optimizer_step, train, training_step
-from lib.conditioning import build_inputs
+from lib.train.training import TrainSettings, optimizer_step, train, training_step
+from lib.model.conditioning import build_inputs
 from tests.training_fixtures import CPU, fixed_draw, fixed_inputs, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
@@ -88,10 +88,10 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     import dataclasses
 
     from flows.train_lora_gpu import files_to_upload, train_lora_gpu
-    from lib.plan import plan_run, validation_conform_settings
-    from lib.synthetic import make_box_mask, make_clip
-    from lib.cache import Cache
-    from lib.validation import prepare_samples
+    from lib.core.plan import plan_run, validation_conform_settings
+    from lib.media.synthetic import make_box_mask, make_clip
+    from lib.core.cache import Cache
+    from lib.ingest.validation import prepare_samples
 
     monkeypatch.setenv("AV2AV_COMPUTE_DTYPE", "bf16")
     cache = Cache.at(training_data.cache_root)   # where the training clips are

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib import training
+from lib.train import training
 from lib.model import build_tiny
-from lib.sampling import SamplerSettings, sample
+from lib.validate.sampling import SamplerSettings, sample
 from tests.training_fixtures import synthetic_example
 
 DRAWS = 100_000
@@ -119,9 +119,9 @@ def test_modality_isolation_and_rescale_change_the_output(sampler_case, change):
 
 @pytest.mark.parametrize("positions, downscale", [("aligned", 2), ("before", 1)])
 def test_reference_conventions_are_recorded_in_config_json(positions, downscale):
-    from lib.config import TrainRequest
-    from lib.outputs import config_document
-    from lib.plan import plan_run
+    from lib.core.config import TrainRequest
+    from lib.publish.outputs import config_document
+    from lib.core.plan import plan_run
 
     request = TrainRequest(training_data_url="x.zip", reference_audio_positions=positions,
                            reference_downscale=downscale)

@@ -7,7 +7,7 @@ import threading
 import pytest
 from prefect import flow
 
-from lib.errors import DownloadError
+from lib.core.errors import DownloadError
 from tasks.ingest import fetch_training_data
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

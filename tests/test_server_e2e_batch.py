@@ -18,7 +18,7 @@ BATCH_RUN_S = 900   # two tiny trainings, one GPU at a time, on 2 slow cores
 
 
 def _manifest(stack: Stack) -> str:
-    from lib.synthetic import make_sample_zip
+    from lib.media.synthetic import make_sample_zip
 
     make_sample_zip(stack.served / "batch_anna.zip", triplets=2, include_bad=False)
     make_sample_zip(stack.served / "batch_smoke.zip", triplets=2, include_bad=False, duration_s=1.2)
@@ -88,7 +88,7 @@ def test_batch_trains_changed_entries_only(stack):
     assert sum(r["billing_units"] for r in rows.values()) == 0
     assert {r["id"] for r in _train_runs(stack)} == runs_before, "nothing trained"
 
-    from lib.synthetic import make_sample_zip
+    from lib.media.synthetic import make_sample_zip
 
     make_sample_zip(stack.served / "batch_smoke.zip", triplets=3, include_bad=False)   # new data for one
     run, rows = _run_batch(stack, manifest_url)

@@ -17,14 +17,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lib import latents as latents_module
-from lib.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, ConditioningSettings, build_inputs,
+from lib.model import latents as latents_module
+from lib.model.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, ConditioningSettings, build_inputs,
                               masked_loss, pack_audio, pack_video, predict)
-from lib.cache import Cache
-from lib.encoding import encode_clip, latent_key
-from lib.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save_lora
-from lib.training import TrainSettings, train, training_step
-from lib.worker import TrainJob, tensors_digest
+from lib.core.cache import Cache
+from lib.model.encoding import encode_clip, latent_key
+from lib.train.lora_io import PREFIX, TARGET_MODULES, lora_state_dict, read_lora, save_lora
+from lib.train.training import TrainSettings, train, training_step
+from lib.train.worker import TrainJob, tensors_digest
 from tests.training_fixtures import (CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
                                      single_thread, training_data)
 
@@ -320,8 +320,8 @@ def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
 def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
     steps = 5
     output = tmp_path / "out"
-    from lib.config import TrainRequest
-    from lib.plan import plan_run
+    from lib.core.config import TrainRequest
+    from lib.core.plan import plan_run
 
     request = TrainRequest(training_data_url="unused.zip", model="tiny", rank=8, number_of_steps=100,
                            learning_rate=5e-3)
@@ -332,7 +332,7 @@ def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
     job_file.write_text(job.model_dump_json())
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "lib.worker", str(job_file)]
+               "-m", "lib.train.worker", str(job_file)]
     completed = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
@@ -380,8 +380,8 @@ def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data,
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.train_lora_gpu import train_lora_gpu
-    from lib.config import TrainRequest
-    from lib.plan import plan_run
+    from lib.core.config import TrainRequest
+    from lib.core.plan import plan_run
 
     monkeypatch.setenv("AV2AV_CACHE_DIR", str(training_data.cache_root))  # where the latents already are
     _refuse_encoding(monkeypatch)

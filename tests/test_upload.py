@@ -8,9 +8,9 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from lib.storage import sha256_file
-from lib.errors import TransientUploadError, UploadError
-from lib.upload import RESULT_NAME, upload_outputs
+from lib.core.storage import sha256_file
+from lib.core.errors import TransientUploadError, UploadError
+from lib.publish.upload import RESULT_NAME, upload_outputs
 
 
 @pytest.fixture

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from lib.config import TrainRequest, ValidationSample
-from lib.plan import validation_conform_settings
-from lib.encoding import encode_clip, load_example
-from lib.latents import encode_prompts
+from lib.core.config import TrainRequest, ValidationSample
+from lib.core.plan import validation_conform_settings
+from lib.model.encoding import encode_clip, load_example
+from lib.model.latents import encode_prompts
 from lib.model import build_tiny
-from lib.preview import render_reel, render_sample
-from lib.reel import feather_band_px
-from lib.sampling import SamplerSettings, sample
-from lib.synthetic import make_box_mask, make_clip
-from lib.cache import Cache
-from lib.validation import InvalidValidationSample, prepare_samples
+from lib.validate.preview import render_reel, render_sample
+from lib.validate.reel import feather_band_px
+from lib.validate.sampling import SamplerSettings, sample
+from lib.media.synthetic import make_box_mask, make_clip
+from lib.core.cache import Cache
+from lib.ingest.validation import InvalidValidationSample, prepare_samples
 
 FRAMES = 9
 

@@ -1,4 +1,4 @@
-"""Behaviour of lib.video on the real quirky media and on synthetic clips with known content."""
+"""Behaviour of lib.media.video on the real quirky media and on synthetic clips with known content."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import av
 import numpy as np
 import pytest
 
-from lib.encode import write_video, write_wav
-from lib.errors import MediaError
-from lib.video import (
+from lib.media.encode import write_video, write_wav
+from lib.core.errors import MediaError
+from lib.media.video import (
     frame_times, iter_display_frames, probe, read_frames, stretched_frame_times,
 )
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.conditioning import Example, ModelInputs, build_inputs, pack_audio
+from lib.model.conditioning import Example, ModelInputs, build_inputs, pack_audio
 from lib.model import Components
-from lib.cache import Cache
-from lib.storage import FileRef
+from lib.core.cache import Cache
+from lib.core.storage import FileRef
 
 CPU = torch.device("cpu")
 FRAMES, WIDTH, HEIGHT = 17, 512, 288
@@ -33,10 +33,10 @@ class TrainingData:
 
 def conform_sample_triplets(folder: Path, count: int = 2) -> tuple[Path, list[FileRef]]:
     """make_sample_zip -> extract -> match -> check -> conform, as the prepare flow does."""
-    from lib.archive import safe_extract
-    from lib.conform import ConformSettings, check_triplet, conform_triplet
-    from lib.dataset import match_triplets, triplets_from_manifest
-    from lib.synthetic import make_sample_zip
+    from lib.ingest.archive import safe_extract
+    from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet
+    from lib.ingest.dataset import match_triplets, triplets_from_manifest
+    from lib.media.synthetic import make_sample_zip
 
     zip_path = make_sample_zip(folder / "sample.zip", triplets=count, include_bad=False)
     names = safe_extract(zip_path, folder / "extracted")
@@ -69,7 +69,7 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def training_data(tmp_path_factory) -> TrainingData:
-    from lib.encoding import encode_clip, load_example
+    from lib.model.encoding import encode_clip, load_example
     from lib.model import build_tiny
 
     cache_root, clips = conform_sample_triplets(tmp_path_factory.mktemp("training-data"))
@@ -101,7 +101,7 @@ def fixed_inputs(transformer, example: Example, seed: int = 0) -> ModelInputs:
 
 def evaluation_loss(transformer, examples: list[Example], draws: int = 16, seed: int = 1234) -> float:
     """Mean masked loss over a FIXED sequence of draws (same generator seed every call)."""
-    from lib.training import training_step
+    from lib.train.training import training_step
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -2,7 +2,7 @@
 `$AV2AV_CACHE_DIR/prefect-results` (any fsspec URL: s3://, gs://, a shared folder) and prints the
 settings every worker needs, so a run's results are readable from any machine instead of living
 on the disk of the worker that ran it. Nothing in the pipeline depends on it: the cache is the
-authority on data (lib/cache.py); this only concerns what Prefect itself keeps.
+authority on data (lib/core/cache.py); this only concerns what Prefect itself keeps.
 
     AV2AV_CACHE_DIR=s3://my-bucket/av2av PREFECT_API_URL=... .venv/bin/python tools/result_storage.py
 """

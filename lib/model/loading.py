@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from lib import precision
-from lib.errors import ModelUnavailable
+from lib.core import precision
+from lib.core.errors import ModelUnavailable
 from lib.model import parts
 from lib.model.components import MODULE_NAMES, Components
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from lib.errors import ModelUnavailable
+from lib.core.errors import ModelUnavailable
 from lib.model.components import MODULE_NAMES, Components, _with_identity, build_tiny
 from lib.model.configs import LTX23_CONFIG_DIR
 from lib.model.quantize import (TEXT_ENCODER_QUANTIZED, TRANSFORMER_QUANTIZED, place_quantized,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from lib.errors import InvalidRequest
+from lib.core.errors import InvalidRequest
 
 BASE_PRECISIONS = ("bf16", "int8", "fp8", "nf4")
 FP8_CAPABILITY = (8, 9)

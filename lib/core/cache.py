@@ -1,0 +1,179 @@
+"""The content-addressed cache: the one authority on what was computed before.
+
+Conformed clips, their outcomes, validation clips, latents (with the text embeddings) and a run's
+staged outputs live under names such as `conformed/<key>/clip.safetensors`, where `<key>` hashes
+the inputs' content and the explicit version of the code that made them (`content_key`). Two
+places hold them:
+- the *location* (`AV2AV_CACHE_DIR`): a folder, or an fsspec URL (`s3://bucket/prefix`,
+  `gs://...`, `file://...`) that every worker reaches: the CPU pool writes conformed clips there,
+  the GPU pool reads them back and writes latents and outputs, without a shared filesystem;
+- this worker's *local* copy (`AV2AV_LOCAL_CACHE_DIR`, or the location itself when that is a
+  folder), read through: an entry is downloaded once, then read from disk.
+
+A `FileRef` to a cache entry carries its `entry` name; workers resolve it with `Cache.open`, never
+through the `path` another machine wrote.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import uuid
+from pathlib import Path
+
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict
+
+from lib.core.errors import CacheUnavailable
+from lib.core.storage import CACHE_ENV, FileRef, MissingExtra, atomic_file, describe_cause, open_fs, probe_writable, work_dir
+
+LOCATION_ENV = CACHE_ENV
+
+
+class CacheMiss(CacheUnavailable):
+    """An entry a step needs is in neither the local copy nor the cache location (the cache was
+    cleaned while a run was going)."""
+
+    code = "cache_miss"
+
+
+def content_key(kind: str, version: str, **identity) -> str:
+    """The one recipe for cache keys: what is made (`kind`), by which code (`version`, bumped when
+    the bytes change for the same inputs), from what (`identity`: content hashes and settings)."""
+    payload = json.dumps({"kind": kind, "version": version, **identity}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+class Cache(BaseModel):
+    """Where entries are kept for every worker (`location`) and this worker's copy (`local`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    location: str
+    local: str
+
+    @classmethod
+    def current(cls, location: str | None = None) -> "Cache":
+        """This worker's cache; `location` (e.g. handed over by the CPU flow) overrides the env."""
+        location = location or os.environ.get(LOCATION_ENV) or str(work_dir())
+        return cls(location=location, local=str(work_dir()))
+
+    @classmethod
+    def at(cls, folder: str | Path) -> "Cache":
+        """A cache that lives in one local folder (tests, benches)."""
+        return cls(location=str(folder), local=str(folder))
+
+    @property
+    def shared(self) -> bool:
+        """True when entries must be copied between the local folder and the location."""
+        if not _is_url(self.location):
+            return Path(self.location).resolve() != Path(self.local).resolve()
+        return True
+
+    def path(self, entry: str) -> Path:
+        """Where `entry` is (or will be written) on this worker."""
+        return Path(self.local) / entry
+
+    def ref(self, entry: str, key: str) -> FileRef:
+        path = self.path(entry)
+        return FileRef(path=str(path), sha256=key, size=path.stat().st_size, entry=entry)
+
+    def remote(self, entry: str) -> tuple[object, str]:
+        """(fsspec filesystem, path) of `entry` at the location."""
+        fs, root = open_fs(self.location)
+        return fs, posixpath.join(root, entry)
+
+    def publish(self, entry: str, source: Path | None = None) -> None:
+        """Copy a local file (by default the entry's own local copy) to the location; a no-op when
+        the location is this worker's folder."""
+        if not self.shared:
+            return
+        fs, target = self.remote(entry)
+        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        source = str(source or self.path(entry))
+        if isinstance(fs, LocalFileSystem):
+            # A folder: write beside, then rename, so a reader never sees half a file.
+            partial = f"{target}.{uuid.uuid4().hex}.partial"
+            fs.put_file(source, partial)
+            fs.mv(partial, target)
+        else:   # object stores make an object visible only once it is complete
+            fs.put_file(source, target)
+
+    def share(self, source: Path, entry: str) -> FileRef:
+        """Hand a local file to another worker: published as `entry` when the cache is shared;
+        when it is not, both workers see this folder and the ref keeps the file's own path."""
+        self.publish(entry, source)
+        return FileRef(path=str(source), sha256="", size=source.stat().st_size, entry=entry if self.shared else "")
+
+    def fetch(self, entry: str) -> Path | None:
+        """The local path of `entry`, downloaded from the location if needed; None when absent."""
+        local = self.path(entry)
+        if local.is_file():
+            return local
+        if not self.shared:
+            return None
+        fs, source = self.remote(entry)
+        return self._download(fs, source, local) if fs.exists(source) else None
+
+    @staticmethod
+    def _download(fs, source: str, local: Path) -> Path:
+        with atomic_file(local) as partial:
+            fs.get_file(source, partial)
+        return local
+
+    def sync(self, entry: str) -> bool:
+        """Make `entry` present both here and at the location; False when it is in neither (a
+        cleaned location is refilled from this copy, a cleaned local folder from the location)."""
+        local = self.path(entry)
+        if not self.shared:
+            return local.is_file()
+        fs, target = self.remote(entry)
+        at_location = fs.exists(target)
+        if local.is_file():
+            if not at_location:
+                self.publish(entry)
+            return True
+        if at_location:
+            self._download(fs, target, local)
+        return at_location
+
+    def open(self, ref: FileRef) -> Path:
+        """A local path holding `ref`'s bytes: cache entries by name, other files by their path."""
+        return self.open_entry(ref.entry) if ref.entry else Path(ref.path)
+
+    def open_entry(self, entry: str) -> Path:
+        """The local path of `entry` (downloaded if needed); CacheMiss when it is nowhere."""
+        path = self.fetch(entry)
+        if path is None:
+            raise CacheMiss(f"'{entry}' is not in the cache at {self.location} (nor in {self.local}); "
+                            "was the cache emptied while the run was going? Start the run again.")
+        return path
+
+    def remove(self, prefix: str) -> None:
+        """Remove a folder of entries here and at the location (a run's staged outputs)."""
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+        if self.shared:
+            fs, target = self.remote(prefix)
+            if fs.exists(target):
+                fs.rm(target, recursive=True)
+
+
+def check_cache_location(cache: Cache) -> None:
+    """Before any dataset work: the cache location answers and takes a probe object (when it is
+    not this worker's own folder), else CacheUnavailable naming AV2AV_CACHE_DIR and the cause."""
+    if not cache.shared:
+        return
+    try:
+        probe_writable(cache.location)
+    except MissingExtra as error:
+        raise CacheUnavailable(f"{LOCATION_ENV}: {error}.") from error
+    except Exception as error:   # every backend raises its own types
+        raise CacheUnavailable(f"{LOCATION_ENV}: cannot write to the cache location {cache.location}: "
+                               f"{describe_cause(error, cache.location)}. Fix the worker's {LOCATION_ENV} "
+                               "(or its credentials) and start the run again.") from error

@@ -1,0 +1,1 @@
+"""CPU side of a run: the archive, matching triplets, checking and conforming them, the report, validation samples."""

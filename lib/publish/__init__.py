@@ -1,0 +1,1 @@
+"""Outputs: config.json, the loss curve, billing, uploading to output_url."""

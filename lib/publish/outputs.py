@@ -1,0 +1,72 @@
+"""The run's descriptive outputs: config.json (what the LoRA is and how it was trained) and
+the loss curve. The LoRA file itself is lib/train/lora_io.py's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lib.core.config import TrainRequest
+from lib.train.lora_io import TARGET_MODULES, TRAINING_TYPE
+from lib.core.plan import RunPlan
+
+
+def billing_units(request: TrainRequest) -> int:
+    return max(100, request.number_of_steps)
+
+
+def config_document(request: TrainRequest, plan: RunPlan) -> dict:
+    width, height = request.bucket
+    sampler = plan.validation.sampler
+    return {
+        "training_type": TRAINING_TYPE,
+        "trigger_phrase": request.trigger_phrase,
+        "base_model": plan.lora_info["base_model"],
+        "rank": request.rank,
+        "alpha": request.rank,
+        "lora_dtype": plan.lora_dtype,
+        "target_modules": list(TARGET_MODULES),
+        "number_of_frames": request.number_of_frames,
+        "frame_rate": request.frame_rate,
+        "resolution": {"name": request.resolution, "aspect_ratio": request.aspect_ratio,
+                       "width": width, "height": height},
+        "mask_convention": "WHITE = regenerate, BLACK = keep",
+        "conditioning": plan.conditioning.describe(),
+        "reference_audio_positions": plan.conditioning.reference_audio_positions,
+        "reference_downscale_factor": plan.conditioning.reference_downscale,
+        "validation_sampler": {"steps": sampler.steps, "cfg_video": sampler.video_guidance,
+                               "cfg_audio": sampler.audio_guidance, "stg_scale": sampler.stg_scale,
+                               "modality_scale": sampler.modality_scale,
+                               "guidance_rescale": sampler.guidance_rescale},
+        "request": request.model_dump(mode="json"),
+    }
+
+
+def write_config(request: TrainRequest, plan: RunPlan, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config_document(request, plan), indent=2))
+    return path
+
+
+def loss_curve(losses: list[float], path: Path) -> Path:
+    """Raw loss per step and a moving average (single-example losses are noisy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless workers
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(losses) + 1)
+    window = max(1, len(losses) // 20)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    figure, axes = plt.subplots(figsize=(7, 3.5), dpi=100)
+    axes.plot(steps, losses, alpha=0.3, label="loss")
+    axes.plot(steps[window - 1:], smooth, label=f"moving average ({window})")
+    axes.set_xlabel("step")
+    axes.set_ylabel("masked flow-matching loss")
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,1 @@
+"""Training: the loop, LoRA files, checkpoints, the torchrun worker, the memory plan."""

@@ -1,0 +1,244 @@
+"""The memory plan: how much GPU memory a request needs, before a GPU is rented.
+
+A run goes through four stages and each keeps only its parts resident (lib/model/lifetime.py):
+text (text encoder + connectors encode the captions), encode (the two VAEs encode the clips),
+train (the transformer, the LoRA with its gradients and optimizer state, the activations) and
+validate (the transformer with the LoRA, the decoders, sampling). The peak is the largest stage.
+Parameter counts come from the real architecture built on the meta device and training
+activations from a meta-device training pass at the request's token counts
+(lib/model/footprint.py); the smaller stages' activations are estimated from the widths.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from lib.core.config import BUCKETS, TrainRequest
+from lib.core.errors import InvalidRequest
+
+GB = 1e9
+GPU_MEMORY_ENV = "AV2AV_GPU_MEMORY_GB"
+VIDEO_STRIDE, FRAME_STRIDE = 32, 8     # the video VAE's compression (both presets)
+AUDIO_RATE, MEL_HOP, AUDIO_STRIDE = 16_000, 160, 4
+BACKWARD_WORKING = 0.8
+RESERVE = 0.08          # CUDA context, allocator fragmentation: a plan fits in 92 % of the card
+FP32, LORA_BYTES = 4, {"adamw": 4 + 4 + 8, "adamw8bit": 4 + 4 + 2}   # weights, grads, moments
+STAGE_PARTS = {"text": ("text_encoder", "connectors"), "encode": ("vae", "audio_vae"),
+               "train": ("transformer",), "validate": ("transformer", "vae", "audio_vae", "vocoder")}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    parameters: int
+    bytes: int
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    rows: tuple[Row, ...]
+    stages: dict[str, int]
+    peak: int
+    peak_stage: str
+    gpu_memory: float | None = None
+    suggestions: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_memory is None or self.peak <= self.gpu_memory * GB * (1 - RESERVE)
+
+    def as_dict(self) -> dict:
+        return {"rows": [{"name": r.name, "parameters": r.parameters, "gb": round(r.bytes / GB, 2),
+                          "stages": list(r.stages)} for r in self.rows],
+                "stages_gb": {name: round(size / GB, 2) for name, size in self.stages.items()},
+                "peak_gb": round(self.peak / GB, 2), "peak_stage": self.peak_stage,
+                "gpu_memory_gb": self.gpu_memory, "fits": self.fits, "suggestions": list(self.suggestions)}
+
+
+def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    """(F, h, w) of the target and the reference, and audio latents per track, for a request."""
+    width, height = request.bucket
+    frames = (request.number_of_frames - 1) // FRAME_STRIDE + 1
+    target = (frames, height // VIDEO_STRIDE, width // VIDEO_STRIDE)
+    scale = request.reference_downscale
+    reference = (frames, max(1, height // scale // VIDEO_STRIDE), max(1, width // scale // VIDEO_STRIDE))
+    samples = request.number_of_frames / request.frame_rate * AUDIO_RATE
+    return target, reference, math.ceil((int(samples) // MEL_HOP + 1) / AUDIO_STRIDE)
+
+
+def quantized_bytes(weights: int, rows: int, precision: str, base: int) -> int:
+    """Bytes of `weights` Linear weights with `rows` output rows at `precision` (base: bf16/fp32 bytes)."""
+    if precision == "int8":
+        return weights + rows * base            # torchao: int8 values + a per-row scale in the base dtype
+    if precision == "fp8":
+        return weights + rows * FP32            # float8 values + an fp32 per-row scale
+    if precision == "nf4":
+        return weights // 2 + weights // 64 + weights // (64 * 256) * FP32   # 4 bits + double-quantized absmax
+    return weights * base
+
+
+@lru_cache(maxsize=4)
+def _counts(model: str):
+    from lib.model.footprint import count_parts
+
+    return count_parts(model)
+
+
+@lru_cache(maxsize=64)
+def _activations(model: str, target, reference, audio: int, rank: int, itemsize: int):
+    import torch
+
+    from lib.train.footprint import count_activations
+
+    return count_activations(model, target, reference, audio, rank, torch.bfloat16 if itemsize == 2 else torch.float32)
+
+
+@lru_cache(maxsize=8)
+def _lora(model: str, rank: int) -> int:
+    from lib.train.footprint import lora_parameters
+
+    return lora_parameters(model, rank)
+
+
+def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float | None = None,
+                suggest: bool = True) -> MemoryPlan:
+    """The plan for `request` on a `device` ("cuda": bf16 with gradient checkpointing; "cpu": fp32
+    without, as this project trains there). `gpu_memory` in GB, when known, decides `fits`."""
+    from lib.model.quantize import text_encoder_precision
+
+    base = 2 if device == "cuda" else 4
+    counts = _counts(request.model)
+    precisions = {"transformer": request.base_precision, "text_encoder": text_encoder_precision(request.base_precision)}
+    rows = []
+    for name, count in counts.items():
+        size = count.parameters * base
+        if name in precisions:
+            size += quantized_bytes(count.quantizable, count.quantizable_rows, precisions[name], base) \
+                - count.quantizable * base
+        rows.append(Row(name, count.parameters, size, tuple(s for s, parts in STAGE_PARTS.items() if name in parts)))
+    lora = _lora(request.model, request.rank)
+    rows.append(Row(f"LoRA rank {request.rank}: weights + grads + {request.optimizer}", lora,
+                    lora * LORA_BYTES[request.optimizer], ("train",)))
+    target, reference, audio = latent_shapes(request)
+    counted = _activations(request.model, target, reference, audio, request.rank, base)
+    checkpointed = device == "cuda"
+    kept = counted.block_output if checkpointed else counted.per_layer
+    # While a block runs backward its input gradients are alive beside what it saved: about 0.8 of
+    # its saved bytes (measured with bench/gpu.py --preset tiny against peak RSS growth).
+    train_activations = counted.outside_blocks + counted.layers * kept + counted.per_layer * checkpointed \
+        + int(BACKWARD_WORKING * counted.per_layer)
+    rows.append(Row("activations" + (" (gradient checkpointing)" if checkpointed else ""), 0, train_activations,
+                    ("train",)))
+    rows.extend(_stage_activations(request, counts, base, counted.largest))
+    stages = {stage: sum(r.bytes for r in rows if stage in r.stages) for stage in STAGE_PARTS}
+    stages["validate"] += lora * FP32 * (1 if not request.validation_every else LORA_BYTES[request.optimizer] // FP32)
+    peak_stage = max(stages, key=stages.get)
+    plan = MemoryPlan(tuple(rows), stages, stages[peak_stage], peak_stage, gpu_memory)
+    if suggest and not plan.fits:
+        plan = replace(plan, suggestions=tuple(settings_that_fit(request, device, gpu_memory)))
+    return plan
+
+
+def _stage_activations(request: TrainRequest, counts, base: int, largest_training: int) -> list[Row]:
+    """Estimates for the no-gradient stages: the text encoder's hidden states (every layer is
+    kept: the connectors read them all), the VAE encoder's widest feature maps (three alive at
+    once), and sampling (the widest tensors of one block per guidance pass) plus a tiled decode."""
+    from lib.model.footprint import architecture_configs
+
+    configs = architecture_configs(request.model)
+    gemma = configs["text_encoder"]
+    text_config = gemma.text_config if gemma is not None else None
+    hidden, layers = (text_config.hidden_size, text_config.num_hidden_layers) if text_config else (32, 2)
+    text = (layers + 1) * (1024 if request.model != "tiny" else 32) * hidden * base * 2
+    vae = configs["vae"]
+    width, height = request.bucket
+    first = vae["block_out_channels"][0]
+    encode = 3 * request.number_of_frames * (height // vae["patch_size"]) * (width // vae["patch_size"]) * first * base
+    tile = 3 * 16 * (512 // vae["patch_size"]) ** 2 * first * base   # 16 frames of 512x512 px per tile
+    vwidth, vheight = request.validation_bucket
+    scale = (vwidth * vheight * request.validation_number_of_frames) / (width * height * request.number_of_frames)
+    sampling = int(4 * largest_training * scale)
+    return [Row("text encoder activations", 0, text, ("text",)),
+            Row("VAE encode activations", 0, encode, ("encode",)),
+            Row("sampling + tiled decode activations", 0, sampling + tile, ("validate",))]
+
+
+def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> list[str]:
+    """Up to three nearby requests that fit: a lower base precision or the 8-bit optimizer first,
+    then a smaller resolution, then fewer frames."""
+    order = ["bf16", "int8", "nf4"]
+    start = order.index(request.base_precision) if request.base_precision in order else 1
+    optimizers = list(dict.fromkeys([request.optimizer, "adamw8bit"]))
+    resolutions = [r for r in BUCKETS if list(BUCKETS).index(r) <= list(BUCKETS).index(request.resolution)][::-1]
+    frames = [f for f in dict.fromkeys((request.number_of_frames, 49, 25)) if f <= request.number_of_frames]
+    found = []
+    for frame_count in frames:
+        for resolution in resolutions:
+            for precision, optimizer in ((p, o) for p in order[start:] for o in optimizers):
+                candidate = request.model_copy(update={"base_precision": precision, "optimizer": optimizer,
+                                                       "resolution": resolution, "number_of_frames": frame_count})
+                plan = plan_memory(candidate, device, gpu_memory, suggest=False)
+                if plan.fits:
+                    found.append(_describe_change(request, candidate, plan))
+                    break
+            if len(found) == 3:
+                return found
+    return found
+
+
+def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: MemoryPlan) -> str:
+    names = ("base_precision", "optimizer", "resolution", "number_of_frames")
+    changed = [f"{name}={getattr(candidate, name)}" for name in names if getattr(candidate, name) != getattr(request, name)]
+    return f"{', '.join(changed)} (peak {plan.peak / GB:.1f} GB)"
+
+
+def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
+    """The plan as a table, for people."""
+    width, height = request.bucket
+    lines = [f"Memory plan: {request.model}, {request.base_precision} base, {request.optimizer}, rank {request.rank}, "
+             f"{width}x{height}, {request.number_of_frames} frames, reference 1/{request.reference_downscale}",
+             "", f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
+    for row in plan.rows:
+        params = f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7 else (f"{row.parameters:,}" if row.parameters else "")
+        lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
+    lines += ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
+              f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+    if plan.gpu_memory is not None:
+        verdict = "fits" if plan.fits else "does NOT fit"
+        lines.append(f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
+    lines += [f"  would fit: {suggestion}" for suggestion in plan.suggestions]
+    return "\n".join(lines)
+
+
+def declared_gpu_memory() -> float | None:
+    """GB of GPU memory this worker declares ($AV2AV_GPU_MEMORY_GB), else its first GPU's, else None."""
+    declared = os.environ.get(GPU_MEMORY_ENV)
+    if declared:
+        try:
+            return float(declared)
+        except ValueError as error:
+            raise InvalidRequest(f"{GPU_MEMORY_ENV}: {declared!r} is not a number of GB.") from error
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / GB
+    return None
+
+
+def check_fits(request: TrainRequest, gpu_memory: float | None) -> MemoryPlan | None:
+    """Refuse (InvalidRequest) a request whose plan exceeds `gpu_memory` GB, naming settings that fit."""
+    if gpu_memory is None or request.model == "tiny":   # the tiny preset trains on any CPU
+        return None
+    plan = plan_memory(request, "cuda", gpu_memory)
+    if not plan.fits:
+        fixes = "; ".join(plan.suggestions) or "none of the nearby settings; use a GPU with more memory"
+        raise InvalidRequest(
+            f"base_precision/resolution/number_of_frames: this request needs about {plan.peak / GB:.1f} GB of GPU "
+            f"memory (peak while {plan.peak_stage}ing: base_precision={request.base_precision}, "
+            f"resolution={request.resolution}, number_of_frames={request.number_of_frames}, rank={request.rank}), "
+            f"more than the {gpu_memory:g} GB the GPU pool declares allows ({1 - RESERVE:.0%} of it). "
+            f"Settings that fit: {fixes}. `av2av plan --config request.json` shows the whole plan.")
+    return plan

@@ -1,0 +1,160 @@
+"""The LoRA training loop (docs/architecture.md, "Training"): flow matching with per-token timesteps on cached latents.
+
+peft LoRA (alpha = rank) on the attention projections and FFNs; AdamW (or 8-bit AdamW); linear warmup
+then a constant LR;
+seeded and reproducible; bf16 autocast + gradient checkpointing on CUDA, fp32 on CPU; DDP when
+launched under torchrun; atomic checkpoints that resume bit-for-bit.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lib.core import precision
+from lib.train.checkpoint import load_checkpoint, save_checkpoint
+from lib.model.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
+from lib.train.lora_io import add_lora
+from lib.core.settings import TrainSettings
+
+__all__ = ["TrainSettings"]   # re-exported: the settings live in lib.core.settings
+
+# Shifted logit-normal sigmas, the LTX-2 recipe (ltx-trainer's ShiftedLogitNormalTimestepSampler):
+# the shift is linear in the modality's own token count through (1024, 0.95) and (4096, 2.05),
+# capped above at 4096 tokens (beyond it both stretch bounds saturate) and NOT clamped below, so
+# short audio sequences get small shifts; samples are stretched between the 0.5th and 99.9th
+# percentiles of the shifted normal, reflected at EPS, with a uniform fallback 10 % of the time.
+SHIFT_SEQ_LEN = (1024, 4096)
+SHIFT_RANGE = (0.95, 2.05)
+UNIFORM_FRACTION = 0.1
+SIGMA_EPS = 1e-3
+WEIGHT_DECAY = 0.0     # explicit: torch's AdamW would decay by 0.01, pulling the LoRA towards zero
+MIN_8BIT_SIZE = 4096   # bitsandbytes' default: smaller tensors keep fp32 moments (all of the tiny preset's)
+NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def sequence_shift(tokens: int) -> float:
+    (low_len, high_len), (low, high) = SHIFT_SEQ_LEN, SHIFT_RANGE
+    return low + (min(tokens, high_len) - low_len) * (high - low) / (high_len - low_len)
+
+
+def sample_sigmas(generator: torch.Generator, tokens: int, count: int = 1) -> torch.Tensor:
+    """`count` noise levels in (0, 1] for a sequence of `tokens` tokens of one modality."""
+    shift = sequence_shift(tokens)
+    logit_normal = torch.sigmoid(torch.randn(count, generator=generator, dtype=torch.float64) + shift)
+    low, high = (torch.sigmoid(torch.tensor(shift + bound, dtype=torch.float64)) for bound in (NORMAL_LOW, NORMAL_HIGH))
+    stretched = (logit_normal - low) / (high - low)
+    stretched = torch.where(stretched >= SIGMA_EPS, stretched, 2 * SIGMA_EPS - stretched).clamp(0, 1)
+    uniform = (1 - SIGMA_EPS) * torch.rand(count, generator=generator, dtype=torch.float64) + SIGMA_EPS
+    use_uniform = torch.rand(count, generator=generator, dtype=torch.float64) < UNIFORM_FRACTION
+    return torch.where(use_uniform, uniform, stretched).float()
+
+
+def lr_factor(settings: TrainSettings) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        return 1.0
+    return factor
+
+
+def _draw(generator: torch.Generator, examples: list[Example]):
+    """One example, and per modality its own sigma (from its own token count) and noise."""
+    example = examples[int(torch.randint(len(examples), (), generator=generator))]
+    video_tokens = example.video_mask.numel()
+    audio_shape = pack_audio(example.target_audio).shape
+    video_sigma = sample_sigmas(generator, video_tokens)[0]
+    audio_sigma = sample_sigmas(generator, audio_shape[0])[0]
+    video_noise = torch.randn(video_tokens, example.target_video.shape[0], generator=generator)
+    audio_noise = torch.randn(audio_shape, generator=generator)
+    return example, video_sigma, audio_sigma, video_noise, audio_noise
+
+
+def training_step(transformer, model, examples, generator, device,
+                  conditioning: ConditioningSettings = ConditioningSettings(),
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+    """One example: draw sigma and noise, condition, predict, masked loss (not yet backpropagated).
+
+    `dtype` is the frozen base's compute dtype: inputs are cast to it and the forward runs under
+    autocast, while the fp32 LoRA weights receive fp32 gradients.
+    """
+    example, video_sigma, audio_sigma, video_noise, audio_noise = _draw(generator, examples)
+    inputs = build_inputs(transformer, example, video_sigma.to(device), audio_sigma.to(device),
+                          video_noise.to(device), audio_noise.to(device), conditioning=conditioning, dtype=dtype)
+    with precision.autocast(device, dtype):
+        video, audio = predict(model, inputs)
+    return masked_loss(video, audio, inputs)
+
+
+def optimizer_step(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with fp32 state, or bitsandbytes' AdamW8bit (block-wise 8-bit moments: 2 bytes per
+    LoRA parameter instead of 8)."""
+    if settings.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=WEIGHT_DECAY,
+                                   min_8bit_size=MIN_8BIT_SIZE)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=WEIGHT_DECAY)
+
+
+def _distributed() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def train(transformer, examples: list[Example], settings: TrainSettings, checkpoint_dir: Path | None = None,
+          resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
+          conditioning: ConditioningSettings = ConditioningSettings()) -> TrainResult:
+    """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place; returns the losses."""
+    rank, world = _distributed()
+    device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
+    add_lora(transformer, settings.rank, settings.seed)
+    if device.type == "cuda":
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
+    generator = torch.Generator().manual_seed(settings.seed * 1000 + rank)  # ranks see different draws
+    result = TrainResult()
+    start = 0
+    if resume_from:
+        start, result.losses = load_checkpoint(resume_from, transformer, optimizer, scheduler, generator)
+        if rank > 0:  # the checkpoint holds rank 0's draws; other ranks must keep drawing differently
+            generator.manual_seed(settings.seed * 1000 + rank + 7919 * start)
+    began = time.perf_counter()
+    for step in range(start, settings.steps):
+        loss, parts = training_step(transformer, model, examples, generator, device, conditioning, dtype)
+        optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
+        result.losses.append(parts["loss"])
+        if on_step is not None and rank == 0:
+            elapsed = time.perf_counter() - began
+            rate = (step + 1 - start) / max(elapsed, 1e-9)
+            on_step({"step": step + 1, "steps": settings.steps, **parts, "it_per_s": rate,
+                     "eta_s": (settings.steps - step - 1) / rate, "lr": scheduler.get_last_lr()[0]})
+        if checkpoint_dir and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and rank == 0:
+            path = save_checkpoint(checkpoint_dir / f"checkpoint-{step + 1:06d}.safetensors", transformer,
+                                   optimizer, scheduler, generator, step + 1, result.losses)
+            result.checkpoints.append(str(path))
+    transformer.eval()
+    result.steps = settings.steps
+    return result

@@ -1,0 +1,1 @@
+"""Validation: the sampler, rendering samples, the reel."""
