@@ -23,11 +23,10 @@ from lib.core.cache import Cache  # noqa: E402
 from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
 from lib.ingest.dataset import Triplet  # noqa: E402
 from lib.model.encoding import encode_clip, load_example  # noqa: E402
-from lib.train.lora_io import add_lora  # noqa: E402
 from lib.model import build_tiny  # noqa: E402
 from lib.core.storage import FileRef  # noqa: E402
 from lib.media.synthetic import make_clip, make_box_mask  # noqa: E402
-from lib.train.training import TrainSettings, lr_factor, optimizer_step, training_step  # noqa: E402
+from lib.train.training import TrainSettings, setup, step  # noqa: E402
 
 STEPS = 60
 
@@ -64,18 +63,11 @@ def main() -> None:
         examples = [load_example(latents_file.path)]
 
         transformer = components.transformer
-        settings = TrainSettings(rank=32, steps=10_000, learning_rate=1e-4)
-        add_lora(transformer, settings.rank, 0)
-        transformer.train()
-        params = [p for p in transformer.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
-        generator = torch.Generator().manual_seed(0)
-        device = torch.device("cpu")
+        trainer = setup(transformer, TrainSettings(rank=32, steps=10_000, learning_rate=1e-4))
+        optimizer = trainer.optimizer
 
         def full_step():
-            loss, _ = training_step(transformer, transformer, examples, generator, device)
-            optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
+            step(trainer, examples)   # the loop's own step: draw, condition, forward, loss, backward, AdamW
 
         example = examples[0]
         fixed = build_inputs(transformer, example, torch.tensor(0.5), torch.tensor(0.5),

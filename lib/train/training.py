@@ -116,15 +116,34 @@ def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=WEIGHT_DECAY)
 
 
-def _distributed() -> tuple[int, int]:
+def distributed() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torchrun with a process group."""
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
-def train(transformer, examples: list[Example], settings: TrainSettings, checkpoint_dir: Path | None = None,
-          resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
-          conditioning: ConditioningSettings = ConditioningSettings()) -> TrainResult:
-    """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place; returns the losses."""
-    rank, world = _distributed()
+@dataclass
+class Trainer:
+    """Everything `setup` prepares and `step` advances (torchtune's recipe split: setup, step, fit)."""
+
+    transformer: torch.nn.Module          # the base with the LoRA attached (trained in place)
+    model: torch.nn.Module                # the same, wrapped in DDP when there are several ranks
+    params: list[torch.nn.Parameter]      # the LoRA's, fp32
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator            # draws examples, noise levels and noise
+    settings: TrainSettings
+    conditioning: ConditioningSettings
+    device: torch.device
+    dtype: torch.dtype                    # the frozen base's compute dtype
+    rank: int = 0
+    start: int = 0                        # steps already done (a resumed run)
+    losses: list[float] = field(default_factory=list)
+
+
+def setup(transformer, settings: TrainSettings, resume_from: str | Path | None = None,
+          conditioning: ConditioningSettings = ConditioningSettings()) -> Trainer:
+    """Attach the LoRA, build optimizer and schedule, seed, and resume when asked."""
+    rank, world = distributed()
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
     add_lora(transformer, settings.rank, settings.seed)
     if device.type == "cuda":
@@ -133,28 +152,53 @@ def train(transformer, examples: list[Example], settings: TrainSettings, checkpo
     model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
-    generator = torch.Generator().manual_seed(settings.seed * 1000 + rank)  # ranks see different draws
-    result = TrainResult()
-    start = 0
+    trainer = Trainer(transformer, model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings)),
+                      torch.Generator().manual_seed(settings.seed * 1000 + rank),   # ranks see different draws
+                      settings, conditioning, device, dtype, rank)
     if resume_from:
-        start, result.losses = load_checkpoint(resume_from, transformer, optimizer, scheduler, generator)
+        trainer.start, trainer.losses = load_checkpoint(resume_from, transformer, optimizer, trainer.scheduler,
+                                                        trainer.generator)
         if rank > 0:  # the checkpoint holds rank 0's draws; other ranks must keep drawing differently
-            generator.manual_seed(settings.seed * 1000 + rank + 7919 * start)
+            trainer.generator.manual_seed(settings.seed * 1000 + rank + 7919 * trainer.start)
+    return trainer
+
+
+def step(trainer: Trainer, examples: list[Example]) -> dict:
+    """One optimizer step on one drawn example; returns the loss parts."""
+    loss, parts = training_step(trainer.transformer, trainer.model, examples, trainer.generator, trainer.device,
+                                trainer.conditioning, trainer.dtype)
+    optimizer_step(loss, trainer.params, trainer.optimizer, trainer.scheduler, trainer.settings.grad_clip)
+    trainer.losses.append(parts["loss"])
+    return parts
+
+
+def fit(transformer, examples: list[Example], settings: TrainSettings, checkpoint_dir: Path | None = None,
+        resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
+        conditioning: ConditioningSettings = ConditioningSettings()) -> TrainResult:
+    """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place: setup, then
+    `step` until `settings.steps`, reporting progress and writing checkpoints on rank 0."""
+    trainer = setup(transformer, settings, resume_from, conditioning)
+    result = TrainResult(losses=trainer.losses)
     began = time.perf_counter()
-    for step in range(start, settings.steps):
-        loss, parts = training_step(transformer, model, examples, generator, device, conditioning, dtype)
-        optimizer_step(loss, params, optimizer, scheduler, settings.grad_clip)
-        result.losses.append(parts["loss"])
-        if on_step is not None and rank == 0:
-            elapsed = time.perf_counter() - began
-            rate = (step + 1 - start) / max(elapsed, 1e-9)
-            on_step({"step": step + 1, "steps": settings.steps, **parts, "it_per_s": rate,
-                     "eta_s": (settings.steps - step - 1) / rate, "lr": scheduler.get_last_lr()[0]})
-        if checkpoint_dir and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and rank == 0:
-            path = save_checkpoint(checkpoint_dir / f"checkpoint-{step + 1:06d}.safetensors", transformer,
-                                   optimizer, scheduler, generator, step + 1, result.losses)
-            result.checkpoints.append(str(path))
+    for done in range(trainer.start + 1, settings.steps + 1):
+        parts = step(trainer, examples)
+        if trainer.rank == 0:
+            _report(on_step, trainer, parts, done, time.perf_counter() - began)
+            if checkpoint_dir and settings.checkpoint_every and done % settings.checkpoint_every == 0:
+                path = save_checkpoint(checkpoint_dir / f"checkpoint-{done:06d}.safetensors", transformer,
+                                       trainer.optimizer, trainer.scheduler, trainer.generator, done, trainer.losses)
+                result.checkpoints.append(str(path))
     transformer.eval()
     result.steps = settings.steps
     return result
+
+
+train = fit   # the name the rest of the code (and the tests) call it by
+
+
+def _report(on_step, trainer: Trainer, parts: dict, done: int, elapsed: float) -> None:
+    if on_step is None:
+        return
+    rate = (done - trainer.start) / max(elapsed, 1e-9)
+    on_step({"step": done, "steps": trainer.settings.steps, **parts, "it_per_s": rate,
+             "eta_s": (trainer.settings.steps - done) / rate, "lr": trainer.scheduler.get_last_lr()[0]})

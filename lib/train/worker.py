@@ -17,7 +17,7 @@ from lib.core import precision
 from lib.model.encoding import load_example
 from lib.train.lora_io import lora_state_dict, save_lora
 from lib.core.plan import RunPlan
-from lib.train.training import TrainResult, train
+from lib.train.training import TrainResult, distributed, train
 
 
 class TrainJob(BaseModel):
@@ -46,7 +46,7 @@ def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
     """Train; rank 0 writes lora.safetensors and losses.json into job.output_dir."""
     from lib.model import keep_only, open_model
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = distributed()
     plan = job.plan
     if components is None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
