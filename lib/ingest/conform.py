@@ -111,15 +111,29 @@ def _check(triplet: Triplet) -> TripletCheck:
     return TripletCheck(name=triplet.name, **facts)
 
 
-def _too_short(triplet: Triplet, short: dict[str, ClipFacts], settings: ConformSettings) -> MediaError:
-    files = {"reference": triplet.start, "target": triplet.end}
-    clips = ", ".join(f"{role} {Path(files[role].path).name} ({facts.duration_s:.2f} s)"
-                      for role, facts in short.items())
-    name = triplet.name
-    return MediaError(
-        f"'{name}': {clips} is shorter than the {settings.window_s:.2f} s needed for "
-        f"{settings.number_of_frames} frames at {settings.frame_rate} fps; use longer clips, fewer "
-        "frames, or auto_scale_input=true to stretch them.", Reason.TOO_SHORT.value)
+def too_short(clips: dict[str, tuple[str, float]], settings: ConformSettings) -> dict[str, tuple[str, float]]:
+    """Of `clips` (role -> (path, duration in s)), those shorter than the settings' window: one rule,
+    with one tolerance, for training triplets and validation samples."""
+    return {role: clip for role, clip in clips.items() if clip[1] + DURATION_TOLERANCE_S < settings.window_s}
+
+
+def refuse_short(label: str, short: dict[str, tuple[str, float]], settings: ConformSettings,
+                 fields: tuple[str, str] = ("number_of_frames", "frame_rate")) -> None:
+    """MediaError (too_short) naming each short file, unless auto_scale_input stretches them."""
+    if not short or settings.auto_scale_input:
+        return
+    clips = ", ".join(f"{role} {Path(path).name} ({duration:.2f} s)" for role, (path, duration) in short.items())
+    raise MediaError(f"{label}{clips} is shorter than the {settings.window_s:.2f} s needed for "
+                     f"{settings.number_of_frames} frames at {settings.frame_rate} fps ({fields[0]}, {fields[1]}); "
+                     "use longer clips, fewer frames, or auto_scale_input=true to stretch them.",
+                     Reason.TOO_SHORT.value)
+
+
+def refuse_empty_mask(label: str, mask_path: str, mask: np.ndarray) -> None:
+    """MediaError (mask_selects_nothing) when no pixel of the conformed mask is to be regenerated."""
+    if not mask.any():
+        raise MediaError(f"{label}mask '{Path(mask_path).name}' selects nothing inside the cropped frame (no WHITE "
+                         "pixel); WHITE marks the region to regenerate.", Reason.MASK_SELECTS_NOTHING.value)
 
 
 def fit_frames(path: str, duration_s: float, settings: ConformSettings, stretch: bool) -> video.SampledFrames:
@@ -193,11 +207,11 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
 
 def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache,
              base: dict) -> TripletResult:
-    clips = {"reference": check.reference, "target": check.target}
-    short = {role: f for role, f in clips.items() if f.duration_s + DURATION_TOLERANCE_S < settings.window_s}
+    label = f"'{triplet.name}': "
+    short = too_short({"reference": (triplet.start.path, check.reference.duration_s),
+                       "target": (triplet.end.path, check.target.duration_s)}, settings)
     try:
-        if short and not settings.auto_scale_input:
-            raise _too_short(triplet, short, settings)
+        refuse_short(label, short, settings)
         # Reference and target decode side by side: PyAV releases the GIL while decoding/scaling.
         with ThreadPoolExecutor(max_workers=2) as pool:
             reference_job = pool.submit(_fit_clip, triplet.start.path, check.reference, settings, "reference" in short)
@@ -205,10 +219,7 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
             reference_frames, reference_audio = reference_job.result()
         mask = conform_mask(triplet.mask.path, target_frames.source_indices,
                             (check.target.width, check.target.height), (settings.width, settings.height))
-        if not mask.any():
-            raise MediaError(f"'{triplet.name}': mask '{Path(triplet.mask.path).name}' selects nothing "
-                             "inside the cropped frame (no WHITE pixel); WHITE marks the region to "
-                             "regenerate.", Reason.MASK_SELECTS_NOTHING.value)
+        refuse_empty_mask(label, triplet.mask.path, mask)
     except MediaError as error:
         return TripletResult(status="rejected", reason=error.code, message=error.message, **base)
     loudness = [audio.loudness_lufs(s, audio.SAMPLE_RATE) for s in (reference_audio, target_audio)]

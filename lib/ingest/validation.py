@@ -16,8 +16,8 @@ from lib.core.cache import Cache, content_key
 from lib.core.config import ValidationSample
 from lib.core.clip import save_clip
 from lib.core.settings import ConformSettings
-from lib.ingest.conform import fit_audio, fit_frames
-from lib.core.errors import DownloadError, InvalidDataset, MediaError, Reason
+from lib.ingest.conform import fit_audio, fit_frames, refuse_empty_mask, refuse_short, too_short
+from lib.core.errors import DownloadError, InvalidDataset, MediaError
 from lib.media.masks import conform_mask
 from lib.core.storage import FileRef, fetch
 
@@ -56,17 +56,16 @@ def conform_sample(files: dict[str, FileRef], prompt: str, settings: ConformSett
     if cache.sync(entry):
         return cache.ref(entry, key)
     source, reference = video.probe(files["video"].path), video.probe(files["reference_video"].path)
-    short = [info.path for info in (source, reference) if info.duration_s + 1e-3 < settings.window_s]
-    if short and not settings.auto_scale_input:
-        raise MediaError(f"{', '.join(Path(p).name for p in short)} shorter than the {settings.window_s:.2f} s "
-                         "needed for validation_number_of_frames at validation_frame_rate", Reason.TOO_SHORT.value)
-    source_frames = fit_frames(source.path, source.duration_s, settings, source.path in short)
-    reference_frames = fit_frames(reference.path, reference.duration_s, settings, reference.path in short)
-    reference_audio = _reference_audio(files, settings, reference, reference.path in short)
+    label = "validation sample: "
+    short = too_short({"video": (source.path, source.duration_s),
+                       "reference video": (reference.path, reference.duration_s)}, settings)
+    refuse_short(label, short, settings, ("validation_number_of_frames", "validation_frame_rate"))
+    source_frames = fit_frames(source.path, source.duration_s, settings, "video" in short)
+    reference_frames = fit_frames(reference.path, reference.duration_s, settings, "reference video" in short)
+    reference_audio = _reference_audio(files, settings, reference, "reference video" in short)
     mask = conform_mask(files["mask"].path, source_frames.source_indices,
                         (source.display_width, source.display_height), (settings.width, settings.height))
-    if not mask.any():
-        raise MediaError(f"mask {Path(files['mask'].path).name} selects nothing (no WHITE pixel)", Reason.MASK_SELECTS_NOTHING.value)
+    refuse_empty_mask(label, files["mask"].path, mask)
     tensors = {"reference": reference_frames.frames, "target": source_frames.frames, "mask": mask,
                "reference_audio": reference_audio.astype(np.float32),
                "target_audio": np.zeros_like(reference_audio, dtype=np.float32)}
