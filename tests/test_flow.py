@@ -7,7 +7,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.train_lora import train_lora
+from flows.train_lora import check_dataset, train_lora
 from lib.core.config import TrainRequest
 from lib.core.errors import InvalidDataset
 
@@ -37,49 +37,36 @@ def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
     return TrainRequest(**(fields | overrides))
 
 
-@pytest.fixture
-def no_training(monkeypatch):
-    """The ingestion half only: the GPU hand-off returns a stub LoRA (training is tested elsewhere)."""
-    import flows.train_lora as module
-
-    def fake_gpu_flow(plan, clips, run_id, cache):
-        staging = cache.path(f"runs/{run_id}/gpu")
-        staging.mkdir(parents=True, exist_ok=True)
-        (staging / "lora.safetensors").write_bytes(b"stub")
-        return {"files": {"lora.safetensors": staging / "lora.safetensors"}, "final_loss": 0.0, "steps": 0, "previews": []}
-
-    monkeypatch.setattr(module, "run_gpu_flow", fake_gpu_flow)
-
-
-def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, no_training, decodes):
+def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, decodes):
+    """The CPU-only `check-dataset` flow runs the same ingestion tasks as `train-lora`."""
     request = _request(sample_zip, tmp_path)
-    first = train_lora(request, return_state=True)
+    first = check_dataset(request, str(tmp_path / "report.json"), return_state=True)
     assert first.is_completed(), first.message
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["accepted"] == 3
     assert {r["name"]: r.get("reason") for r in report["triplets"]}["silent"] == "silent_audio"
 
     decodes.update(check=0, conform=0)
-    second = _task_states(train_lora(request, return_state=True))
+    second = _task_states(check_dataset(request, return_state=True), expected=10)
     per_triplet = {name: state for name, state in second.items() if name.startswith(("check-", "conform-"))}
     assert len(per_triplet) == 8 and set(per_triplet.values()) == {"Completed"}, per_triplet
     assert decodes == {"check": 0, "conform": 0}, "every outcome comes back from the content-addressed cache"
 
-    train_lora(_request(sample_zip, tmp_path, number_of_frames=25))
+    check_dataset(_request(sample_zip, tmp_path, number_of_frames=25))
     assert decodes == {"check": 0, "conform": 3}, "new settings refit the accepted triplets; checks are reused"
 
 
-def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, no_training, decodes, monkeypatch):
+def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, decodes, monkeypatch):
     from lib.ingest import conform
 
     request = _request(sample_zip, tmp_path)
-    assert train_lora(request, return_state=True).is_completed()
+    assert check_dataset(request, return_state=True).is_completed()
     decodes.update(check=0, conform=0)
     monkeypatch.setattr(conform, "CONFORM_VERSION", "test-conform")
-    train_lora(request)
+    check_dataset(request)
     assert decodes == {"check": 0, "conform": 3}
     monkeypatch.setattr(conform, "CHECK_VERSION", "test-check")
-    train_lora(request)
+    check_dataset(request)
     # 4 triplets checked again; their facts are the same, so no accepted triplet is refitted.
     assert decodes == {"check": 4, "conform": 3}
 
