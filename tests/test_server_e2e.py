@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_stack import BUCKET, FAILING_RUN_S, ROOT, TRAIN_RUN_S, Stack, resolve, tiny_request
+from tests.e2e_helpers import BUCKET, resolve, tiny_request
+from tests.e2e_stack import FAILING_RUN_S, ROOT, TRAIN_RUN_S, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 

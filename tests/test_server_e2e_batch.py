@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.e2e_stack import BUCKET, Stack
+from tests.e2e_helpers import BUCKET
+from tests.e2e_stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 

@@ -220,14 +220,14 @@ class TrainRequest(BaseModel):
     )
     seed: int = _number(0, "Random seed: the same seed and data give the same LoRA.",
                         ge=0, le=2**31 - 1, extension=True, title="Seed")
-    checkpoint_every: int = _number(
-        0, "Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps; 0 = never.",
-        ge=0, le=20000, unit="steps", extension=True, title="Checkpoint every")
     resume_from: str = Field(
         "", title="Resume from",
         description="Path of a checkpoint file on the GPU worker to continue training from; empty = "
         "start fresh. Addition to the spec.",
     )
+    checkpoint_every: int = _number(
+        0, "Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps; 0 = never.",
+        ge=0, le=20000, unit="steps", extension=True, title="Checkpoint every")
     validation_every: int = _number(
         0, "Also render the validation samples every N steps (always at the end); 0 = only at the end.",
         ge=0, le=20000, unit="steps", extension=True, title="Validation every")

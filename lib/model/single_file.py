@@ -82,12 +82,21 @@ def to_diffusers_key(component: str, key: str) -> str | None:
         return None
     for old, new in RENAMES[component].items():
         key = key.replace(old, new)
-    if component == "transformer":
-        for old, new in (("adaln_single.", "time_embed."), ("audio_adaln_single.", "audio_time_embed.")):
-            if key.startswith(old):
-                key = new + key.removeprefix(old)
-    if component == "vocoder":
-        key = key.replace(".ups.", ".upsamplers.")
+    return _structural(component, key, forward=True)
+
+
+# Renames that are not plain substring swaps: a leading module name, and the vocoder's blocks.
+STRUCTURAL = {"transformer": (("adaln_single.", "time_embed."), ("audio_adaln_single.", "audio_time_embed.")),
+              "vocoder": ((".ups.", ".upsamplers."),)}
+
+
+def _structural(component: str, key: str, forward: bool) -> str:
+    for pair in STRUCTURAL.get(component, ()):
+        old, new = pair if forward else pair[::-1]
+        if component == "vocoder":
+            key = key.replace(old, new)
+        elif key.startswith(old):
+            key = new + key.removeprefix(old)
     return key
 
 
@@ -96,12 +105,7 @@ def to_lightricks_key(component: str, key: str) -> str:
     inverse = _inverse_table(component, key)
     pattern = re.compile("|".join(re.escape(name) for name in sorted(inverse, key=len, reverse=True)))
     original = pattern.sub(lambda match: inverse[match.group(0)], key)   # one pass: no chained renames
-    if component == "transformer":
-        for new, old in (("time_embed.", "adaln_single."), ("audio_time_embed.", "audio_adaln_single.")):
-            if original.startswith(new):
-                original = old + original.removeprefix(new)
-    if component == "vocoder":
-        original = original.replace(".upsamplers.", ".ups.")
+    original = _structural(component, original, forward=False)
     prefix = TRANSFORMER_PREFIX if component in ("transformer", "connectors") else COMPONENT_PREFIXES[component]
     original = prefix + original
     if to_diffusers_key(component, original) != key:
