@@ -17,7 +17,7 @@ from flows.prepare import prefect_steps, prepare_dataset
 from lib.core.config import TrainRequest
 from lib.train.checkpoint import check_checkpoint
 from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
-                        UploadError)
+                        StepFailed, UploadError)
 from lib.core.plan import run_fingerprint
 from lib.train.memory_plan import check_fits
 from lib.model import check_model_source
@@ -29,10 +29,6 @@ from lib.publish.upload import check_output_location
 from tasks import ingest
 from tasks.housekeeping import sweep_stale_runs
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
-
-
-class StepFailed(Av2AvError):
-    code = "step_failed"
 
 
 @contextmanager

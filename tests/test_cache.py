@@ -14,7 +14,8 @@ import pytest
 from lib.ingest import conform
 
 from lib.core import housekeeping
-from lib.core.cache import Cache, CacheMiss, check_cache_location
+from lib.core.cache import Cache, check_cache_location
+from lib.core.errors import CacheMiss
 from lib.core.errors import CacheUnavailable
 from lib.ingest.report import build_report
 from lib.core.storage import FileRef

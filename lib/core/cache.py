@@ -26,17 +26,10 @@ from pathlib import Path
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
-from lib.core.errors import CacheUnavailable
-from lib.core.storage import CACHE_ENV, FileRef, MissingExtra, atomic_file, describe_cause, open_fs, probe_writable, work_dir
+from lib.core.errors import CacheMiss, CacheUnavailable, MissingExtra
+from lib.core.storage import CACHE_ENV, FileRef, atomic_file, describe_cause, open_fs, probe_writable, work_dir
 
 LOCATION_ENV = CACHE_ENV
-
-
-class CacheMiss(CacheUnavailable):
-    """An entry a step needs is in neither the local copy nor the cache location (the cache was
-    cleaned while a run was going)."""
-
-    code = "cache_miss"
 
 
 def content_key(kind: str, version: str, **identity) -> str:

@@ -113,3 +113,26 @@ class CacheUnavailable(Av2AvError):
     the request. Checked before any dataset work; billed 0."""
 
     code = "cache_unavailable"
+
+
+class CacheMiss(CacheUnavailable):
+    """An entry a step needs is in neither the local copy nor the cache location (the cache was
+    cleaned while a run was going)."""
+
+    code = "cache_miss"
+
+
+class StepFailed(Av2AvError):
+    """A step failed for a reason that is not an expected refusal (a bug, or a machine problem);
+    the message names the step. Never billed as success; logged with its traceback."""
+
+    code = "step_failed"
+
+
+class MissingExtra(ImportError):
+    """A URL whose fsspec protocol needs a package this worker lacks; names the extra to install."""
+
+    def __init__(self, url: str, error: ImportError, extras: dict[str, str]):
+        protocol = url.split("://", 1)[0]
+        super().__init__(f"{url} needs a package this worker lacks ({error}); install it with "
+                         f"pip install 'av2av-trainer[{extras.get(protocol, protocol)}]'")

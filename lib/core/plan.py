@@ -6,12 +6,11 @@ so the CPU flow, the GPU flow, the torchrun workers and the outputs never re-der
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from lib.core.cache import content_key
 from lib.core.config import TrainRequest
 from lib.core.settings import ConditioningSettings, ConformSettings, SamplerSettings, TrainSettings
 from lib.core.storage import FileRef
@@ -103,9 +102,8 @@ NOT_SHAPING = {"output_url", "resume_from", "training_data_url"}
 def parameters_key(request: TrainRequest) -> str:
     """Stable per schedule: the parameters, minus the dataset URL's content (compared separately)."""
     shaping = request.model_dump(mode="json", exclude=NOT_SHAPING)
-    payload = json.dumps({"url": request.training_data_url, "parameters": shaping}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return content_key("run-parameters", "1", url=request.training_data_url, parameters=shaping)[:32]
 
 
 def run_fingerprint(request: TrainRequest, dataset_sha256: str) -> str:
-    return hashlib.sha256(f"{parameters_key(request)}:{dataset_sha256}".encode()).hexdigest()
+    return content_key("run", "1", parameters=parameters_key(request), dataset=dataset_sha256)

@@ -17,7 +17,7 @@ from pathlib import Path
 import fsspec
 from pydantic import BaseModel, ConfigDict
 
-from lib.core.errors import DownloadError, TransientDownloadError
+from lib.core.errors import MissingExtra, DownloadError, TransientDownloadError
 
 CHUNK_BYTES = 1 << 20
 # Transfers never hang: a server that accepts and then never answers fails after these (then the
@@ -75,21 +75,13 @@ def work_dir() -> Path:
     return root
 
 
-class MissingExtra(ImportError):
-    def __init__(self, url: str, error: ImportError):
-        protocol = url.split("://", 1)[0]
-        extra = EXTRAS.get(protocol, protocol)
-        super().__init__(f"{url} needs a package this worker lacks ({error}); install it with "
-                         f"pip install 'av2av-trainer[{extra}]'")
-
-
 def open_fs(url: str):
     """(filesystem, path) for any fsspec URL or local path, with this project's time-outs;
     MissingExtra names the package extra to install when the protocol's library is absent."""
     try:
         return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as error:
-        raise MissingExtra(url, error) from error
+        raise MissingExtra(url, error, EXTRAS) from error
 
 
 def probe_writable(url: str) -> None:
@@ -215,7 +207,7 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
         raise
     except ImportError as error:
         os.unlink(partial)
-        raise DownloadError(f"Could not download {MissingExtra(url, error)}.") from error
+        raise DownloadError(f"Could not download {MissingExtra(url, error, EXTRAS)}.") from error
     except Exception as error:  # fsspec backends raise their own types; classify, then wrap
         os.unlink(partial)
         kind = TransientDownloadError if is_transient(error) else DownloadError

@@ -3,8 +3,6 @@ ask of a model (`model_spec`, `to_pipeline`, the cache identity) without touchin
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lib.core.cache import content_key
 from lib.model.configs import (TINY_AUDIO_VAE, TINY_CONNECTORS, TINY_GEMMA_TEXT, TINY_GEMMA_VISION,
                                TINY_MAX_SEQUENCE_LENGTH, TINY_SCHEDULER, TINY_SPECIALS, TINY_TRANSFORMER, TINY_VAE,
                                TINY_VOCODER)
@@ -182,15 +181,12 @@ def config_hash(parts) -> str:
     """sha256 (16 hex) over every component's config, minus fields that vary with how it was loaded."""
     if isinstance(parts, Components):
         parts = {name: getattr(parts, name) for name in (*MODULE_NAMES, "tokenizer", "scheduler")}
-    payload = {name: _describe(part) for name, part in sorted(parts.items())}
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_key("model-configs", "1", **{name: _describe(part) for name, part in sorted(parts.items())})[:16]
 
 
 def _describe(part) -> dict:
     if hasattr(part, "get_vocab"):   # tokenizer: its vocabulary decides the prompt embeddings
-        vocab = json.dumps(sorted(part.get_vocab().items()))
-        return {"class": type(part).__name__, "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
+        return {"class": type(part).__name__, "vocab": content_key("vocabulary", "1", tokens=sorted(part.get_vocab().items())),
                 "model_max_length": part.model_max_length}
     config = part.config.to_dict() if hasattr(part.config, "to_dict") else dict(part.config)
     return {"class": type(part).__name__, "config": _stable(config)}

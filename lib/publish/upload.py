@@ -10,8 +10,8 @@ import posixpath
 import uuid
 from pathlib import Path
 
-from lib.core.errors import InvalidRequest, TransientUploadError, UploadError
-from lib.core.storage import MissingExtra, describe_cause, is_transient, open_fs, probe_writable, sha256_file
+from lib.core.errors import InvalidRequest, MissingExtra, TransientUploadError, UploadError
+from lib.core.storage import describe_cause, is_transient, open_fs, probe_writable, sha256_file
 
 RESULT_NAME = "result.json"
 
