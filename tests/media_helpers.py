@@ -50,3 +50,40 @@ def make_zip(path: Path, members: dict[str, Path]) -> Path:
         for name, source in members.items():
             archive.write(source, name)
     return path
+
+
+# --- the real files the video tests read, and what they check against ---
+
+IPHONE = "hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov"
+BUNNY_ROT = "h264_aac-5.1_1920x1080_24fps_2s_rot-90_audiolonger.mp4"
+ROT90 = "h264_aac_1280x720_29.97fps_5s_rot90.mp4"
+ROT180_VFR = "h264_aac-mono_1280x720_vfr10fps_2.4s_rot180.mp4"
+TRANSPOSE = "h264_aac_1080x720_29.97fps_1s_transpose-matrix.mp4"
+SAR_2_1 = "h264_noaudio_640x360-sar2to1_30fps_5s.mp4"
+EDIT_LIST = "h264_aac_854x480_25fps_9s_editlist.mp4"
+SCREENREC = "h264_noaudio_3026x1386_vfr_8.7s_screenrec.mp4"
+HEVC_FULL_RANGE = "hevc_aac_1920x1080_30fps_10s.mp4"
+AV1_10BIT = "av1-10bit_aac_720x1280_29.97fps_4.2s_portrait_hdr10.mp4"
+NO_DURATION = "vp9_opus-silent_1280x720_14.985fps_4.9s_noduration.webm"
+MKV_MS = "h264_ac3_1080x720_29.97fps_1s.mkv"
+MASK_VIDEO = "masks/mask_video_h264_200x200_30fps_10s.mp4"
+
+
+def first_coded_frame(path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def presentation_times(path) -> np.ndarray:
+    """Packet pts in presentation order, relative to the first (demux only: cheap)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        return (np.array(pts, dtype=np.float64) - pts[0]) * float(stream.time_base)
+
+
+def expected_indices(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The frame nearest to t, a tie going to the later frame (ffmpeg's fps filter, round=near)."""
+    later = np.clip(np.searchsorted(pts, times, side="left"), 0, len(pts) - 1)
+    earlier = np.clip(later - 1, 0, len(pts) - 1)
+    return np.where(times >= (pts[earlier] + pts[later]) / 2 - 1e-6, later, earlier)

@@ -18,18 +18,12 @@ from lib.model.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, Condi
                               masked_loss, pack_audio, pack_video, predict)
 from lib.train.lora_io import PREFIX, TARGET_MODULES, read_lora, save_lora
 from lib.train.training import TrainSettings, train, training_step
-from tests.training_fixtures import (CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
+from tests.training_fixtures import (train_fresh, CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
                                      single_thread, training_data)
 
 __all__ = ["single_thread", "training_data"]  # fixtures, imported so pytest finds them here
 pytestmark = pytest.mark.usefixtures("single_thread")
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def _train(data, settings: TrainSettings, **kwargs):
-    transformer = fresh_transformer(data)
-    result = train(transformer, data.examples, settings, **kwargs)
-    return transformer, result
 
 
 def _targeted_linear_names(transformer) -> list[str]:
@@ -232,7 +226,7 @@ def test_half_resolution_reference_covers_the_target_frame(training_data):
 
 def _trained_lora_bytes(data, seed: int, path: Path, global_seed: int) -> bytes:
     torch.manual_seed(global_seed)  # the run must not depend on the global RNG
-    transformer, _ = _train(data, TrainSettings(rank=8, steps=5, learning_rate=1e-3, seed=seed))
+    transformer, _ = train_fresh(data, TrainSettings(rank=8, steps=5, learning_rate=1e-3, seed=seed))
     save_lora(transformer, path, 8, {"base_model": "tiny"})
     return path.read_bytes()
 
@@ -255,7 +249,7 @@ def test_lora_file_loads_into_diffusers_pipeline(training_data, tmp_path):
     from lib.model import build_tiny, to_pipeline
 
     rank = 8
-    transformer, _ = _train(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))
+    transformer, _ = train_fresh(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))
     path = save_lora(transformer, tmp_path / "lora.safetensors", rank, {"base_model": "tiny", "trigger_phrase": "x"},
                      dtype=torch.float32)
 

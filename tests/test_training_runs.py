@@ -16,19 +16,13 @@ from lib.model import latents as latents_module
 from lib.core.cache import Cache
 from lib.model.encoding import encode_clip, latent_key
 from lib.train.lora_io import lora_state_dict, read_lora
-from lib.train.training import TrainSettings, train
+from lib.train.training import TrainSettings
 from lib.train.worker import TrainJob, tensors_digest
-from tests.training_fixtures import fresh_transformer, single_thread, training_data
+from tests.training_fixtures import train_fresh, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]  # fixtures, imported so pytest finds them here
 pytestmark = pytest.mark.usefixtures("single_thread")
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def _train(data, settings: TrainSettings, **kwargs):
-    transformer = fresh_transformer(data)
-    result = train(transformer, data.examples, settings, **kwargs)
-    return transformer, result
 
 
 
@@ -38,13 +32,13 @@ def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
     # the checkpoint (step 3) falls inside the warmup: resuming must restore the schedule's position
     settings = TrainSettings(rank=8, steps=6, learning_rate=5e-3, seed=3, warmup_steps=4, checkpoint_every=3)
     torch.manual_seed(0)
-    full, full_result = _train(training_data, settings, checkpoint_dir=tmp_path / "full")
+    full, full_result = train_fresh(training_data, settings, checkpoint_dir=tmp_path / "full")
     assert [Path(p).name for p in full_result.checkpoints] == ["checkpoint-000003.safetensors",
                                                                "checkpoint-000006.safetensors"]
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [Path(p).name for p in full_result.checkpoints]
 
     torch.manual_seed(1)  # a different global RNG state: everything must come from the checkpoint
-    resumed, resumed_result = _train(training_data, settings, checkpoint_dir=tmp_path / "resumed",
+    resumed, resumed_result = train_fresh(training_data, settings, checkpoint_dir=tmp_path / "resumed",
                                      resume_from=full_result.checkpoints[0])
     assert resumed_result.losses == full_result.losses
     expected, actual = lora_state_dict(full), lora_state_dict(resumed)

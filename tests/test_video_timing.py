@@ -3,7 +3,6 @@ timestamps, and stopping early (lib/media/video.py)."""
 from __future__ import annotations
 
 
-import av
 import numpy as np
 import pytest
 
@@ -12,39 +11,7 @@ from lib.media.video import (
     frame_times, iter_display_frames, probe, read_frames, stretched_frame_times,
 )
 
-IPHONE = "hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov"
-BUNNY_ROT = "h264_aac-5.1_1920x1080_24fps_2s_rot-90_audiolonger.mp4"
-ROT90 = "h264_aac_1280x720_29.97fps_5s_rot90.mp4"
-ROT180_VFR = "h264_aac-mono_1280x720_vfr10fps_2.4s_rot180.mp4"
-TRANSPOSE = "h264_aac_1080x720_29.97fps_1s_transpose-matrix.mp4"
-SAR_2_1 = "h264_noaudio_640x360-sar2to1_30fps_5s.mp4"
-EDIT_LIST = "h264_aac_854x480_25fps_9s_editlist.mp4"
-SCREENREC = "h264_noaudio_3026x1386_vfr_8.7s_screenrec.mp4"
-HEVC_FULL_RANGE = "hevc_aac_1920x1080_30fps_10s.mp4"
-AV1_10BIT = "av1-10bit_aac_720x1280_29.97fps_4.2s_portrait_hdr10.mp4"
-NO_DURATION = "vp9_opus-silent_1280x720_14.985fps_4.9s_noduration.webm"
-MKV_MS = "h264_ac3_1080x720_29.97fps_1s.mkv"
-MASK_VIDEO = "masks/mask_video_h264_200x200_30fps_10s.mp4"
-
-
-def _first_coded_frame(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return next(container.decode(video=0)).to_ndarray(format="rgb24")
-
-
-def _presentation_times(path) -> np.ndarray:
-    """Packet pts in presentation order, relative to the first (demux only: cheap)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
-        return (np.array(pts, dtype=np.float64) - pts[0]) * float(stream.time_base)
-
-
-def _expected_indices(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """The frame nearest to t, a tie going to the later frame (ffmpeg's fps filter, round=near)."""
-    later = np.clip(np.searchsorted(pts, times, side="left"), 0, len(pts) - 1)
-    earlier = np.clip(later - 1, 0, len(pts) - 1)
-    return np.where(times >= (pts[earlier] + pts[later]) / 2 - 1e-6, later, earlier)
+from tests.media_helpers import (IPHONE, BUNNY_ROT, ROT180_VFR, TRANSPOSE, EDIT_LIST, SCREENREC, HEVC_FULL_RANGE, NO_DURATION, MKV_MS, MASK_VIDEO, expected_indices, presentation_times)
 
 
 # --- time-based picking -------------------------------------------------------------------------
@@ -56,14 +23,14 @@ def test_vfr_frames_are_picked_by_presentation_time(media, name, seconds):
     assert np.all(np.diff(sampled.source_indices) >= 0)
     assert len(np.unique(sampled.source_indices)) < len(times)  # sparse source -> repeats
     np.testing.assert_array_equal(sampled.source_indices,
-                                  _expected_indices(_presentation_times(media / name), times))
+                                  expected_indices(presentation_times(media / name), times))
 
 
 def test_times_need_not_be_sorted(media):
     times = np.array([0.5, 0.0, 0.25, 0.5, -1.0])
     sampled = read_frames(media / ROT180_VFR, times, (32, 32))
     np.testing.assert_array_equal(sampled.source_indices,
-                                  _expected_indices(_presentation_times(media / ROT180_VFR), times))
+                                  expected_indices(presentation_times(media / ROT180_VFR), times))
     assert sampled.source_indices[1] == sampled.source_indices[4] == 0   # before the first frame: the first
     np.testing.assert_array_equal(sampled.frames[0], sampled.frames[3])
 

@@ -132,3 +132,11 @@ def synthetic_example(components: Components, frames: int = 2, height: int = 2, 
                              1, length, components.transformer.config.audio_cross_attention_dim, generator=generator),
                          "encoder_attention_mask": torch.ones(1, length, dtype=torch.int64)},
                    frame_rate=24.0)
+
+
+def train_fresh(data: TrainingData, settings, **kwargs):
+    """Train a fresh copy of the base tiny transformer; returns (transformer, result)."""
+    from lib.train.training import train
+
+    transformer = fresh_transformer(data)
+    return transformer, train(transformer, data.examples, settings, **kwargs)
