@@ -5,7 +5,8 @@ peak memory, median step time, MFU (model FLOPs from a meta-device FLOP count ÷
 dense bf16 peak) and the memory plan's prediction (`av2av plan`) with measured ÷ predicted.
 
     python bench/gpu.py                  # on a GPU: bf16, int8, fp8 (Ada/Hopper only), nf4
-    python bench/gpu.py --preset tiny    # on CPU: the tiny preset at 121 frames, 960x960 (tests)
+    python bench/gpu.py --precisions int8+offload nf4+offload   # with activation offloading on
+    python bench/gpu.py --preset tiny    # on CPU: the tiny preset at 49 frames, 768x768 (tests)
 
 Each precision runs in its own process, so one's memory never counts against the next; on CPU
 the peak is the process's peak RSS growth during training. Last line: one JSON object.
@@ -33,13 +34,16 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 GB = 1e9
 
 
-def request_for(preset: str, precision: str):
+def request_for(preset: str, variant: str):
+    """The request a variant ("int8", "int8+offload") measures: the defaults, or the tiny preset's."""
     from lib.core.config import TrainRequest
 
+    precision, _, offload = variant.partition("+")
+    fields = {"training_data_url": "bench.zip", "base_precision": precision,
+              "offload_activations": "on" if offload == "offload" else "off"}
     if preset == "tiny":
-        return TrainRequest(training_data_url="bench.zip", model="tiny", base_precision=precision,
-                            resolution="medium", aspect_ratio="1:1", number_of_frames=49)
-    return TrainRequest(training_data_url="bench.zip", base_precision=precision)   # the defaults
+        fields.update(model="tiny", resolution="medium", aspect_ratio="1:1", number_of_frames=49)
+    return TrainRequest(**fields)
 
 
 def synthetic_examples(request, transformer, count: int = 2):
@@ -76,14 +80,15 @@ def measure(preset: str, precision: str, steps: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     request = request_for(preset, precision)
-    transformer = random_transformer(request.model, device, dtype, precision)
+    transformer = random_transformer(request.model, device, dtype, request.base_precision)
     examples = synthetic_examples(request, transformer)
     stamps = []
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     baseline = rss_bytes()
-    settings = TrainSettings(rank=request.rank, steps=steps, learning_rate=1e-4, optimizer=request.optimizer)
+    settings = TrainSettings(rank=request.rank, steps=steps, learning_rate=1e-4, optimizer=request.optimizer,
+                             offload_activations=request.offload_activations == "on")
     result = train(transformer, examples, settings, on_step=lambda event: stamps.append(time.perf_counter()))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
@@ -129,6 +134,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)   # child mode: measure one precision, print JSON
     args = parser.parse_args(argv)
     steps = args.steps or (20 if torch.cuda.is_available() else 3)
+    if args.preset == "tiny" and any("+offload" in v for v in args.precisions or ()):
+        parser.error("+offload needs gradient checkpointing, which the CPU plan of the tiny preset does not model")
     if args.one:
         print(json.dumps(measure(args.preset, args.one, steps)))
         return 0

@@ -19,7 +19,7 @@ from lib.train.checkpoint import check_checkpoint
 from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
                         StepFailed, UploadError)
 from lib.core.plan import run_fingerprint
-from lib.train.memory_plan import check_fits
+from lib.train.memory_plan import check_fits, offload_decision
 from lib.model import check_model_source
 from lib.publish.outputs import billing_units, write_config
 from lib.core.plan import plan_run
@@ -114,7 +114,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     if request.resume_from:
         check_checkpoint(request.resume_from, request.rank)
     # A request the GPU pool's memory cannot hold is refused here, not after a GPU is rented.
-    check_fits(request, gpu_memory_declared())
+    memory = check_fits(request, gpu_memory_declared())
     # Before any dataset work: a run whose weights cannot be found, or whose outputs could not be
     # written, must not spend minutes first.
     check_model_source(request.model, request.model_source, request.text_encoder_source)
@@ -136,7 +136,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     with step("validation samples"):
         validation_clips = prepare_validation(request, cache)
     print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
-    plan = plan_run(request, validation_clips)
+    plan = plan_run(request, validation_clips, plan_offloads=offload_decision(memory))
     with step("training"):
         trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], run_id, cache)
     files = dict(trained["files"])

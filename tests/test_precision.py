@@ -124,3 +124,23 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     info = json.loads(metadata["av2av"])
     assert info["reference_audio_positions"] == "before" and info["reference_downscale"] == 2
     assert metadata["reference_downscale_factor"] == "2"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norms_change_no_output_bit_and_no_weight(dtype, training_data):
+    """The loaded transformer runs its weight-less RMSNorms as torch's kernel (less kept for
+    backward); the output is bit-identical to diffusers' own and the state dict is the same."""
+    from diffusers.models.normalization import RMSNorm
+
+    stock = copy.deepcopy(training_data.components.transformer).to(dtype)
+    loaded = load_model("tiny", device="cpu", dtype=dtype).transformer
+    assert any(type(m) is RMSNorm and m.weight is None for m in stock.modules())
+    assert not any(type(m) is RMSNorm and m.weight is None for m in loaded.modules())
+    fused = sum(type(m) is torch.nn.RMSNorm for m in loaded.modules()) - sum(type(m) is torch.nn.RMSNorm
+                                                                            for m in stock.modules())
+    assert fused == 8 * loaded.config.num_layers
+    assert stock.state_dict().keys() == loaded.state_dict().keys()
+    inputs = fixed_inputs(stock, training_data.examples[0])
+    kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.kwargs.items()}
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(stock(**kwargs), loaded(**kwargs)))

@@ -73,12 +73,16 @@ def validation_conform_settings(request: TrainRequest) -> ConformSettings:
                            audio_preserve_pitch=request.audio_preserve_pitch)
 
 
-def plan_run(request: TrainRequest, validation_clips: list[FileRef] = ()) -> RunPlan:
+def plan_run(request: TrainRequest, validation_clips: list[FileRef] = (), plan_offloads: bool = False) -> RunPlan:
+    """The run's settings. `plan_offloads`: the memory plan needs activation offloading to fit the
+    GPU pool (MemoryPlan.offload_activations), which the request's "auto" follows."""
+    offload = request.offload_activations == "on" or (request.offload_activations == "auto" and plan_offloads)
     conditioning = ConditioningSettings(reference_audio_positions=request.reference_audio_positions,
                                         reference_downscale=request.reference_downscale)
     train = TrainSettings(rank=request.rank, steps=request.number_of_steps, learning_rate=request.learning_rate,
                           seed=request.seed, warmup_steps=warmup_steps(request.number_of_steps),
-                          checkpoint_every=request.checkpoint_every, optimizer=request.optimizer)
+                          checkpoint_every=request.checkpoint_every, optimizer=request.optimizer,
+                          offload_activations=offload)
     sampler = SamplerSettings(steps=request.validation_steps, seed=request.seed, stg_scale=request.stg_scale)
     validation = ValidationPlan(clips=list(validation_clips), negative_prompt=request.validation_negative_prompt,
                                 sampler=sampler, every=request.validation_every)
@@ -95,8 +99,9 @@ def plan_run(request: TrainRequest, validation_clips: list[FileRef] = ()) -> Run
 # --- the run fingerprint: what makes two runs the same (dataset content + every parameter that
 # shapes the LoRA); scheduled retraining skips a run whose fingerprint matches the last success ---
 
-# Where the outputs go and where training resumes from do not change what is learned.
-NOT_SHAPING = {"output_url", "resume_from", "training_data_url"}
+# Where the outputs go, where training resumes from and where activations wait for the backward
+# pass (bit-identical either way) do not change what is learned.
+NOT_SHAPING = {"output_url", "resume_from", "training_data_url", "offload_activations"}
 
 
 def parameters_key(request: TrainRequest) -> str:

@@ -20,6 +20,7 @@ class TrainSettings:
     checkpoint_every: int | None = None
     grad_clip: float = 1.0
     optimizer: str = "adamw"              # or "adamw8bit" (bitsandbytes)
+    offload_activations: bool = False     # checkpointed blocks' inputs kept in host memory (lib/train/offload.py)
 
 
 @dataclass(frozen=True)

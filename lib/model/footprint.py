@@ -38,7 +38,7 @@ def architecture_configs(model: str) -> dict:
 
 def build_on_meta(model: str, name: str, **overrides) -> torch.nn.Module:
     from lib.model.components import _tiny_text_encoder
-    from lib.model.parts import classes
+    from lib.model.parts import classes, fuse_rms_norms
 
     config = architecture_configs(model)[name]
     with torch.device("meta"):
@@ -46,7 +46,8 @@ def build_on_meta(model: str, name: str, **overrides) -> torch.nn.Module:
             from transformers import Gemma3ForConditionalGeneration
 
             return _tiny_text_encoder() if config is None else Gemma3ForConditionalGeneration(config)
-        return classes()[name].from_config({**config, **overrides})
+        module = classes()[name].from_config({**config, **overrides})
+    return fuse_rms_norms(module) if name == "transformer" else module   # as `place` trains it
 
 
 def count_parts(model: str) -> dict[str, PartCount]:

@@ -39,9 +39,27 @@ def shell(name: str, config) -> torch.nn.Module:
         return classes()[name].from_config(config)
 
 
+def fuse_rms_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """Swap diffusers' weight-less RMSNorm (the blocks' norm1/2/3 and cross-modal norms) for
+    torch's, in place. The result is bit-identical (both normalize in fp32 and cast back), but
+    diffusers' Python version keeps an fp32 copy of its input for backward, where torch's fused
+    CUDA kernel keeps only the per-row rstd: about 0.5 GB less per recomputed block at the default
+    request. Parameter-free, so state dicts and LoRA keys are unchanged."""
+    from diffusers.models.normalization import RMSNorm
+
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is RMSNorm and child.weight is None and child.bias is None:
+                setattr(parent, child_name, torch.nn.RMSNorm(child.dim, eps=child.eps, elementwise_affine=False))
+    return module
+
+
 def place(name: str, module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
           base_precision: str) -> torch.nn.Module:
-    """Onto the device, quantized where the base precision asks; eval mode."""
+    """Onto the device, quantized where the base precision asks, the transformer's norms fused;
+    eval mode."""
+    if name == "transformer":
+        fuse_rms_norms(module)
     if name == "transformer" and base_precision != "bf16":
         place_quantized(module, device, base_precision, TRANSFORMER_QUANTIZED, dtype)
     elif name == "text_encoder" and base_precision != "bf16":

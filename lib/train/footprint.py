@@ -3,10 +3,12 @@ keeps for one step at a request's token counts, and the step's model FLOPs.
 
 Activations are counted, not guessed: one- and two-block transformers with the real widths
 (lib.model.footprint.build_on_meta) run a training forward on meta tensors under
-`saved_tensors_hooks`, which sees every tensor autograd keeps for backward. Two differences to
+`saved_tensors_hooks`, which sees every tensor autograd keeps for backward. Three differences to
 the GPU are modelled: attention is counted as a fused kernel keeps it (q, k, v, output and the
-per-row log-sum-exp, never the N x N matrix), and an fp32 LoRA under autocast computes in the
-base's dtype, so the pass runs entirely in that dtype.
+per-row log-sum-exp, never the N x N matrix); on CUDA, torch.rms_norm runs the fused kernel, which
+keeps its input and the fp32 per-row rstd rather than an fp32 copy of the input (the CPU's
+composite keeps that copy); and an fp32 LoRA under autocast computes in the base's dtype, so the
+pass runs entirely in that dtype.
 """
 from __future__ import annotations
 
@@ -42,11 +44,11 @@ class ActivationCount:
 
 
 def count_activations(model: str, video_shape: tuple[int, int, int], reference_shape: tuple[int, int, int],
-                      audio_latents: int, rank: int, dtype: torch.dtype) -> ActivationCount:
-    """Bytes autograd keeps in one training step for these latent shapes ((F, h, w) target and
-    reference; audio latents per track), counted on one- and two-block models."""
-    one = _saved_bytes(model, 1, video_shape, reference_shape, audio_latents, rank, dtype)
-    two = _saved_bytes(model, 2, video_shape, reference_shape, audio_latents, rank, dtype)
+                      audio_latents: int, rank: int, dtype: torch.dtype, device: str = "cuda") -> ActivationCount:
+    """Bytes autograd keeps in one training step on `device` for these latent shapes ((F, h, w)
+    target and reference; audio latents per track), counted on one- and two-block models."""
+    one, two = (_saved_bytes(model, layers, video_shape, reference_shape, audio_latents, rank, dtype, device)
+                for layers in (1, 2))
     per_layer = two[0] - one[0]
     config = architecture_configs(model)["transformer"]
     video_tokens = _numel(video_shape) + _numel(reference_shape)
@@ -94,7 +96,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _saved_bytes(model: str, layers: int, video_shape, reference_shape, audio_latents: int, rank: int,
-                 dtype: torch.dtype) -> tuple[int, int]:
+                 dtype: torch.dtype, device: str) -> tuple[int, int]:
     from lib.model.conditioning import build_inputs, predict
 
     transformer = build_on_meta(model, "transformer", num_layers=layers)
@@ -111,7 +113,8 @@ def _saved_bytes(model: str, layers: int, video_shape, reference_shape, audio_la
             saved[storage] = max(saved.get(storage, 0), tensor.untyped_storage().nbytes())
         return tensor
     example, draws = _meta_example(model, transformer, video_shape, reference_shape, audio_latents)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _fused_attention():
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _fused_attention(), \
+            _fused_rms_norm(device == "cuda"):
         inputs = build_inputs(transformer, example, *draws, dtype=dtype)
         video, audio = predict(transformer, inputs)
         # masked_loss's ops without its .item() calls (meta tensors hold no values)
@@ -179,3 +182,33 @@ def _fused_attention():
         yield
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
+
+
+class _FusedRmsNorm(torch.autograd.Function):
+    """Stands in for torch.rms_norm on meta tensors, keeping what CUDA's `_fused_rms_norm` keeps for
+    backward: the input and the fp32 rstd per normalized row (torch's derivatives.yaml)."""
+
+    @staticmethod
+    def forward(ctx, hidden, normalized_dims: int):
+        rstd = hidden.new_empty(hidden.shape[:-normalized_dims] + (1,) * normalized_dims, dtype=torch.float32)
+        ctx.save_for_backward(hidden, rstd)
+        return torch.empty_like(hidden)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.empty_like(grad), None
+
+
+@contextmanager
+def _fused_rms_norm(enabled: bool):
+    original = torch.nn.functional.rms_norm
+
+    def rms_norm(hidden, normalized_shape, weight=None, eps=None):
+        output = _FusedRmsNorm.apply(hidden, len(normalized_shape))
+        return output * weight if weight is not None else output
+    if enabled:
+        torch.nn.functional.rms_norm = rms_norm
+    try:
+        yield
+    finally:
+        torch.nn.functional.rms_norm = original

@@ -45,6 +45,8 @@ class MemoryPlan:
     peak_stage: str
     gpu_memory: float | None = None
     suggestions: tuple[str, ...] = ()
+    offload_activations: bool = False   # checkpointed block inputs wait in host memory (lib/train/offload.py)
+    host_bytes: int = 0                 # what that offloading keeps in host memory
 
     @property
     def fits(self) -> bool:
@@ -55,7 +57,8 @@ class MemoryPlan:
                           "stages": list(r.stages)} for r in self.rows],
                 "stages_gb": {name: round(size / GB, 2) for name, size in self.stages.items()},
                 "peak_gb": round(self.peak / GB, 2), "peak_stage": self.peak_stage,
-                "gpu_memory_gb": self.gpu_memory, "fits": self.fits, "suggestions": list(self.suggestions)}
+                "gpu_memory_gb": self.gpu_memory, "fits": self.fits, "suggestions": list(self.suggestions),
+                "offload_activations": self.offload_activations, "host_offload_gb": round(self.host_bytes / GB, 2)}
 
 
 def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
@@ -88,12 +91,13 @@ def _counts(model: str):
 
 
 @lru_cache(maxsize=64)
-def _activations(model: str, target, reference, audio: int, rank: int, itemsize: int):
+def _activations(model: str, target, reference, audio: int, rank: int, device: str):
     import torch
 
     from lib.train.footprint import count_activations
 
-    return count_activations(model, target, reference, audio, rank, torch.bfloat16 if itemsize == 2 else torch.float32)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return count_activations(model, target, reference, audio, rank, dtype, device)
 
 
 @lru_cache(maxsize=8)
@@ -106,7 +110,18 @@ def _lora(model: str, rank: int) -> int:
 def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float | None = None,
                 suggest: bool = True) -> MemoryPlan:
     """The plan for `request` on a `device` ("cuda": bf16 with gradient checkpointing; "cpu": fp32
-    without, as this project trains there). `gpu_memory` in GB, when known, decides `fits`."""
+    without, as this project trains there). `gpu_memory` in GB, when known, decides `fits`, and
+    whether the request's offload_activations="auto" offloads."""
+    offload = device == "cuda" and request.offload_activations == "on"
+    plan = _plan(request, device, gpu_memory, offload)
+    if device == "cuda" and request.offload_activations == "auto" and not plan.fits:
+        plan = _plan(request, device, gpu_memory, offload=True)
+    if suggest and not plan.fits:
+        plan = replace(plan, suggestions=tuple(settings_that_fit(request, device, gpu_memory)))
+    return plan
+
+
+def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload: bool) -> MemoryPlan:
     from lib.model.quantize import text_encoder_precision
 
     base = 2 if device == "cuda" else 4
@@ -123,23 +138,36 @@ def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float |
     rows.append(Row(f"LoRA rank {request.rank}: weights + grads + {request.optimizer}", lora,
                     lora * LORA_BYTES[request.optimizer], ("train",)))
     target, reference, audio = latent_shapes(request)
-    counted = _activations(request.model, target, reference, audio, request.rank, base)
-    checkpointed = device == "cuda"
-    kept = counted.block_output if checkpointed else counted.per_layer
-    # While a block runs backward its input gradients are alive beside what it saved: about 0.8 of
-    # its saved bytes (measured with bench/gpu.py --preset tiny against peak RSS growth).
-    train_activations = counted.outside_blocks + counted.layers * kept + counted.per_layer * checkpointed \
-        + int(BACKWARD_WORKING * counted.per_layer)
-    rows.append(Row("activations" + (" (gradient checkpointing)" if checkpointed else ""), 0, train_activations,
-                    ("train",)))
+    counted = _activations(request.model, target, reference, audio, request.rank, device)
+    activations, host = _training_activations(counted, checkpointed=device == "cuda", offload=offload)
+    rows.append(Row("activations" + (" (gradient checkpointing" + (", block inputs in host memory)" if offload else ")")
+                                     if device == "cuda" else ""), 0, activations, ("train",)))
     rows.extend(_stage_activations(request, counts, base, counted.largest))
     stages = {stage: sum(r.bytes for r in rows if stage in r.stages) for stage in STAGE_PARTS}
     stages["validate"] += lora * FP32 * (1 if not request.validation_every else LORA_BYTES[request.optimizer] // FP32)
     peak_stage = max(stages, key=stages.get)
-    plan = MemoryPlan(tuple(rows), stages, stages[peak_stage], peak_stage, gpu_memory)
-    if suggest and not plan.fits:
-        plan = replace(plan, suggestions=tuple(settings_that_fit(request, device, gpu_memory)))
-    return plan
+    return MemoryPlan(tuple(rows), stages, stages[peak_stage], peak_stage, gpu_memory,
+                      offload_activations=offload, host_bytes=host)
+
+
+def _training_activations(counted, checkpointed: bool, offload: bool) -> tuple[int, int]:
+    """(GPU bytes, host bytes) of a training step's activations. Checkpointing keeps each block's
+    inputs and recomputes one block at a time; offloading moves those inputs to the host, leaving
+    the first block's and the one being brought back. While a block runs backward its input
+    gradients are alive beside what it saved: about 0.8 of its saved bytes (measured with
+    bench/gpu.py --preset tiny against peak RSS growth)."""
+    working = int(BACKWARD_WORKING * counted.per_layer)
+    if not checkpointed:
+        return counted.outside_blocks + counted.layers * counted.per_layer + working, 0
+    if offload:
+        host = (counted.layers - 1) * counted.block_output
+        return counted.outside_blocks + 2 * counted.block_output + counted.per_layer + working, host
+    return counted.outside_blocks + counted.layers * counted.block_output + counted.per_layer + working, 0
+
+
+def offload_decision(plan: MemoryPlan | None) -> bool:
+    """Whether the request's offload_activations="auto" offloads: when its plan needed it to fit."""
+    return plan is not None and plan.offload_activations
 
 
 def _stage_activations(request: TrainRequest, counts, base: int, largest_training: int) -> list[Row]:
@@ -179,7 +207,9 @@ def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> 
         for resolution in resolutions:
             for precision, optimizer in ((p, o) for p in order[start:] for o in optimizers):
                 candidate = request.model_copy(update={"base_precision": precision, "optimizer": optimizer,
-                                                       "resolution": resolution, "number_of_frames": frame_count})
+                                                       "resolution": resolution, "number_of_frames": frame_count,
+                                                       "offload_activations": "on" if request.offload_activations
+                                                       == "on" else "auto"})
                 plan = plan_memory(candidate, device, gpu_memory, suggest=False)
                 if plan.fits:
                     found.append(_describe_change(request, candidate, plan))
@@ -190,7 +220,7 @@ def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> 
 
 
 def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: MemoryPlan) -> str:
-    names = ("base_precision", "optimizer", "resolution", "number_of_frames")
+    names = ("offload_activations", "base_precision", "optimizer", "resolution", "number_of_frames")
     changed = [f"{name}={getattr(candidate, name)}" for name in names if getattr(candidate, name) != getattr(request, name)]
     return f"{', '.join(changed)} (peak {plan.peak / GB:.1f} GB)"
 
@@ -206,6 +236,8 @@ def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
         lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
     lines += ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
               f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+    if plan.offload_activations:
+        lines.append(f"activation offloading on: {plan.host_bytes / GB:.1f} GB of block inputs wait in host memory")
     if plan.gpu_memory is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
@@ -238,7 +270,8 @@ def check_fits(request: TrainRequest, gpu_memory: float | None) -> MemoryPlan | 
         raise InvalidRequest(
             f"base_precision/resolution/number_of_frames: this request needs about {plan.peak / GB:.1f} GB of GPU "
             f"memory (peak while {plan.peak_stage}ing: base_precision={request.base_precision}, "
-            f"resolution={request.resolution}, number_of_frames={request.number_of_frames}, rank={request.rank}), "
+            f"resolution={request.resolution}, number_of_frames={request.number_of_frames}, rank={request.rank}, "
+            f"offload_activations={request.offload_activations}), "
             f"more than the {gpu_memory:g} GB the GPU pool declares allows ({1 - RESERVE:.0%} of it). "
             f"Settings that fit: {fixes}. `av2av plan --config request.json` shows the whole plan.")
     return plan

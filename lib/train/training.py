@@ -19,6 +19,7 @@ from lib.core import precision
 from lib.train.checkpoint import load_checkpoint, save_checkpoint
 from lib.model.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
 from lib.train.lora_io import add_lora
+from lib.train.offload import BlockInputOffload
 from lib.core.settings import TrainSettings
 
 __all__ = ["TrainSettings"]   # re-exported: the settings live in lib.core.settings
@@ -138,6 +139,7 @@ class Trainer:
     rank: int = 0
     start: int = 0                        # steps already done (a resumed run)
     losses: list[float] = field(default_factory=list)
+    offload: BlockInputOffload | None = None   # what activation offloading moved, when it is on
 
 
 def setup(transformer, settings: TrainSettings, resume_from: str | Path | None = None,
@@ -146,15 +148,16 @@ def setup(transformer, settings: TrainSettings, resume_from: str | Path | None =
     rank, world = distributed()
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
     add_lora(transformer, settings.rank, settings.seed)
-    if device.type == "cuda":
-        transformer.enable_gradient_checkpointing()
+    offload = BlockInputOffload() if settings.offload_activations else None
+    if device.type == "cuda" or offload is not None:   # offloading moves what checkpointing keeps: it needs checkpointing
+        transformer.enable_gradient_checkpointing(offload)
     transformer.train()
     model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, settings)
     trainer = Trainer(transformer, model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings)),
                       torch.Generator().manual_seed(settings.seed * 1000 + rank),   # ranks see different draws
-                      settings, conditioning, device, dtype, rank)
+                      settings, conditioning, device, dtype, rank, offload=offload)
     if resume_from:
         trainer.start, trainer.losses = load_checkpoint(resume_from, transformer, optimizer, trainer.scheduler,
                                                         trainer.generator)
