@@ -77,6 +77,7 @@ def test_auto_offloads_only_when_the_plan_needs_it_to_fit_the_gpu():
     assert not roomy.offload_activations and roomy.fits and roomy.host_bytes == 0
     assert tight.offload_activations and 3.0 < tight.host_bytes / GB < 3.6
     assert 3.0 < (roomy.peak - tight.peak) / GB < tight.host_bytes / GB
+    assert roomy.offloaded_peak == tight.peak   # `av2av plan` shows what offloading would reach
     off = auto.model_copy(update={"offload_activations": "off"})
     refused = plan_memory(off, "cuda", 32)
     assert refused.peak == roomy.peak and not refused.fits

@@ -47,6 +47,7 @@ class MemoryPlan:
     suggestions: tuple[str, ...] = ()
     offload_activations: bool = False   # checkpointed block inputs wait in host memory (lib/train/offload.py)
     host_bytes: int = 0                 # what that offloading keeps in host memory
+    offloaded_peak: int | None = None   # the peak if "auto" did offload (shown when it did not need to)
 
     @property
     def fits(self) -> bool:
@@ -58,7 +59,8 @@ class MemoryPlan:
                 "stages_gb": {name: round(size / GB, 2) for name, size in self.stages.items()},
                 "peak_gb": round(self.peak / GB, 2), "peak_stage": self.peak_stage,
                 "gpu_memory_gb": self.gpu_memory, "fits": self.fits, "suggestions": list(self.suggestions),
-                "offload_activations": self.offload_activations, "host_offload_gb": round(self.host_bytes / GB, 2)}
+                "offload_activations": self.offload_activations, "host_offload_gb": round(self.host_bytes / GB, 2),
+                "offloaded_peak_gb": None if self.offloaded_peak is None else round(self.offloaded_peak / GB, 2)}
 
 
 def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
@@ -114,8 +116,9 @@ def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float |
     whether the request's offload_activations="auto" offloads."""
     offload = device == "cuda" and request.offload_activations == "on"
     plan = _plan(request, device, gpu_memory, offload)
-    if device == "cuda" and request.offload_activations == "auto" and not plan.fits:
-        plan = _plan(request, device, gpu_memory, offload=True)
+    if device == "cuda" and request.offload_activations == "auto":
+        offloaded = _plan(request, device, gpu_memory, offload=True)
+        plan = offloaded if not plan.fits else replace(plan, offloaded_peak=offloaded.peak)
     if suggest and not plan.fits:
         plan = replace(plan, suggestions=tuple(settings_that_fit(request, device, gpu_memory)))
     return plan
@@ -140,8 +143,8 @@ def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload:
     target, reference, audio = latent_shapes(request)
     counted = _activations(request.model, target, reference, audio, request.rank, device)
     activations, host = _training_activations(counted, checkpointed=device == "cuda", offload=offload)
-    rows.append(Row("activations" + (" (gradient checkpointing" + (", block inputs in host memory)" if offload else ")")
-                                     if device == "cuda" else ""), 0, activations, ("train",)))
+    label = {(True, False): " (gradient checkpointing)", (True, True): " (checkpointed, inputs on host)"}
+    rows.append(Row("activations" + label.get((device == "cuda", offload), ""), 0, activations, ("train",)))
     rows.extend(_stage_activations(request, counts, base, counted.largest))
     stages = {stage: sum(r.bytes for r in rows if stage in r.stages) for stage in STAGE_PARTS}
     stages["validate"] += lora * FP32 * (1 if not request.validation_every else LORA_BYTES[request.optimizer] // FP32)
@@ -238,6 +241,9 @@ def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
               f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
     if plan.offload_activations:
         lines.append(f"activation offloading on: {plan.host_bytes / GB:.1f} GB of block inputs wait in host memory")
+    elif plan.offloaded_peak is not None:
+        lines.append(f"with activation offloading: {plan.offloaded_peak / GB:.1f} GB "
+                     "(offload_activations=auto turns it on where the GPU's memory needs it)")
     if plan.gpu_memory is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
