@@ -24,8 +24,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.core.config import TrainRequest
-from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
-                        UploadError)
+from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest,
+                             ModelUnavailable, UploadError)
 from lib.core.progress import MODE_ENV
 
 CHECK_FLAGS = {  # flag -> request field

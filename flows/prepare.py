@@ -63,9 +63,9 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
 
 
 def local_steps() -> Steps:
+    from lib.core import storage
     from lib.ingest import archive, conform, dataset, debug_dataset, report
 
-    from lib.core import storage
     def fetch(url: str, local: Path) -> FileRef:
         return storage.fetch_with_retries(url, local / "downloads")
 

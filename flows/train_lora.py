@@ -16,8 +16,8 @@ from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
 from lib.core.config import TrainRequest
 from lib.train.checkpoint import check_checkpoint
-from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest, ModelUnavailable,
-                        StepFailed, UploadError)
+from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest,
+                             ModelUnavailable, StepFailed, UploadError)
 from lib.core.plan import run_fingerprint
 from lib.train.memory_plan import check_fits, offload_decision
 from lib.model import check_model_source

@@ -27,7 +27,6 @@ from tasks.parent_run import ParentRun
 from tasks.training import encode_latents, encode_texts, render_validation, run_and_parent_logger, train_lora_task
 
 
-
 def checkpoint_folder(run_id: str) -> Path:
     """Where checkpoints are kept on the GPU worker: outside the run's staging folder, which is
     removed after upload, so a run can be resumed from them (README, "Checkpoints")."""
@@ -110,9 +109,8 @@ def _hand_back(cache: Cache, run_id: str, files: dict[str, Path], previews: list
     result = {"files": {name: ref.model_dump() for name, ref in shared.items()}, "final_loss": losses[-1],
               "steps": len(losses), "checkpoints_kept_in": checkpoints_kept_in,
               "previews": [cache.share(path, f"{folder}/{path.name}").model_dump() for path in previews]}
-    result_file = cache.path(f"{folder}/{GPU_RESULT}")
-    result_file.write_text(json.dumps(result))
-    cache.publish(f"{folder}/{GPU_RESULT}")
+    with cache.writing(f"{folder}/{GPU_RESULT}") as partial:
+        Path(partial).write_text(json.dumps(result))
     if cache.shared:   # everything is at the location now; this worker keeps only its checkpoints
         shutil.rmtree(cache.path(folder), ignore_errors=True)
         try:

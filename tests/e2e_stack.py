@@ -40,7 +40,6 @@ FAILING_RUN_S = 240       # the invalid-dataset run
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The stack: server, pools, deployments, workers, loopback HTTP server
 

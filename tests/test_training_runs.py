@@ -25,7 +25,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-
 # --- 5. resume ------------------------------------------------------------------------------
 
 def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):

@@ -21,6 +21,8 @@ import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
@@ -97,6 +99,14 @@ class Cache(BaseModel):
             fs.mv(partial, target)
         else:   # object stores make an object visible only once it is complete
             fs.put_file(source, target)
+
+    @contextmanager
+    def writing(self, entry: str) -> Iterator[str]:
+        """Yield a temporary path for `entry`; once the block succeeds it becomes the entry here
+        (atomically) and is published to the location."""
+        with atomic_file(self.path(entry)) as partial:
+            yield partial
+        self.publish(entry)
 
     def share(self, source: Path, entry: str) -> FileRef:
         """Hand a local file to another worker: published as `entry` when the cache is shared;

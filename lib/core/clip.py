@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from lib.core.cache import Cache
-from lib.core.storage import FileRef, atomic_file
+from lib.core.storage import FileRef
 
 CLIP_ARRAYS = ("target", "reference", "mask", "target_audio", "reference_audio")
 
@@ -26,9 +26,8 @@ def save_clip(cache: Cache, entry: str, arrays: dict[str, np.ndarray], metadata:
     missing = set(CLIP_ARRAYS) - set(arrays)
     if missing:
         raise ValueError(f"a conformed clip needs {sorted(missing)} too")
-    with atomic_file(cache.path(entry)) as partial:
+    with cache.writing(entry) as partial:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, partial, metadata=metadata)
-    cache.publish(entry)
     return cache.ref(entry, key)
 
 

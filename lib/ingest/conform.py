@@ -19,7 +19,7 @@ from lib.core.cache import Cache, content_key
 from lib.ingest.dataset import Triplet
 from lib.core.errors import MediaError, Reason
 from lib.media.masks import conform_mask
-from lib.core.storage import FileRef, atomic_file
+from lib.core.storage import FileRef
 
 # Explicit code versions (lib.core.cache.content_key): bump when the output changes for the same inputs.
 CHECK_VERSION = "1"    # check_triplet's facts and verdicts
@@ -96,9 +96,8 @@ def check_triplet(triplet: Triplet, cache: Cache | None = None) -> TripletCheck:
 
 
 def _store(cache: Cache, entry: str, outcome: BaseModel) -> None:
-    with atomic_file(cache.path(entry)) as partial:
+    with cache.writing(entry) as partial:
         Path(partial).write_text(outcome.model_dump_json())
-    cache.publish(entry)
 
 
 def _check(triplet: Triplet) -> TripletCheck:
@@ -228,11 +227,11 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
     caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
     key = conform_key(triplet, check, settings)
     clip = save_clip(cache, f"conformed/{key}/clip.safetensors",
-                 {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
-                  "reference_audio": reference_audio.astype(np.float32),
-                  "target_audio": target_audio.astype(np.float32)},
-                 {"name": triplet.name, "caption": caption, "frame_rate": str(settings.frame_rate),
-                  "sample_rate": str(audio.SAMPLE_RATE)}, key)
+                     {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
+                      "reference_audio": reference_audio.astype(np.float32),
+                      "target_audio": target_audio.astype(np.float32)},
+                     {"name": triplet.name, "caption": caption, "frame_rate": str(settings.frame_rate),
+                      "sample_rate": str(audio.SAMPLE_RATE)}, key)
     return TripletResult(status="accepted", mask_coverage=float(mask.mean()), stretched=bool(short),
                          reference_loudness_lufs=loudness[0], target_loudness_lufs=loudness[1],
                          caption=caption, clip=clip, **base)

@@ -21,12 +21,17 @@ from lib.core.storage import FileRef
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".mts", ".m2ts"})   # .mts/.m2ts: AVCHD camcorders
 ROLES = ("start", "end", "mask")
 
+
+def _path_ending_in(extensions: frozenset[str]) -> pa.Column:
+    return pa.Column(str, checks=pa.Check(lambda s: s.str.lower().str.endswith(tuple(extensions)), element_wise=False))
+
+
 MANIFEST_SCHEMA = pa.DataFrameSchema(
     {
         "name": pa.Column(str, unique=True, checks=pa.Check.str_length(min_value=1)),
-        "start": pa.Column(str, checks=pa.Check(lambda s: s.str.lower().str.endswith(tuple(VIDEO_EXTS)), element_wise=False)),
-        "end": pa.Column(str, checks=pa.Check(lambda s: s.str.lower().str.endswith(tuple(VIDEO_EXTS)), element_wise=False)),
-        "mask": pa.Column(str, checks=pa.Check(lambda s: s.str.lower().str.endswith(tuple(VIDEO_EXTS | IMAGE_EXTS)), element_wise=False)),
+        "start": _path_ending_in(VIDEO_EXTS),
+        "end": _path_ending_in(VIDEO_EXTS),
+        "mask": _path_ending_in(VIDEO_EXTS | IMAGE_EXTS),
         "caption": pa.Column(str, nullable=True),
     },
     strict=True,

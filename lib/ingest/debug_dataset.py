@@ -19,6 +19,7 @@ from lib.media.encode import write_video, write_wav
 from lib.media.masks import mask_overlay
 from lib.core.storage import FileRef, atomic_file
 
+
 def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path) -> None:
     clip = load_clip(result.clip.path)
     frame_rate = float(clip_metadata(result.clip.path)["frame_rate"])

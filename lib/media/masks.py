@@ -74,6 +74,7 @@ def _video_mask(path: Path, source_indices: np.ndarray, display_size, bucket) ->
         held = _fit(last_gray, display_size, bucket)
     return np.stack([fitted[int(i)] if i <= last_index else held for i in source_indices])
 
+
 def conform_mask(path: str | Path, source_indices: np.ndarray, display_size: tuple[int, int],
                  bucket: tuple[int, int]) -> np.ndarray:
     """bool (N, H, W) aligned with the conformed target: N = len(source_indices), (W, H) = bucket.

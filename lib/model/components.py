@@ -186,8 +186,8 @@ def config_hash(parts) -> str:
 
 def _describe(part) -> dict:
     if hasattr(part, "get_vocab"):   # tokenizer: its vocabulary decides the prompt embeddings
-        return {"class": type(part).__name__, "vocab": content_key("vocabulary", "1", tokens=sorted(part.get_vocab().items())),
-                "model_max_length": part.model_max_length}
+        vocabulary = content_key("vocabulary", "1", tokens=sorted(part.get_vocab().items()))
+        return {"class": type(part).__name__, "vocab": vocabulary, "model_max_length": part.model_max_length}
     config = part.config.to_dict() if hasattr(part.config, "to_dict") else dict(part.config)
     return {"class": type(part).__name__, "config": _stable(config)}
 

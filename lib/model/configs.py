@@ -1,10 +1,10 @@
 """Model configurations: the tiny random preset (tests, demo, CI) and the real LTX-2.3.
 
 Tiny configs satisfy the classes' shape rules (attention widths, register counts, the
-vocoder's BWE stage). The
-real 2.3 configs are those of diffusers' `scripts/convert_ltx2_to_diffusers.py` (version "2.3"),
-shipped in lib/model/ltx23/<component>/config.json so a Lightricks single-file checkpoint loads
-without a download and the real architecture can be built on the meta device.
+vocoder's BWE stage). The real 2.3 configs are those of diffusers'
+`scripts/convert_ltx2_to_diffusers.py` (version "2.3"), shipped in
+lib/model/ltx23/<component>/config.json so a Lightricks single-file checkpoint loads without a
+download and the real architecture can be built on the meta device.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ TINY_VAE = dict(
     upsample_residual=(False,) * 4, upsample_factor=(2, 2, 1, 2), timestep_conditioning=False,
     patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6, encoder_causal=True, decoder_causal=False,
     encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="zeros",
-    # Must be explicit: the class would derive 64/16 from the scaling flags (the LTX-2 video VAE computes its ratios from the flags unless told).
+    # Must be explicit: unless told, the LTX-2 video VAE derives its ratios (64/16) from the scaling flags.
     spatial_compression_ratio=32, temporal_compression_ratio=8)
 TINY_AUDIO_VAE = dict(
     base_channels=16, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=None,

@@ -18,9 +18,10 @@ from lib.model.conditioning import Example
 from lib.core.clip import clip_metadata, load_clip
 from lib.model import Components, model_spec
 from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
-from lib.core.storage import FileRef, atomic_file
+from lib.core.storage import FileRef
 
-ENCODER_VERSION = "3"  # explicit code version (lib.core.cache.content_key): bump when encoded bytes change for the same clip and model
+# Explicit code version (lib.core.cache.content_key): bump when the encoded bytes change for the same clip and model.
+ENCODER_VERSION = "3"
 TEXT_KEYS = ("encoder_hidden_states", "audio_encoder_hidden_states", "encoder_attention_mask")
 
 
@@ -76,9 +77,8 @@ def encode_prompt(components: Components, prompt: str, cache: Cache) -> FileRef:
     if not cache.sync(entry):
         with exclusive(components, f"prompt-{key}"):
             text = latents.encode_prompts(acquire(components, *TEXT_PARTS), [prompt])
-        with atomic_file(cache.path(entry)) as partial:
+        with cache.writing(entry) as partial:
             save_file({name: text[name][0].contiguous() for name in TEXT_KEYS}, partial)
-        cache.publish(entry)
     return cache.ref(entry, key)
 
 
@@ -109,10 +109,9 @@ def encode_clip(components: Components, clip: FileRef, cache: Cache, reference_d
     with exclusive(components, f"clip-{key}"):
         tensors = _encode(acquire(components, *MEDIA_ENCODE_PARTS), clip_path, reference_downscale)
     tensors |= {name: text[name][0] for name in TEXT_KEYS}
-    with atomic_file(cache.path(entry)) as partial:
+    with cache.writing(entry) as partial:
         save_file({k: v.contiguous() for k, v in tensors.items()}, partial,
                   metadata={k: v for k, v in metadata.items() if k in ("name", "caption", "frame_rate")})
-    cache.publish(entry)
     return cache.ref(entry, key)
 
 

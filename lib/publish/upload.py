@@ -16,8 +16,6 @@ from lib.core.storage import describe_cause, is_transient, open_fs, probe_writab
 RESULT_NAME = "result.json"
 
 
-
-
 def _put(fs, local: Path | None, data: bytes | None, target: str) -> None:
     partial = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.{uuid.uuid4().hex}.partial")
     try:

@@ -6,7 +6,7 @@ train (the transformer, the LoRA with its gradients and optimizer state, the act
 validate (the transformer with the LoRA, the decoders, sampling). The peak is the largest stage.
 Parameter counts come from the real architecture built on the meta device and training
 activations from a meta-device training pass at the request's token counts
-(lib/model/footprint.py); the smaller stages' activations are estimated from the widths.
+(lib/model/footprint.py, lib/train/footprint.py); the smaller stages' activations are estimated from the widths.
 """
 from __future__ import annotations
 
@@ -224,7 +224,8 @@ def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> 
 
 def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: MemoryPlan) -> str:
     names = ("offload_activations", "base_precision", "optimizer", "resolution", "number_of_frames")
-    changed = [f"{name}={getattr(candidate, name)}" for name in names if getattr(candidate, name) != getattr(request, name)]
+    changed = [f"{name}={getattr(candidate, name)}" for name in names
+               if getattr(candidate, name) != getattr(request, name)]
     return f"{', '.join(changed)} (peak {plan.peak / GB:.1f} GB)"
 
 
@@ -235,7 +236,8 @@ def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
              f"{width}x{height}, {request.number_of_frames} frames, reference 1/{request.reference_downscale}",
              "", f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
     for row in plan.rows:
-        params = f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7 else (f"{row.parameters:,}" if row.parameters else "")
+        params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
+                  else f"{row.parameters:,}" if row.parameters else "")
         lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
     lines += ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
               f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
@@ -246,7 +248,8 @@ def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
                      "(offload_activations=auto turns it on where the GPU's memory needs it)")
     if plan.gpu_memory is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
-        lines.append(f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
+        lines.append(f"{verdict} in {plan.gpu_memory:g} GB "
+                     f"(keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
     lines += [f"  would fit: {suggestion}" for suggestion in plan.suggestions]
     return "\n".join(lines)
 

@@ -1,9 +1,10 @@
-"""The LoRA training loop (docs/architecture.md, "Training"): flow matching with per-token timesteps on cached latents.
+"""The LoRA training loop (docs/architecture.md, "Training"): flow matching with per-token
+timesteps on cached latents.
 
-peft LoRA (alpha = rank) on the attention projections and FFNs; AdamW (or 8-bit AdamW); linear warmup
-then a constant LR;
-seeded and reproducible; bf16 autocast + gradient checkpointing on CUDA, fp32 on CPU; DDP when
-launched under torchrun; atomic checkpoints that resume bit-for-bit.
+peft LoRA (alpha = rank) on the attention projections and FFNs; AdamW (or 8-bit AdamW); linear
+warmup then a constant LR; seeded and reproducible; bf16 autocast + gradient checkpointing on CUDA
+(optionally offloading the checkpointed inputs to host memory), fp32 on CPU; DDP when launched
+under torchrun; atomic checkpoints that resume bit-for-bit.
 """
 from __future__ import annotations
 
@@ -149,13 +150,14 @@ def setup(transformer, settings: TrainSettings, resume_from: str | Path | None =
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
     add_lora(transformer, settings.rank, settings.seed)
     offload = BlockInputOffload() if settings.offload_activations else None
-    if device.type == "cuda" or offload is not None:   # offloading moves what checkpointing keeps: it needs checkpointing
+    if device.type == "cuda" or offload is not None:   # offloading moves what checkpointing keeps
         transformer.enable_gradient_checkpointing(offload)
     transformer.train()
     model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, settings)
-    trainer = Trainer(transformer, model, params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings)),
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
+    trainer = Trainer(transformer, model, params, optimizer, scheduler,
                       torch.Generator().manual_seed(settings.seed * 1000 + rank),   # ranks see different draws
                       settings, conditioning, device, dtype, rank, offload=offload)
     if resume_from:
