@@ -115,6 +115,8 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
         check_checkpoint(request.resume_from, request.rank)
     # A request the GPU pool's memory cannot hold is refused here, not after a GPU is rented.
     memory = check_fits(request, gpu_memory_declared())
+    if note := request.reference_downscale_note():
+        get_run_logger().warning(note)
     # Before any dataset work: a run whose weights cannot be found, or whose outputs could not be
     # written, must not spend minutes first.
     check_model_source(request.model, request.model_source, request.text_encoder_source)

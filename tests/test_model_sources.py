@@ -120,3 +120,21 @@ def test_tiny_and_good_sources_pass(checkpoints):
     assert check_model_source("tiny") == "tiny"
     assert check_model_source("ltx-2.3", str(checkpoints["diffusers"])) == str(checkpoints["diffusers"])
     assert check_model_source("ltx-2.3", str(checkpoints["single"]), str(checkpoints["gemma"])).endswith(".safetensors")
+
+
+def test_the_default_gemma_is_the_one_lightricks_names_and_a_single_file_without_one_asks_for_it(
+        checkpoints, tmp_path, monkeypatch):
+    monkeypatch.delenv("AV2AV_TEXT_ENCODER_SOURCE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="google/gemma-3-12b-it-qat-q4_0-unquantized"):
+        check_model_source("ltx-2.3", str(checkpoints["single"]), None)
+
+
+@pytest.mark.parametrize("base, text_encoder_weight", [("nf4", "Int8Tensor"), ("fp8", "Int8Tensor"),
+                                                       ("int8", "Int8Tensor")])
+def test_the_text_encoder_is_never_quantized_below_8_bits(base, text_encoder_weight):
+    components = load_model("tiny", device="cpu", base_precision=base)
+    linear = next(module for name, module in components.text_encoder.named_modules()
+                  if "language_model.layers." in name and isinstance(module, torch.nn.Linear))
+    assert type(linear.weight).__name__ == text_encoder_weight

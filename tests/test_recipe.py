@@ -10,10 +10,11 @@ from lib.model import build_tiny
 from lib.validate.sampling import SamplerSettings, sample
 from tests.training_fixtures import synthetic_example
 
-DRAWS = 100_000
-# Sampling error of a quantile of 100k draws is < 0.004 here (density >= 0.3 between the 1st
-# and 99th percentiles); 0.01 leaves room for both samples' noise and catches any change of the
-# formula (the old clamped shift moves the audio median by 0.27).
+DRAWS = 1_000_000
+# Sampling error of a quantile of 1M draws is < 0.003 here (density >= 0.1 between the 1st and
+# 99th percentiles, even at 14,400 tokens where the 10 % uniform fallback is all of the low tail);
+# 0.01 leaves room for both samples' noise and catches any change of the formula (a shift capped
+# at 4,096 tokens moves the video median at 6,912 tokens by 0.06).
 QUANTILE_TOLERANCE = 0.01
 QUANTILES = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
 
@@ -21,7 +22,7 @@ QUANTILES = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
 def ltx_trainer_sigmas(count: int, seq_length: int, generator: torch.Generator) -> torch.Tensor:
     """ltx-trainer's ShiftedLogitNormalTimestepSampler.sample, restated line by line."""
     slope = (2.05 - 0.95) / (4096 - 1024)
-    mu = slope * min(seq_length, 4096) + 0.95 - slope * 1024
+    mu = slope * seq_length + 0.95 - slope * 1024
     logitnormal = torch.sigmoid(torch.randn(count, generator=generator) * 1.0 + mu)
     p999 = torch.sigmoid(torch.tensor(mu + 3.0902))
     p005 = torch.sigmoid(torch.tensor(mu - 2.5758))
@@ -32,8 +33,9 @@ def ltx_trainer_sigmas(count: int, seq_length: int, generator: torch.Generator) 
     return torch.where(prob > 0.1, stretched, uniform)
 
 
-# Audio of the default request: 89 frames at 24 fps -> 93 latents; video: 12 x 24 x 24 = 6912 tokens.
-@pytest.mark.parametrize("tokens", [93, 1024, 2500, 6912])
+# Audio of the default request: 89 frames at 24 fps -> 93 latents; video: 12 x 24 x 24 = 6912 tokens;
+# 14400 = high 960x960 at 121 frames (16 x 30 x 30).
+@pytest.mark.parametrize("tokens", [93, 1024, 2500, 6912, 14400])
 def test_sigma_quantiles_match_ltx_trainer(tokens):
     ours = training.sample_sigmas(torch.Generator().manual_seed(1), tokens, DRAWS).double()
     theirs = ltx_trainer_sigmas(DRAWS, tokens, torch.Generator().manual_seed(2)).double()
@@ -47,7 +49,9 @@ def test_audio_sigmas_at_the_default_request_reach_low_noise():
     video = training.sample_sigmas(torch.Generator().manual_seed(0), 6912, DRAWS)
     assert audio.median().item() == pytest.approx(0.61, abs=0.02)
     assert (audio < 0.3).float().mean().item() == pytest.approx(0.15, abs=0.01)
-    assert video.median().item() > 0.78   # long video sequences are trained at higher noise
+    # long video sequences are trained at higher noise: shift 3.06, not the 2.05 of a 4096-token cap
+    assert video.median().item() == pytest.approx(0.875, abs=0.01)
+    assert (video > 0.9).float().mean().item() == pytest.approx(0.42, abs=0.01)
 
 
 def test_each_modality_draws_with_its_own_token_count(monkeypatch):
@@ -133,3 +137,95 @@ def test_reference_conventions_are_recorded_in_config_json(positions, downscale)
     assert document["conditioning"]["token_order"] == "reference first, then target"
     assert plan.lora_info["reference_audio_positions"] == positions and plan.lora_info["reference_downscale"] == downscale
     assert document["lora_dtype"] == "bf16" and document["validation_sampler"]["guidance_rescale"] == 0.7
+
+
+# --- the optimizer and the inference schedule ------------------------------------------------
+
+def test_optimizer_follows_ltx_trainer_decay_and_linear_schedule_and_config_json_says_so():
+    from lib.core.config import TrainRequest
+    from lib.core.plan import plan_run
+    from lib.publish.outputs import config_document
+
+    request = TrainRequest(training_data_url="x.zip", number_of_steps=1000)
+    plan = plan_run(request)
+    factor = training.lr_factor(plan.train)
+    warmup = plan.train.warmup_steps
+    assert warmup == 100 and factor(0) == pytest.approx(0.01) and factor(warmup) == 1.0
+    # after the warmup, torch's LinearLR(1.0 -> 0.1) over the remaining steps
+    assert factor(warmup + 450) == pytest.approx(0.55) and factor(999) == pytest.approx(0.1, abs=1e-3)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert training.build_optimizer(params, plan.train).param_groups[0]["weight_decay"] == 0.01
+    recipe = config_document(request, plan)["optimizer"]
+    assert recipe["weight_decay"] == 0.01 and recipe["schedule"]["end_factor"] == 0.1
+
+
+def ltx_core_sigmas(steps: int, tokens: int) -> torch.Tensor:
+    """ltx-core's LTX2Scheduler.execute (components/schedulers.py), restated line by line."""
+    import math
+
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    shift = tokens * (2.05 - 0.95) / (4096 - 1024) + 0.95 - (2.05 - 0.95) / (4096 - 1024) * 1024
+    sigmas = torch.where(sigmas != 0, math.exp(shift) / (math.exp(shift) + (1 / sigmas - 1)), 0)
+    nonzero = sigmas != 0
+    one_minus = 1.0 - sigmas[nonzero]
+    sigmas[nonzero] = 1.0 - one_minus / (one_minus[-1] / (1.0 - 0.1))
+    return sigmas
+
+
+@pytest.mark.parametrize("tokens", [6912, 14400])
+def test_inference_schedule_uses_the_same_unclamped_shift_as_training(tokens):
+    from lib.validate.sampling import sigma_schedule
+
+    ours = sigma_schedule(build_tiny().scheduler, 30, tokens)
+    assert torch.allclose(ours, ltx_core_sigmas(30, tokens), atol=1e-5)
+    assert training.sequence_shift(tokens) == pytest.approx({6912: 3.0575, 14400: 5.7396}[tokens], abs=1e-3)
+
+
+# --- the reference's scale: only exact integer factors, as Lightricks' code ------------------
+
+@pytest.mark.parametrize("resolution, aspect, factor", [
+    ("low", "1:1", 2), ("medium", "16:9", 2), ("medium", "9:16", 2), ("high", "1:1", 2),
+    ("low", "16:9", 1), ("low", "9:16", 1), ("high", "16:9", 1), ("high", "9:16", 1),
+])
+def test_reference_downscale_is_exact_or_falls_back_to_1_and_the_outputs_record_it(resolution, aspect, factor):
+    from lib.core.config import TrainRequest
+    from lib.core.plan import plan_run
+    from lib.model.encoding import reference_size
+    from lib.publish.outputs import config_document
+    from lib.train.lora_io import lora_metadata
+
+    request = TrainRequest(training_data_url="x.zip", resolution=resolution, aspect_ratio=aspect, reference_downscale=2)
+    plan = plan_run(request)
+    assert plan.conditioning.reference_downscale == factor
+    assert config_document(request, plan)["reference_downscale_factor"] == factor
+    assert lora_metadata(32, plan.lora_info)["reference_downscale_factor"] == str(factor)
+    width, height = request.bucket
+    assert reference_size(height, width, factor) == (height // factor, width // factor)
+    assert (request.reference_downscale_note() is None) == (factor == 2)
+
+
+def test_fallback_note_names_the_field_and_the_bucket():
+    from lib.core.config import TrainRequest
+
+    note = TrainRequest(training_data_url="x.zip", resolution="low", aspect_ratio="16:9").reference_downscale_note()
+    assert note.startswith("reference_downscale=2 does not divide the 512x288 bucket") and "256x144" in note
+
+
+def test_an_inexact_reference_is_never_encoded():
+    from lib.model.encoding import reference_size
+
+    with pytest.raises(ValueError, match="512x288 clip has no exact 1/2 reference"):
+        reference_size(288, 512, 2)
+
+
+def test_a_validation_bucket_that_cannot_hold_the_trained_reference_scale_is_refused_by_name():
+    from pydantic import ValidationError
+
+    from lib.core.config import TrainRequest
+
+    sample = {"prompt": "p", "video_url": "v.mp4", "mask_url": "m.png", "reference_video_url": "r.mp4"}
+    with pytest.raises(ValidationError, match="validation_resolution='high' with validation_aspect_ratio='16:9'"):
+        TrainRequest(training_data_url="x.zip", validation=[sample], validation_aspect_ratio="16:9")
+    # a training bucket that falls back to 1 lets any validation bucket through
+    TrainRequest(training_data_url="x.zip", validation=[sample], validation_aspect_ratio="16:9",
+                 resolution="low", aspect_ratio="16:9")

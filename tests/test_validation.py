@@ -23,8 +23,8 @@ FRAMES = 9
 
 def _request(tmp_path, **sample_fields) -> TrainRequest:
     return TrainRequest(training_data_url="unused.zip", model="tiny", validation=[ValidationSample(**sample_fields)],
-                        validation_number_of_frames=FRAMES, validation_resolution="low",
-                        validation_aspect_ratio="16:9")
+                        resolution="low", aspect_ratio="16:9", validation_number_of_frames=FRAMES,
+                        validation_resolution="low", validation_aspect_ratio="16:9")
 
 
 @pytest.fixture(scope="module")

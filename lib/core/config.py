@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Resolution = Literal["low", "medium", "high"]
 AspectRatio = Literal["16:9", "1:1", "9:16"]
 
-# (width, height) per resolution and aspect ratio; all divisible by 32 (the VAE's spatial stride).
+VAE_STRIDE = 32   # the video VAE's spatial stride in pixels
+
+# (width, height) per resolution and aspect ratio; all divisible by VAE_STRIDE.
 BUCKETS: dict[Resolution, dict[AspectRatio, tuple[int, int]]] = {
     "low": {"16:9": (512, 288), "1:1": (512, 512), "9:16": (288, 512)},
     "medium": {"16:9": (768, 448), "1:1": (768, 768), "9:16": (448, 768)},
@@ -36,6 +38,14 @@ def snap_frames(frames: int) -> int:
 
 def bucket_size(resolution: Resolution, aspect_ratio: AspectRatio) -> tuple[int, int]:
     return BUCKETS[resolution][aspect_ratio]
+
+
+def downscale_is_exact(bucket: tuple[int, int], downscale: int) -> bool:
+    """Whether 1/downscale of the bucket is still a whole number of VAE latents on both sides.
+    Only then is the reference grid the target's scaled by exactly `downscale`, the factor
+    Lightricks' inference multiplies positions by (ltx-core reference_video_cond.py); ltx-trainer's
+    compute_scaled_resolution_buckets refuses the other buckets (512x288 / 2 = 256x144 is one)."""
+    return all(side % (downscale * VAE_STRIDE) == 0 for side in bucket)
 
 
 EXTENSION_NOTE = "Addition to the spec."
@@ -182,7 +192,8 @@ class TrainRequest(BaseModel):
         "", title="Text encoder weights",
         description="Gemma 3 folder or hub id, needed with a single-file model_source (the "
         "checkpoint holds no text encoder). Empty: $AV2AV_TEXT_ENCODER_SOURCE, else "
-        "google/gemma-3-12b-it. Addition to the spec.",
+        "google/gemma-3-12b-it-qat-q4_0-unquantized (the Gemma Lightricks names for LTX-2.3). "
+        "Addition to the spec.",
     )
     reference_audio_positions: Literal["aligned", "before"] = Field(
         "aligned", title="Reference audio positions",
@@ -194,7 +205,9 @@ class TrainRequest(BaseModel):
     reference_downscale: Literal[1, 2] = Field(
         2, title="Reference video downscale",
         description="2: encode the reference video at half resolution (4x fewer reference tokens, as "
-        "Lightricks' LTX-2.3 IC-LoRAs); 1: full resolution. Recorded in the outputs. Addition to the spec.",
+        "Lightricks' LTX-2.3 IC-LoRAs); 1: full resolution. Only exact halves: in buckets whose half is not "
+        "a multiple of 32 px (low and high 16:9 and 9:16) the reference stays at full resolution, and the "
+        "factor used is what the outputs record. Addition to the spec.",
     )
     lora_dtype: Literal["bf16", "fp32"] = Field(
         "bf16", title="LoRA file precision",
@@ -206,7 +219,7 @@ class TrainRequest(BaseModel):
         description="Precision of the frozen base weights while training (the LoRA always trains in "
         "fp32): bf16 exact; int8 (torchao weight-only) about half the transformer's memory; fp8 (torchao, "
         "needs an Ada/Hopper GPU such as L4, L40S, H100); nf4 (bitsandbytes 4-bit) about a quarter. "
-        "The text encoder is quantized alike (int8 for fp8). `av2av plan` shows what fits. Addition to the spec.",
+        "The text encoder is quantized alike, never below 8 bits (int8 for fp8 and nf4). `av2av plan` shows what fits. Addition to the spec.",
     )
     optimizer: Literal["adamw", "adamw8bit"] = Field(
         "adamw", title="Optimizer",
@@ -257,6 +270,36 @@ class TrainRequest(BaseModel):
                 "set split_input_into_scenes=false."
             )
         return self
+
+    @model_validator(mode="after")
+    def _refuse_inexact_validation_reference(self) -> "TrainRequest":
+        factor = self.reference_downscale_factor
+        if self.validation and not downscale_is_exact(self.validation_bucket, factor):
+            width, height = self.validation_bucket
+            raise ValueError(
+                f"validation_resolution={self.validation_resolution!r} with validation_aspect_ratio="
+                f"{self.validation_aspect_ratio!r} ({width}x{height}) cannot hold a reference at 1/{factor}, the "
+                f"reference_downscale the LoRA trains with ({width // factor}x{height // factor} is not a multiple "
+                f"of {VAE_STRIDE} px). Choose a validation bucket whose sides divide by {factor * VAE_STRIDE}, or "
+                "set reference_downscale=1."
+            )
+        return self
+
+    @property
+    def reference_downscale_factor(self) -> int:
+        """The reference downscale training really uses: `reference_downscale` where the bucket
+        divides exactly, else 1 (see downscale_is_exact)."""
+        return self.reference_downscale if downscale_is_exact(self.bucket, self.reference_downscale) else 1
+
+    def reference_downscale_note(self) -> str | None:
+        """A warning when the bucket made the reference fall back to full resolution."""
+        if self.reference_downscale_factor == self.reference_downscale:
+            return None
+        width, height = self.bucket
+        return (f"reference_downscale={self.reference_downscale} does not divide the {width}x{height} bucket into "
+                f"whole {VAE_STRIDE}-px latents ({width / self.reference_downscale:g}x"
+                f"{height / self.reference_downscale:g}); the reference video is encoded at full resolution "
+                "(factor 1, recorded in config.json and the LoRA's metadata).")
 
     @property
     def bucket(self) -> tuple[int, int]:

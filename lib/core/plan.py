@@ -78,7 +78,7 @@ def plan_run(request: TrainRequest, validation_clips: list[FileRef] = (), plan_o
     GPU pool (MemoryPlan.offload_activations), which the request's "auto" follows."""
     offload = request.offload_activations == "on" or (request.offload_activations == "auto" and plan_offloads)
     conditioning = ConditioningSettings(reference_audio_positions=request.reference_audio_positions,
-                                        reference_downscale=request.reference_downscale)
+                                        reference_downscale=request.reference_downscale_factor)
     train = TrainSettings(rank=request.rank, steps=request.number_of_steps, learning_rate=request.learning_rate,
                           seed=request.seed, warmup_steps=warmup_steps(request.number_of_steps),
                           checkpoint_every=request.checkpoint_every, optimizer=request.optimizer,
@@ -88,7 +88,7 @@ def plan_run(request: TrainRequest, validation_clips: list[FileRef] = (), plan_o
                                 sampler=sampler, every=request.validation_every)
     lora_info = {"base_model": base_model_name(request.model), "trigger_phrase": request.trigger_phrase,
                  "reference_audio_positions": request.reference_audio_positions,
-                 "reference_downscale": request.reference_downscale, "base_precision": request.base_precision}
+                 "reference_downscale": request.reference_downscale_factor, "base_precision": request.base_precision}
     return RunPlan(model=request.model, model_source=request.model_source, base_precision=request.base_precision,
                    text_encoder_source=request.text_encoder_source, conform=conform_settings(request),
                    validation_conform=validation_conform_settings(request), train=train, conditioning=conditioning,

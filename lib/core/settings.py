@@ -20,6 +20,9 @@ class TrainSettings:
     checkpoint_every: int | None = None
     grad_clip: float = 1.0
     optimizer: str = "adamw"              # or "adamw8bit" (bitsandbytes)
+    # ltx-trainer's recipe (trainer.py): AdamW's default decay, LinearLR from 1.0 to 0.1
+    weight_decay: float = 0.01
+    lr_end_factor: float = 0.1
     offload_activations: bool = False     # checkpointed blocks' inputs kept in host memory (lib/train/offload.py)
 
 

@@ -18,12 +18,12 @@ from lib.core.settings import ConformSettings
 from lib.core.cache import Cache, content_key
 from lib.ingest.dataset import Triplet
 from lib.core.errors import MediaError, Reason
-from lib.media.masks import conform_mask
+from lib.media.masks import conform_mask, token_mask
 from lib.core.storage import FileRef
 
 # Explicit code versions (lib.core.cache.content_key): bump when the output changes for the same inputs.
 CHECK_VERSION = "1"    # check_triplet's facts and verdicts
-CONFORM_VERSION = "2"  # the conformed clip's bytes and the outcome
+CONFORM_VERSION = "3"  # the conformed clip's bytes and the outcome
 DURATION_TOLERANCE_S = 1e-3
 
 
@@ -129,10 +129,12 @@ def refuse_short(label: str, short: dict[str, tuple[str, float]], settings: Conf
 
 
 def refuse_empty_mask(label: str, mask_path: str, mask: np.ndarray) -> None:
-    """MediaError (mask_selects_nothing) when no pixel of the conformed mask is to be regenerated."""
-    if not mask.any():
-        raise MediaError(f"{label}mask '{Path(mask_path).name}' selects nothing inside the cropped frame (no WHITE "
-                         "pixel); WHITE marks the region to regenerate.", Reason.MASK_SELECTS_NOTHING.value)
+    """MediaError (mask_selects_nothing) when the conformed mask regenerates no latent token: no
+    32x32 cell of the cropped frame is more than half WHITE in any frame (masks.token_mask)."""
+    if not token_mask(mask).any():
+        raise MediaError(f"{label}mask '{Path(mask_path).name}' selects nothing inside the cropped frame: no 32x32 "
+                         "block is more than half WHITE (the model regenerates whole blocks); WHITE marks the region "
+                         "to regenerate.", Reason.MASK_SELECTS_NOTHING.value)
 
 
 def fit_frames(path: str, duration_s: float, settings: ConformSettings, stretch: bool) -> video.SampledFrames:

@@ -21,7 +21,7 @@ from lib.core.errors import DownloadError, InvalidDataset, MediaError
 from lib.media.masks import conform_mask
 from lib.core.storage import FileRef, fetch
 
-VALIDATION_VERSION = "1"
+VALIDATION_VERSION = "2"
 
 
 class InvalidValidationSample(InvalidDataset):

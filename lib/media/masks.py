@@ -15,6 +15,7 @@ from lib.media.geometry import fill_crop_box
 from lib.media.video import iter_display_frames
 
 THRESHOLD = 128  # luminance 0.5 on 0..255
+TOKEN_THRESHOLD = 0.5   # a latent cell is regenerated when more than half of it is WHITE
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})  # a still mask, repeated over every frame
 
 
@@ -27,6 +28,21 @@ def _selection_level(image: Image.Image) -> np.ndarray:
         peak = 65535.0 if image.mode != "F" else max(float(values.max()), 1.0)
         return np.clip(values / peak * 255.0, 0, 255).astype(np.uint8)
     return np.asarray(image.convert("L"))
+
+
+def token_mask(mask: np.ndarray, temporal: int = 8, spatial: int = 32) -> np.ndarray:
+    """bool (N, H, W) pixels -> bool (1 + (N-1)/temporal, H/spatial, W/spatial) latent cells.
+
+    Lightricks' rule (ltx-trainer process_videos.compute_video_masks): each `spatial` x `spatial`
+    cell's WHITE fraction per frame, the most of it over the frames a latent covers, more than half
+    regenerates. So a mask means the same tokens here, in ltx-pipelines and in ComfyUI. Frames are
+    grouped as the video VAE encodes them (frame 0 alone, then groups of `temporal`), which is
+    also how ltx-pipelines' iclora_utils groups them; ltx-trainer's script groups from frame 0.
+    """
+    frames, height, width = mask.shape
+    cells = mask.reshape(frames, height // spatial, spatial, width // spatial, spatial).mean(axis=(2, 4))
+    rest = cells[1:].reshape(-1, temporal, *cells.shape[1:]).max(axis=1)
+    return np.concatenate([cells[:1], rest]) > TOKEN_THRESHOLD
 
 
 def _fit(level: np.ndarray, display_size: tuple[int, int], bucket: tuple[int, int]) -> np.ndarray:

@@ -19,31 +19,26 @@ from lib.core.clip import clip_metadata, load_clip
 from lib.model import Components, model_spec
 from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
 from lib.core.storage import FileRef
+from lib.media.masks import token_mask
 
 # Explicit code version (lib.core.cache.content_key): bump when the encoded bytes change for the same clip and model.
-ENCODER_VERSION = "3"
+ENCODER_VERSION = "4"
 TEXT_KEYS = ("encoder_hidden_states", "audio_encoder_hidden_states", "encoder_attention_mask")
 
 
 def latent_mask(mask: np.ndarray, temporal: int = 8, spatial: int = 32) -> torch.Tensor:
-    """bool (N, H, W) pixels -> bool (1 + (N-1)/temporal, H/spatial, W/spatial) tokens.
-
-    A token is regenerated if any of its pixels is: frame 0 alone, then groups of `temporal`
-    frames (the video VAE's causal layout), and `spatial` x `spatial` cells.
-    """
-    pixels = torch.from_numpy(np.ascontiguousarray(mask)).float()
-    first = pixels[:1]
-    rest = pixels[1:].reshape(-1, temporal, *pixels.shape[1:]).amax(dim=1)
-    grouped = torch.cat([first, rest])[None]  # (1, F, H, W)
-    return torch.nn.functional.max_pool2d(grouped, spatial)[0] > 0
+    """bool (N, H, W) pixels -> bool latent tokens, 1 = regenerated (lib.media.masks.token_mask)."""
+    return torch.from_numpy(token_mask(np.asarray(mask, dtype=bool), temporal, spatial))
 
 
 def reference_size(height: int, width: int, downscale: int, multiple: int = 32) -> tuple[int, int]:
-    """Pixel size the reference video is encoded at: 1/downscale of the bucket, floored to the
-    VAE's stride (e.g. 768x768 -> 384x384; 512x288 -> 256x128). Positions are scaled back onto the
-    target's frame in lib.model.conditioning, so a non-exact ratio still covers the same picture."""
-    return (max(multiple, height // downscale // multiple * multiple),
-            max(multiple, width // downscale // multiple * multiple))
+    """Pixel size the reference video is encoded at: exactly 1/downscale of the bucket (768x768 ->
+    384x384), so its positions are the target's scaled by the integer factor, as Lightricks' code
+    has it. The request never plans an inexact one (TrainRequest.reference_downscale_factor)."""
+    if height % (downscale * multiple) or width % (downscale * multiple):
+        raise ValueError(f"a {width}x{height} clip has no exact 1/{downscale} reference on the VAE's "
+                         f"{multiple}-px grid")
+    return height // downscale, width // downscale
 
 
 def downscale_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

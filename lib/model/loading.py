@@ -21,7 +21,7 @@ from lib.model.single_file import split_checkpoint, to_lightricks_key
 
 PRESETS = ("tiny", "ltx-2.3")
 DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
-DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it"
+DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it-qat-q4_0-unquantized"   # Lightricks' MODELS-LTX-2.3.md
 SOURCE_ENV = "AV2AV_MODEL_SOURCE"
 TEXT_ENCODER_ENV = "AV2AV_TEXT_ENCODER_SOURCE"
 HUB_TIMEOUT_S = 10

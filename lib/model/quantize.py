@@ -28,8 +28,10 @@ TEXT_ENCODER_QUANTIZED = "language_model.layers."
 
 
 def text_encoder_precision(base_precision: str) -> str:
-    """The text encoder follows the base, but in int8 rather than fp8 (it only runs forward, once)."""
-    return {"fp8": "int8"}.get(base_precision, base_precision)
+    """The text encoder follows the base, but never below 8 bits: int8 for fp8 and nf4. Lightricks
+    offers Gemma in 8 bits at most (ltx-trainer gemma_8bit.py), and its embeddings are cached once
+    and the whole LoRA trains on them, so 4-bit error there would bias every step."""
+    return {"fp8": "int8", "nf4": "int8"}.get(base_precision, base_precision)
 
 
 def check_base_precision(base_precision: str, device: torch.device | str, optimizer: str = "adamw") -> None:

@@ -35,12 +35,21 @@ def config_document(request: TrainRequest, plan: RunPlan) -> dict:
         "conditioning": plan.conditioning.describe(),
         "reference_audio_positions": plan.conditioning.reference_audio_positions,
         "reference_downscale_factor": plan.conditioning.reference_downscale,
+        "optimizer": optimizer_recipe(plan),
         "validation_sampler": {"steps": sampler.steps, "cfg_video": sampler.video_guidance,
                                "cfg_audio": sampler.audio_guidance, "stg_scale": sampler.stg_scale,
                                "modality_scale": sampler.modality_scale,
                                "guidance_rescale": sampler.guidance_rescale},
         "request": request.model_dump(mode="json"),
     }
+
+
+def optimizer_recipe(plan: RunPlan) -> dict:
+    train = plan.train
+    return {"name": train.optimizer, "learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
+            "schedule": {"warmup_steps": train.warmup_steps, "then": "linear",
+                         "start_factor": 1.0, "end_factor": train.lr_end_factor},
+            "max_grad_norm": train.grad_clip, "timestep_sampler": "shifted_logit_normal (ltx-trainer)"}
 
 
 def write_config(request: TrainRequest, plan: RunPlan, path: Path) -> Path:

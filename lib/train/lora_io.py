@@ -89,13 +89,17 @@ def save_lora(transformer, path: Path, rank: int, info: dict, dtype: torch.dtype
     under `av2av`; `reference_downscale_factor` is also a top-level key, the name Lightricks'
     IC-LoRA loaders read.
     """
+    return write_atomic(path, lora_state_dict(transformer, dtype), lora_metadata(rank, info))
+
+
+def lora_metadata(rank: int, info: dict) -> dict[str, str]:
     adapter = {"transformer.r": rank, "transformer.lora_alpha": rank,
                "transformer.target_modules": list(TARGET_MODULES)}
     metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter),
                 "av2av": json.dumps({"rank": rank, "alpha": rank, "training_type": TRAINING_TYPE, **info})}
     if "reference_downscale" in info:
         metadata["reference_downscale_factor"] = str(info["reference_downscale"])
-    return write_atomic(path, lora_state_dict(transformer, dtype), metadata)
+    return metadata
 
 
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,8 +1,8 @@
 """The LoRA training loop (docs/architecture.md, "Training"): flow matching with per-token
 timesteps on cached latents.
 
-peft LoRA (alpha = rank) on the attention projections and FFNs; AdamW (or 8-bit AdamW); linear
-warmup then a constant LR; seeded and reproducible; bf16 autocast + gradient checkpointing on CUDA
+peft LoRA (alpha = rank) on the attention projections and FFNs; AdamW (or 8-bit AdamW) with
+ltx-trainer's weight decay and linear decay of the rate to a tenth, after a short warmup; seeded and reproducible; bf16 autocast + gradient checkpointing on CUDA
 (optionally offloading the checkpointed inputs to host memory), fp32 on CPU; DDP when launched
 under torchrun; atomic checkpoints that resume bit-for-bit.
 """
@@ -27,14 +27,13 @@ __all__ = ["TrainSettings"]   # re-exported: the settings live in lib.core.setti
 
 # Shifted logit-normal sigmas, the LTX-2 recipe (ltx-trainer's ShiftedLogitNormalTimestepSampler):
 # the shift is linear in the modality's own token count through (1024, 0.95) and (4096, 2.05),
-# capped above at 4096 tokens (beyond it both stretch bounds saturate) and NOT clamped below, so
-# short audio sequences get small shifts; samples are stretched between the 0.5th and 99.9th
-# percentiles of the shifted normal, reflected at EPS, with a uniform fallback 10 % of the time.
+# clamped at neither end (6,912 video tokens -> 3.06; 93 audio latents -> 0.62); samples are
+# stretched between the 0.5th and 99.9th percentiles of the shifted normal, reflected at EPS,
+# with a uniform fallback 10 % of the time.
 SHIFT_SEQ_LEN = (1024, 4096)
 SHIFT_RANGE = (0.95, 2.05)
 UNIFORM_FRACTION = 0.1
 SIGMA_EPS = 1e-3
-WEIGHT_DECAY = 0.0     # explicit: torch's AdamW would decay by 0.01, pulling the LoRA towards zero
 MIN_8BIT_SIZE = 4096   # bitsandbytes' default: smaller tensors keep fp32 moments (all of the tiny preset's)
 NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
 
@@ -48,7 +47,7 @@ class TrainResult:
 
 def sequence_shift(tokens: int) -> float:
     (low_len, high_len), (low, high) = SHIFT_SEQ_LEN, SHIFT_RANGE
-    return low + (min(tokens, high_len) - low_len) * (high - low) / (high_len - low_len)
+    return low + (tokens - low_len) * (high - low) / (high_len - low_len)
 
 
 def sample_sigmas(generator: torch.Generator, tokens: int, count: int = 1) -> torch.Tensor:
@@ -64,10 +63,15 @@ def sample_sigmas(generator: torch.Generator, tokens: int, count: int = 1) -> to
 
 
 def lr_factor(settings: TrainSettings) -> Callable[[int], float]:
+    """The rate's multiplier for 0-based `step`: a linear warmup, then ltx-trainer's `LinearLR`
+    (1.0 down to `lr_end_factor`) over the steps that remain."""
+    decay_steps = max(settings.steps - settings.warmup_steps, 1)
+
     def factor(step: int) -> float:
         if step < settings.warmup_steps:
             return (step + 1) / settings.warmup_steps
-        return 1.0
+        progress = min(step - settings.warmup_steps, decay_steps) / decay_steps
+        return 1.0 + (settings.lr_end_factor - 1.0) * progress
     return factor
 
 
@@ -113,9 +117,9 @@ def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=WEIGHT_DECAY,
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
                                    min_8bit_size=MIN_8BIT_SIZE)
-    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
 def distributed() -> tuple[int, int]:
