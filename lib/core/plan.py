@@ -110,5 +110,10 @@ def parameters_key(request: TrainRequest) -> str:
     return content_key("run-parameters", "1", url=request.training_data_url, parameters=shaping)[:32]
 
 
+# The recipe's version: bump when the same request and data train a different LoRA, so a nightly
+# retrain runs once more (2: Lightricks' σ shift, LR schedule, weight decay and mask rule).
+RECIPE_VERSION = "2"
+
+
 def run_fingerprint(request: TrainRequest, dataset_sha256: str) -> str:
-    return content_key("run", "1", parameters=parameters_key(request), dataset=dataset_sha256)
+    return content_key("run", RECIPE_VERSION, parameters=parameters_key(request), dataset=dataset_sha256)
