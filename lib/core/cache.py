@@ -12,6 +12,10 @@ places hold them:
 
 A `FileRef` to a cache entry carries its `entry` name; workers resolve it with `Cache.open`, never
 through the `path` another machine wrote.
+
+Every entry has a checksum record beside it (`<entry>.sha256`: digest and size, written after the
+entry), and nothing is read that does not match it: a damaged, truncated or unrecorded entry is a
+miss, announced once, removed here and at the location, and made again by whoever wanted it.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
 from lib.core.errors import CacheMiss, CacheUnavailable, MissingExtra
+from lib.core.progress import announce
 from lib.core.storage import CACHE_ENV, FileRef, atomic_file, describe_cause, open_fs, probe_writable, work_dir
 
 LOCATION_ENV = CACHE_ENV
@@ -43,6 +48,49 @@ def content_key(kind: str, version: str, **identity) -> str:
 
 def _is_url(location: str) -> bool:
     return "://" in location
+
+
+# --- checksum records ----------------------------------------------------------------------------
+
+RECORD_SUFFIX = ".sha256"
+_hashed: dict[str, tuple[int, int, str]] = {}   # path -> (mtime_ns, size, digest) this process hashed
+
+
+def record_path(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_record(path: Path) -> None:
+    """Record `path`'s digest and size beside it (atomically: a record is whole or absent)."""
+    digest, stat = file_sha256(path), path.stat()
+    with atomic_file(record_path(path)) as partial:
+        Path(partial).write_text(f"{digest} {stat.st_size}\n")
+    _hashed[str(path)] = (stat.st_mtime_ns, stat.st_size, digest)
+
+
+def damage(path: Path) -> str | None:
+    """Why `path` cannot be trusted (None when it matches its record). A file this process already
+    hashed, unchanged since (same mtime and size), is not hashed again."""
+    try:
+        stat = path.stat()
+        digest, size = record_path(path).read_text().split()
+    except FileNotFoundError:
+        return "has no checksum record"
+    except (OSError, ValueError):
+        return "has an unreadable checksum record"
+    if stat.st_size != int(size):
+        return f"is {stat.st_size} bytes where its record says {size}"
+    if _hashed.get(str(path)) == (stat.st_mtime_ns, stat.st_size, digest):
+        return None
+    if file_sha256(path) != digest:
+        return "does not match its checksum"
+    _hashed[str(path)] = (stat.st_mtime_ns, stat.st_size, digest)
+    return None
 
 
 class Cache(BaseModel):
@@ -85,13 +133,20 @@ class Cache(BaseModel):
         return fs, posixpath.join(root, entry)
 
     def publish(self, entry: str, source: Path | None = None) -> None:
-        """Copy a local file (by default the entry's own local copy) to the location; a no-op when
-        the location is this worker's folder."""
+        """Copy a local file (by default the entry's own local copy) and then its checksum record
+        to the location; a no-op when the location is this worker's folder."""
         if not self.shared:
             return
+        source = Path(source or self.path(entry))
+        if not record_path(source).is_file():
+            write_record(source)
+        self._put(source, entry)
+        self._put(record_path(source), entry + RECORD_SUFFIX)
+
+    def _put(self, source: Path, entry: str) -> None:
         fs, target = self.remote(entry)
         fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        source = str(source or self.path(entry))
+        source = str(source)
         if isinstance(fs, LocalFileSystem):
             # A folder: write beside, then rename, so a reader never sees half a file.
             partial = f"{target}.{uuid.uuid4().hex}.partial"
@@ -106,6 +161,7 @@ class Cache(BaseModel):
         (atomically) and is published to the location."""
         with atomic_file(self.path(entry)) as partial:
             yield partial
+        write_record(self.path(entry))
         self.publish(entry)
 
     def share(self, source: Path, entry: str) -> FileRef:
@@ -115,36 +171,59 @@ class Cache(BaseModel):
         return FileRef(path=str(source), sha256="", size=source.stat().st_size, entry=entry if self.shared else "")
 
     def fetch(self, entry: str) -> Path | None:
-        """The local path of `entry`, downloaded from the location if needed; None when absent."""
-        local = self.path(entry)
-        if local.is_file():
-            return local
-        if not self.shared:
-            return None
-        fs, source = self.remote(entry)
-        return self._download(fs, source, local) if fs.exists(source) else None
-
-    @staticmethod
-    def _download(fs, source: str, local: Path) -> Path:
-        with atomic_file(local) as partial:
-            fs.get_file(source, partial)
-        return local
+        """The local path of `entry`, verified, downloaded from the location if needed; None when
+        it is absent or damaged (then it is gone from both places)."""
+        return self.path(entry) if self.sync(entry) else None
 
     def sync(self, entry: str) -> bool:
-        """Make `entry` present both here and at the location; False when it is in neither (a
-        cleaned location is refilled from this copy, a cleaned local folder from the location)."""
+        """Make `entry` present and verified both here and at the location; False when no good copy
+        is in either (a cleaned location is refilled from this copy, a cleaned local folder from the
+        location; a damaged copy is removed, and said so once)."""
+        problems: list[str] = []
+        present = self._sync(entry, problems)
+        if problems:
+            outcome = f"replaced by the copy at {self.location}" if present else "removed and made again"
+            announce(f"warning: cache entry '{entry}' {'; '.join(problems)}; {outcome}.")
+        return present
+
+    def _sync(self, entry: str, problems: list[str]) -> bool:
         local = self.path(entry)
+        good_here = self._keep_if_good(local, problems, "here")
         if not self.shared:
-            return local.is_file()
+            return good_here
         fs, target = self.remote(entry)
         at_location = fs.exists(target)
-        if local.is_file():
-            if not at_location:
+        if good_here:
+            if not (at_location and fs.exists(target + RECORD_SUFFIX)):
                 self.publish(entry)
             return True
-        if at_location:
-            self._download(fs, target, local)
-        return at_location
+        if not at_location:
+            return False
+        self._download(fs, target, local)
+        if self._keep_if_good(local, problems, f"at {self.location}"):
+            return True
+        fs.rm([path for path in (target, target + RECORD_SUFFIX) if fs.exists(path)])
+        return False
+
+    @staticmethod
+    def _keep_if_good(local: Path, problems: list[str], where: str) -> bool:
+        """Whether the local copy matches its record; a damaged one is removed, `problems` says why."""
+        if not local.is_file():
+            return False
+        problem = damage(local)
+        if problem is None:
+            return True
+        problems.append(f"{problem} ({where})")
+        local.unlink(missing_ok=True)
+        record_path(local).unlink(missing_ok=True)
+        return False
+
+    @staticmethod
+    def _download(fs, source: str, local: Path) -> None:
+        for remote, path in ((source, local), (source + RECORD_SUFFIX, record_path(local))):
+            if fs.exists(remote):
+                with atomic_file(path) as partial:
+                    fs.get_file(remote, partial)
 
     def open(self, ref: FileRef) -> Path:
         """A local path holding `ref`'s bytes: cache entries by name, other files by their path."""
