@@ -2,7 +2,9 @@
 filesystem leaves no result.json."""
 from __future__ import annotations
 
+import errno
 import json
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -65,5 +67,48 @@ def test_failing_filesystem_leaves_no_result(files, failure, kind):
     assert (kind is TransientUploadError) == isinstance(caught.value, TransientUploadError)
     fs = FlakyMemory()
     names = fs.ls("flaky://runs/broken", detail=False)
-    assert any(n.endswith("lora.safetensors") for n in names), "the files before the failure did land"
-    assert not [n for n in names if n.endswith(RESULT_NAME)] and not [n for n in names if ".partial" in n]
+    assert names == [] and "Nothing of this attempt is left there." in caught.value.message
+
+
+class FullDisk(MemoryFileSystem):
+    """Once `full`, takes the LoRA, then has no room left for the video."""
+
+    protocol = "fulldisk"
+    full = False
+
+    def put_file(self, lpath, rpath, **kwargs):
+        if self.full and "validation.mp4" in rpath:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().put_file(lpath, rpath, **kwargs)
+
+
+class Truncating(MemoryFileSystem):
+    """Stores only half of every file, as a proxy that cuts uploads short without an error."""
+
+    protocol = "truncating"
+
+    def put_file(self, lpath, rpath, **kwargs):
+        self.pipe_file(rpath, Path(lpath).read_bytes()[:-10])
+
+
+def test_a_failed_rerun_removes_the_earlier_result_and_leaves_nothing_of_its_own(files):
+    fsspec.register_implementation("fulldisk", FullDisk, clobber=True)
+    FullDisk.full = False
+    upload_outputs(files, "fulldisk://runs/nightly", {"billing_units": 100, "night": 1})
+    assert RESULT_NAME in [Path(name).name for name in FullDisk().ls("fulldisk://runs/nightly", detail=False)]
+    FullDisk.full = True   # the next night
+    with pytest.raises(UploadError) as caught:
+        upload_outputs(files, "fulldisk://runs/nightly", {"billing_units": 100, "night": 2})
+    assert caught.value.message == ("Could not upload the outputs to fulldisk://runs/nightly: the location is full "
+                                    "(No space left on device; the outputs need 0.0 MB). Nothing of this attempt is "
+                                    "left there.")
+    left = {Path(name).name for name in FullDisk().ls("fulldisk://runs/nightly", detail=False)}
+    assert RESULT_NAME not in left   # no stale result.json describing files that are not there
+    assert left == {"validation.mp4"}   # last night's, untouched; tonight's lora and config were removed
+
+
+def test_an_upload_cut_short_is_caught_by_its_size(files):
+    fsspec.register_implementation("truncating", Truncating, clobber=True)
+    with pytest.raises(UploadError, match="lora.safetensors arrived with 990 of its 1000 bytes"):
+        upload_outputs(files, "truncating://runs/cut", {"billing_units": 100})
+    assert Truncating().ls("truncating://runs/cut", detail=False) == []

@@ -5,6 +5,7 @@ so its presence means the run is complete.
 """
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
 import uuid
@@ -47,23 +48,67 @@ def check_output_location(output_url: str) -> None:
 
 
 def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict:
-    """Upload `files` (name -> local path) then result.json; returns the result document."""
+    """Upload `files` (name -> local path) then result.json; returns the result document.
+
+    result.json is the commit record: an earlier one is removed first, every file is uploaded and
+    its size checked, and only then is result.json written. On failure the files this attempt
+    wrote are removed again (best effort), so `output_url` never holds a result.json that
+    describes other files, nor half of a run's outputs.
+    """
+    written: list[str] = []
+    fs = None
     try:
         fs, root = open_fs(output_url)
         fs.makedirs(root, exist_ok=True)
+        _remove(fs, [posixpath.join(root, RESULT_NAME)])
         outputs = {}
         for name, local in files.items():
             target = posixpath.join(root, name)
             fs.makedirs(posixpath.dirname(target), exist_ok=True)  # names may hold folders (checkpoints/)
-            _put(fs, Path(local), None, target)
-            outputs[name] = {"url": _url(output_url, name), "size": Path(local).stat().st_size,
-                             "sha256": sha256_file(local)}
+            _put(fs, Path(local), None, target)   # cleans up its own temporary file on failure
+            written.append(target)
+            size = Path(local).stat().st_size
+            _check_size(fs, target, size, name)
+            outputs[name] = {"url": _url(output_url, name), "size": size, "sha256": sha256_file(local)}
         result = {"outputs": outputs, **extra}
         _put(fs, None, json.dumps(result, indent=2).encode(), posixpath.join(root, RESULT_NAME))
     except Exception as error:
+        left = _remove(fs, written) if fs is not None else []
         kind = TransientUploadError if is_transient(error) else UploadError
-        raise kind(f"Could not upload the outputs to {output_url}: {type(error).__name__}: {error}") from error
+        raise kind(f"Could not upload the outputs to {output_url}: {_cause(error, files)}"
+                   f"{_left_behind(left)}") from error
     return result
+
+
+def _check_size(fs, target: str, size: int, name: str) -> None:
+    stored = fs.size(target)
+    if stored != size:
+        raise OSError(f"{name} arrived with {stored} of its {size} bytes")
+
+
+def _remove(fs, targets: list[str]) -> list[str]:
+    """Remove what exists of `targets`; returns the ones that could not be removed."""
+    left = []
+    for target in targets:
+        try:
+            if fs.exists(target):
+                fs.rm_file(target)
+        except Exception:   # best effort: the upload's own error is what the user needs
+            left.append(target)
+    return left
+
+
+def _cause(error: Exception, files: dict[str, Path]) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        needed = sum(Path(local).stat().st_size for local in files.values())
+        return f"the location is full (No space left on device; the outputs need {needed / 1e6:.1f} MB)."
+    return f"{type(error).__name__}: {error}."
+
+
+def _left_behind(left: list[str]) -> str:
+    if not left:
+        return " Nothing of this attempt is left there."
+    return f" Could not remove {len(left)} partial file(s) there: {', '.join(posixpath.basename(p) for p in left)}."
 
 
 def _url(output_url: str, name: str) -> str:
