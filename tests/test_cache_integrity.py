@@ -150,3 +150,19 @@ def test_damaged_latents_and_prompts_are_encoded_again_and_train_the_same_lora(t
     retrained, _ = train_fresh(data_again, settings)
     for name, tensor in lora_state_dict(reference).items():
         assert torch.equal(tensor, lora_state_dict(retrained)[name]), name
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_folder_and_the_entry(tmp_path):
+    import errno
+
+    from lib.core.errors import CacheUnavailable
+
+    cache = Cache.at(tmp_path / "cache")
+    with pytest.raises(CacheUnavailable) as full:
+        with cache.writing("latents/k/latents.safetensors") as partial:
+            Path(partial).write_bytes(b"x" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    message = full.value.message
+    assert message.startswith(f"The cache folder {cache.local} is full (No space left on device, ")
+    assert "while writing 'latents/k/latents.safetensors'" in message and "\n" not in message
+    assert full.value.__cause__ is None and not [p for p in cache.path("latents").rglob("*") if p.is_file()]

@@ -19,6 +19,7 @@ miss, announced once, removed here and at the location, and made again by whoeve
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.core.errors import CacheMiss, CacheUnavailable, MissingExtra
 from lib.core.progress import announce
-from lib.core.storage import CACHE_ENV, FileRef, atomic_file, describe_cause, open_fs, probe_writable, work_dir
+from lib.core.storage import CACHE_ENV, LOCAL_CACHE_ENV, FileRef, atomic_file, describe_cause, open_fs, probe_writable, work_dir
 
 LOCATION_ENV = CACHE_ENV
 
@@ -159,10 +160,24 @@ class Cache(BaseModel):
     def writing(self, entry: str) -> Iterator[str]:
         """Yield a temporary path for `entry`; once the block succeeds it becomes the entry here
         (atomically) and is published to the location."""
-        with atomic_file(self.path(entry)) as partial:
-            yield partial
-        write_record(self.path(entry))
+        with self._room_for(entry, self.path(entry)):
+            with atomic_file(self.path(entry)) as partial:
+                yield partial
+            write_record(self.path(entry))
         self.publish(entry)
+
+    @contextmanager
+    def _room_for(self, entry: str, path: Path) -> Iterator[None]:
+        """A full disk is the worker's set-up, not a bug: one line naming the folder and the entry."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+            raise CacheUnavailable(f"The cache folder {self.local} is full (No space left on device, {free / 1e6:.0f} "
+                                   f"MB free) while writing '{entry}'; free some space there or point "
+                                   f"{LOCAL_CACHE_ENV} (or {LOCATION_ENV}) at a larger disk, then start the run again.") from None
 
     def share(self, source: Path, entry: str) -> FileRef:
         """Hand a local file to another worker: published as `entry` when the cache is shared;
@@ -218,11 +233,10 @@ class Cache(BaseModel):
         record_path(local).unlink(missing_ok=True)
         return False
 
-    @staticmethod
-    def _download(fs, source: str, local: Path) -> None:
+    def _download(self, fs, source: str, local: Path) -> None:
         for remote, path in ((source, local), (source + RECORD_SUFFIX, record_path(local))):
             if fs.exists(remote):
-                with atomic_file(path) as partial:
+                with self._room_for(str(path.relative_to(self.local)), path), atomic_file(path) as partial:
                     fs.get_file(remote, partial)
 
     def open(self, ref: FileRef) -> Path:
