@@ -14,6 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
 from lib.core.cache import Cache
+from lib.core.errors import TrainingDiverged
 from lib.core.housekeeping import GPU_RESULT, gpu_entry
 from lib.core.plan import RunPlan
 from lib.core.storage import FileRef
@@ -59,13 +60,18 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
     if not deployment_available(GPU_DEPLOYMENT):
         from flows.train_lora_gpu import train_lora_gpu   # torch and the model stack: only in-process
 
-        result = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,
-                                                                 parent_run_id=parent_id)
+        state = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,
+                                                                parent_run_id=parent_id, return_state=True)
+        if state.name == "TrainingDiverged":
+            raise TrainingDiverged(state.message)
+        result = state.result()
     else:
         parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
                       "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
         run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2,
                              flow_run_name=name)
+        if run.state and run.state.name == "TrainingDiverged":
+            raise TrainingDiverged(run.state.message)
         if not run.state or not run.state.is_completed():
             message = run.state.message if run.state else "no state"
             raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")

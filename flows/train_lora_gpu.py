@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
+from prefect.states import Failed
 
 from lib.core.cache import Cache
+from lib.core.errors import TrainingDiverged
 from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner
 from lib.publish.outputs import loss_curve
 from lib.core.plan import RunPlan
@@ -64,8 +66,17 @@ def train_lora_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: 
     wrote them to (a folder on one machine, an object-store URL across machines). `gpus` None uses
     every GPU this worker sees (CUDA_VISIBLE_DEVICES); more than one trains under torchrun (DDP).
     `parent_run_id`: the `train-lora` run that started this one, which gets a link here and a
-    copy of the progress.
+    copy of the progress. A diverged run ends Failed, named TrainingDiverged, handing nothing back.
     """
+    try:
+        return _train_gpu(plan, clips, run_id, cache_url, gpus, parent_run_id)
+    except TrainingDiverged as error:
+        get_run_logger().error("TrainingDiverged: %s", error.message)
+        return Failed(name="TrainingDiverged", message=error.message)
+
+
+def _train_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: str, gpus: int | None,
+               parent_run_id: str | None) -> dict:
     cache = Cache.current(cache_url)
     sweep_stale_runs(cache, location=False)   # the CPU flow sweeps the location
     output = cache.path(gpu_entry(run_id))

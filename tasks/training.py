@@ -14,6 +14,7 @@ from lib.model import encoding
 
 from lib.train import worker
 from lib.core.cache import Cache
+from lib.core.errors import TrainingDiverged
 from lib.train.lora_io import add_lora, load_lora_state, read_lora
 from lib.model.lifetime import DECODE_PARTS, TEXT_PARTS, acquire, free_device_memory, keep_only, release
 from lib.core.plan import RunPlan, ValidationPlan
@@ -121,7 +122,12 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
     job_file.write_text(job.model_dump_json())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                "-m", "lib.train.worker", str(job_file)]
-    subprocess.run(command, check=True, env=os.environ.copy())
+    completed = subprocess.run(command, env=os.environ.copy())
+    if completed.returncode:
+        note = output / worker.DIVERGED_NOTE
+        if note.is_file():   # torchrun reports its own exit status, not the worker's
+            raise TrainingDiverged(note.read_text())
+        raise subprocess.CalledProcessError(completed.returncode, command)
     import json
 
     return json.loads((output / "losses.json").read_text())

@@ -98,6 +98,13 @@ class ModelUnavailable(Av2AvError):
     code = "model_unavailable"
 
 
+class TrainingDiverged(Av2AvError):
+    """The loss or the LoRA's weights stopped being finite numbers: the run stops at once, uploads
+    nothing and is billed 0; the message says at which step and what to try."""
+
+    code = "training_diverged"
+
+
 class InvalidDataset(Av2AvError):
     """No triplet qualifies (HTTP-422 style). Carries the report so the caller can show it."""
 

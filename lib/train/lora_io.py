@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lib.core.errors import TrainingDiverged
 from lib.core.storage import atomic_file
 
 PREFIX = "diffusion_model."
@@ -89,7 +90,13 @@ def save_lora(transformer, path: Path, rank: int, info: dict, dtype: torch.dtype
     under `av2av`; `reference_downscale_factor` is also a top-level key, the name Lightricks'
     IC-LoRA loaders read.
     """
-    return write_atomic(path, lora_state_dict(transformer, dtype), lora_metadata(rank, info))
+    tensors = lora_state_dict(transformer, dtype)
+    broken = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise TrainingDiverged(f"The trained LoRA holds non-finite weights ({len(broken)} of {len(tensors)} tensors, "
+                               f"e.g. {broken[0]}); it is not saved and nothing is uploaded. Try a lower "
+                               "learning_rate.")
+    return write_atomic(path, tensors, lora_metadata(rank, info))
 
 
 def lora_metadata(rank: int, info: dict) -> dict[str, str]:

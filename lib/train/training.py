@@ -8,6 +8,7 @@ under torchrun; atomic checkpoints that resume bit-for-bit.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from lib.core import precision
+from lib.core.errors import TrainingDiverged
 from lib.train.checkpoint import load_checkpoint, save_checkpoint
 from lib.model.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
 from lib.train.lora_io import add_lora
@@ -103,12 +105,26 @@ def training_step(transformer, model, examples, generator, device,
     return masked_loss(video, audio, inputs)
 
 
-def optimizer_step(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float) -> None:
+def optimizer_step(loss: torch.Tensor, params, optimizer, scheduler, grad_clip: float) -> float:
+    """Backpropagate, clip and step; returns the gradient norm. A non-finite norm (a NaN or
+    infinite loss on any rank reaches every rank's norm through DDP's all-reduce) skips the update,
+    so the LoRA and the last checkpoint stay as they were, and the caller stops the run."""
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    scheduler.step()
+    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    if math.isfinite(norm):
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def diverged(trainer: "Trainer", loss: float, grad_norm: float) -> TrainingDiverged:
+    done = len(trainer.losses) + 1
+    rate = trainer.settings.learning_rate
+    return TrainingDiverged(
+        f"Training diverged at step {done} of {trainer.settings.steps}: the loss is {loss:g} and the gradient "
+        f"norm {grad_norm:g}. Nothing was uploaded and nothing is billed. Try a lower learning_rate (this run: "
+        f"{rate:g}; {rate / 4:g} is a safe next try), and check the dataset report for unusual clips.")
 
 
 def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -176,7 +192,9 @@ def step(trainer: Trainer, examples: list[Example]) -> dict:
     """One optimizer step on one drawn example; returns the loss parts."""
     loss, parts = training_step(trainer.transformer, trainer.model, examples, trainer.generator, trainer.device,
                                 trainer.conditioning, trainer.dtype)
-    optimizer_step(loss, trainer.params, trainer.optimizer, trainer.scheduler, trainer.settings.grad_clip)
+    grad_norm = optimizer_step(loss, trainer.params, trainer.optimizer, trainer.scheduler, trainer.settings.grad_clip)
+    if not (math.isfinite(parts["loss"]) and math.isfinite(grad_norm)):
+        raise diverged(trainer, parts["loss"], grad_norm)
     trainer.losses.append(parts["loss"])
     return parts
 

@@ -14,10 +14,19 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
 from lib.core import precision
+from lib.core.errors import TrainingDiverged
 from lib.model.encoding import load_example
 from lib.train.lora_io import lora_state_dict, save_lora
 from lib.core.plan import RunPlan
 from lib.train.training import TrainResult, distributed, train
+
+
+DIVERGED_NOTE = "diverged.txt"   # under torchrun: the message the launching task raises again
+EXIT_DIVERGED = 3
+
+
+def distributed_rank() -> int:
+    return distributed()[0]
 
 
 class TrainJob(BaseModel):
@@ -79,6 +88,10 @@ def main(argv: list[str]) -> int:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
         run_job(job)
+    except TrainingDiverged as error:   # every rank saw the same gradient norm; rank 0 tells the launcher
+        if distributed_rank() == 0:
+            (Path(job.output_dir) / DIVERGED_NOTE).write_text(error.message)
+        return EXIT_DIVERGED
     finally:
         if distributed:
             dist.destroy_process_group()
