@@ -11,6 +11,7 @@ $(BIN)/av2av: pyproject.toml
 	# CPU torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0 > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	$(BIN)/pip install --quiet -e '.[dev]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	$(BIN)/pip install --quiet --no-deps ltx-core==1.0.0 >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)  # parity tests' reference; its deps would pull a CUDA torchaudio
 	$(BIN)/python -c "import torch, diffusers, prefect, av"  # fail here, not later, if the install broke
 	touch $@
 

@@ -40,7 +40,7 @@ def test_single_file_uses_lightricks_names(checkpoints):
     # names that differ between the two layouts appear in their original spelling
     for original in ("model.diffusion_model.adaln_single.", "model.diffusion_model.prompt_adaln_single.",
                      "model.diffusion_model.patchify_proj.", "model.diffusion_model.video_embeddings_connector.",
-                     "model.diffusion_model.text_embedding_projection.video_aggregate_embed",
+                     "text_embedding_projection.video_aggregate_embed",
                      "vae.per_channel_statistics.mean-of-means", "vae.decoder.up_blocks.8.",
                      "vae.encoder.down_blocks.8.", "vocoder.vocoder.ups.0."):
         assert any(key.startswith(original) for key in keys), original

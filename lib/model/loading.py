@@ -17,6 +17,7 @@ from lib.model.components import MODULE_NAMES, Components
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
 from lib.model.lifetime import acquire
 from lib.model.quantize import check_base_precision
+from lib.model import single_file
 from lib.model.single_file import split_checkpoint, to_lightricks_key
 
 PRESETS = ("tiny", "ltx-2.3")
@@ -87,13 +88,46 @@ def _check_single_file(path: str) -> None:
     try:
         with safe_open(path, framework="pt") as handle:
             parts = split_checkpoint(handle.keys())
+            metadata = handle.metadata() or {}
     except Exception as error:   # safetensors raises its own error types for a bad header
         raise ModelUnavailable(f"model_source: {path} is not a readable .safetensors checkpoint "
                                f"({type(error).__name__}: {error}). {HOW_TO_POINT}") from error
+    _check_version(path, metadata)   # first: a 2.5 transformer file also lacks the VAEs, but that is not the news
     missing = [name for name in ("transformer", "connectors", "vae", "audio_vae", "vocoder") if not parts[name]]
     if missing:
         raise ModelUnavailable(f"model_source: {path} holds no weights for {', '.join(missing)}; expected "
                                f"Lightricks' LTX-2.3 single-file layout. {HOW_TO_POINT}")
+    _check_architecture(path, metadata)
+
+
+def _check_version(path: str, metadata: dict) -> None:
+    found = single_file.checkpoint_version(metadata)
+    if found and found[0] != "2.3":
+        version, evidence = found
+        what = "an LTX checkpoint of unknown version" if version == "unknown" else f"an LTX-{version} checkpoint"
+        raise ModelUnavailable(f"model_source: {path} is {what} ({evidence}); this trainer needs LTX-2.3 weights. "
+                               f"{HOW_TO_POINT}")
+
+
+def _check_architecture(path: str, metadata: dict) -> None:
+    """The file's own `config` must describe the configs we will build (the shipped 2.3 ones, or
+    those a file written here names), so a resized or renamed variant fails here, by name."""
+    configs = _configs_json(metadata)
+    _check_is_23(configs["transformer"], path)
+    differences = single_file.config_differences(single_file.lightricks_section(metadata), configs)
+    if differences:
+        shown = ", ".join(f"{key}={got!r} (LTX-2.3: {want!r})" for key, (got, want) in list(differences.items())[:4])
+        raise ModelUnavailable(f"model_source: {path} declares a different architecture in its config metadata: "
+                               f"{shown}. {HOW_TO_POINT}")
+
+
+def _configs_json(metadata: dict) -> dict[str, dict]:
+    """The transformer and connectors configs `_configs` would use, read as plain JSON (no diffusers
+    import: the early check stays cheap)."""
+    if CONFIGS_METADATA_KEY in metadata:
+        return json.loads(metadata[CONFIGS_METADATA_KEY])
+    return {name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
+            for name in ("transformer", "connectors")}
 
 
 def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
@@ -167,7 +201,9 @@ def _configs(metadata: dict) -> dict[str, dict]:
 
 
 def save_single_file(components: Components, path: str | Path) -> Path:
-    """Write the transformer, connectors, VAEs and vocoder in Lightricks' single-file layout."""
+    """Write the transformer, connectors, VAEs and vocoder in Lightricks' single-file layout, with
+    Lightricks' `config` (and `model_version` for a 2.3) so ltx-core builds the transformer,
+    connectors and text projection from it, and our diffusers configs so any size round-trips."""
     from safetensors.torch import save_file
 
     tensors, configs = {}, {}
@@ -176,6 +212,9 @@ def save_single_file(components: Components, path: str | Path) -> Path:
         configs[name] = dict(module.config)
         for key, tensor in module.state_dict().items():
             tensors[to_lightricks_key(name, key)] = tensor.detach().cpu().contiguous()
-    metadata = {"format": "pt", CONFIGS_METADATA_KEY: json.dumps(configs, default=list)}
+    metadata = {"format": "pt", CONFIGS_METADATA_KEY: json.dumps(configs, default=list),
+                single_file.LIGHTRICKS_CONFIG_KEY: json.dumps(single_file.lightricks_config(configs))}
+    if all(configs["transformer"].get(key) == value for key, value in LTX23_FLAGS.items()):
+        metadata[single_file.VERSION_KEY] = single_file.LTX23_MODEL_VERSION
     save_file(tensors, str(path), metadata=metadata)
     return Path(path)
