@@ -54,7 +54,6 @@ def _is_url(location: str) -> bool:
 # --- checksum records ----------------------------------------------------------------------------
 
 RECORD_SUFFIX = ".sha256"
-_hashed: dict[str, tuple[int, int, str]] = {}   # path -> (mtime_ns, size, digest) this process hashed
 
 
 def record_path(path: Path) -> Path:
@@ -66,31 +65,35 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def write_record(path: Path) -> None:
-    """Record `path`'s digest and size beside it (atomically: a record is whole or absent)."""
-    digest, stat = file_sha256(path), path.stat()
+def write_record(path: Path, digest: str | None = None) -> None:
+    """Record `path`'s digest and size beside it, with the modification time it had when hashed
+    (atomically: a record is whole or absent)."""
+    digest = digest or file_sha256(path)
+    stat = path.stat()
     with atomic_file(record_path(path)) as partial:
-        Path(partial).write_text(f"{digest} {stat.st_size}\n")
-    _hashed[str(path)] = (stat.st_mtime_ns, stat.st_size, digest)
+        Path(partial).write_text(f"{digest} {stat.st_size} {stat.st_mtime_ns}\n")
 
 
 def damage(path: Path) -> str | None:
-    """Why `path` cannot be trusted (None when it matches its record). A file this process already
-    hashed, unchanged since (same mtime and size), is not hashed again."""
+    """Why `path` cannot be trusted (None when it matches its record).
+
+    A copy is hashed when it is new here (written, downloaded) and whenever its size or
+    modification time differ from when it was last hashed; one unchanged since is not hashed
+    again, so a cached 8-triplet check stays fast on a slow disk or CPU."""
     try:
         stat = path.stat()
-        digest, size = record_path(path).read_text().split()
+        digest, size, *hashed_at = record_path(path).read_text().split()
     except FileNotFoundError:
         return "has no checksum record"
     except (OSError, ValueError):
         return "has an unreadable checksum record"
     if stat.st_size != int(size):
         return f"is {stat.st_size} bytes where its record says {size}"
-    if _hashed.get(str(path)) == (stat.st_mtime_ns, stat.st_size, digest):
+    if hashed_at == [str(stat.st_mtime_ns)]:
         return None
     if file_sha256(path) != digest:
         return "does not match its checksum"
-    _hashed[str(path)] = (stat.st_mtime_ns, stat.st_size, digest)
+    write_record(path, digest)   # hashed now: the next read of this unchanged copy needs no hash
     return None
 
 
