@@ -5,6 +5,7 @@
     av2av train --config request.json
     av2av plan --config request.json [--gpu-memory GB] [--json]
     av2av sample DIR
+    av2av generate --config generate.json      (flows/cli_generate.py; `plan` takes a generate.json too)
 
 Flags take their help, defaults and choices from the request model (lib/core/config.py). `check` runs
 the dataset steps without Prefect (no server, no model libraries), so it starts in about a second.
@@ -25,8 +26,9 @@ from pydantic import ValidationError
 
 from lib.core.config import TrainRequest
 from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest,
-                             ModelUnavailable, UploadError)
+                             ModelUnavailable, TrainingDiverged, UploadError)
 from lib.core.progress import MODE_ENV
+from lib.core.redact import redact_text, redact_url
 
 CHECK_FLAGS = {  # flag -> request field
     "--frames": "number_of_frames",
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu-memory", type=float, metavar="GB",
                       help="GPU memory to check against (default: $AV2AV_GPU_MEMORY_GB, else this machine's GPU).")
     plan.add_argument("--json", action="store_true", help="Print the plan as one JSON object.")
+    from flows import cli_generate
+
+    cli_generate.add_parser(commands)
     sample = commands.add_parser("sample", help="Write a synthetic sample dataset (the layout to follow), "
                                  "a validation sample and a request.json for the tiny model.")
     sample.add_argument("folder", help="Folder to write into.")
@@ -81,13 +86,18 @@ def _request(args: argparse.Namespace) -> TrainRequest:
 
 
 def _explain(error: ValidationError) -> str:
-    return "\n".join(f"- {'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
-                     for e in error.errors())
+    return redact_text("\n".join(f"- {'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
+                                  for e in error.errors()))
 
 
 def _refusal(error: BaseException) -> tuple[int, str] | None:
-    """An expected refusal -> (exit status, the one line to print); None for a real bug."""
-    if isinstance(error, InvalidDataset):
+    """An expected refusal -> (exit status, the one line to print, URLs redacted); None for a real bug."""
+    refusal = _classify(error)
+    return refusal and (refusal[0], redact_text(refusal[1]))
+
+
+def _classify(error: BaseException) -> tuple[int, str] | None:
+    if isinstance(error, (InvalidDataset, TrainingDiverged)):
         return EXIT_INVALID, error.message
     if isinstance(error, (InvalidRequest, ModelUnavailable)):
         label = "Model unavailable" if isinstance(error, ModelUnavailable) else "Invalid request"
@@ -103,7 +113,7 @@ def _refusal(error: BaseException) -> tuple[int, str] | None:
 
 def run_check(args: argparse.Namespace) -> int:
     request = _request(args)
-    print(f"Checking {request.training_data_url} ...", file=sys.stderr, flush=True)
+    print(f"Checking {redact_url(request.training_data_url)} ...", file=sys.stderr, flush=True)
     from flows.prepare import local_steps, prepare_dataset   # no Prefect: nothing to start, nothing to log
 
     from lib.ingest.report import render_text
@@ -147,6 +157,10 @@ def _read_request(path: str) -> TrainRequest | int:
 def run_plan(args: argparse.Namespace) -> int:
     from lib.train.memory_plan import declared_gpu_memory, format_plan, plan_memory
 
+    from flows import cli_generate
+
+    if cli_generate.is_generate_config(args.config):   # a generate request: the inference plan
+        return cli_generate.run_plan(args, _explain, _refusal)
     request = _read_request(args.config)
     if isinstance(request, int):
         return request
@@ -175,7 +189,7 @@ def run_train(args: argparse.Namespace) -> int:
     error = state.result(raise_on_failure=False)
     refusal = _refusal(error) if isinstance(error, BaseException) else None
     if refusal is None:
-        print(f"Failed ({state.name}): {state.message}", file=sys.stderr)
+        print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
         return EXIT_DOWNLOAD
     if isinstance(error, InvalidDataset) and error.report:
         print(render_text(error.report))
@@ -205,6 +219,10 @@ def _command(argv: list[str] | None) -> int:
             return run_check(args)
         if args.command == "train":
             return run_train(args)
+        if args.command == "generate":
+            from flows import cli_generate
+
+            return cli_generate.run_generate(args, _explain, _refusal)
         if args.command == "plan":
             return run_plan(args)
         if args.command == "sample":

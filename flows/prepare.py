@@ -19,6 +19,7 @@ from lib.ingest.conform import TripletResult
 from lib.core.errors import ArchiveError
 from lib.core.plan import conform_settings
 from lib.core.progress import Progress, announce
+from lib.core.redact import redact_url
 from lib.ingest.report import raise_if_unusable
 from lib.core.cache import Cache
 from lib.core.storage import FileRef
@@ -67,7 +68,9 @@ def local_steps() -> Steps:
     from lib.ingest import archive, conform, dataset, debug_dataset, report
 
     def fetch(url: str, local: Path) -> FileRef:
-        return storage.fetch_with_retries(url, local / "downloads")
+        from tasks.secrets import resolve_url   # imports Prefect only for a secret:// URL
+
+        return storage.fetch_with_retries(resolve_url(url), local / "downloads")
 
     def build_report(results, rejections, warnings, errors, report_path):
         document = report.build_report(results, rejections, warnings, errors)
@@ -98,8 +101,9 @@ def summary(document: dict) -> str:
 
 
 def display_name(url: str) -> str:
-    """The user's name for the archive: the last part of its URL or path."""
-    return Path(url.split("?")[0].rstrip("/")).name or url
+    """The user's name for the archive: the last part of its URL (redacted) or path."""
+    shown = redact_url(url)
+    return Path(shown.rstrip("/")).name or shown
 
 
 def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debug_dataset_path: Path | None = None,

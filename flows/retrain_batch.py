@@ -16,14 +16,17 @@ from flows.train_lora import REFUSALS, refused
 from lib.core import storage
 from lib.core.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, summary_rows
 from lib.core.errors import DownloadError
+from lib.core.redact import redact_url
+from tasks.secrets import resolve_url
 from tasks.batch import TRAIN_DEPLOYMENT, not_checked, skipped, train_entry, unchanged_since
 
 
 def read_manifest(manifest_url: str) -> list[Planned]:
-    manifest_file = storage.fetch_with_retries(manifest_url, storage.work_dir() / "downloads")
+    """`manifest_url` may be `secret://NAME` (tasks/secrets.py); messages name it redacted."""
+    manifest_file = storage.fetch_with_retries(resolve_url(manifest_url, "manifest_url"), storage.work_dir() / "downloads")
     text = Path(manifest_file.path).read_text(errors="replace")
     Path(manifest_file.path).unlink(missing_ok=True)
-    return plan_entries(parse_manifest(text, manifest_url))
+    return plan_entries(parse_manifest(text, redact_url(manifest_url)))
 
 
 def _decide(entries: list[Planned]) -> tuple[list[EntryOutcome], list[Planned]]:

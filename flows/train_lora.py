@@ -17,8 +17,9 @@ from flows.prepare import prefect_steps, prepare_dataset
 from lib.core.config import TrainRequest
 from lib.train.checkpoint import check_checkpoint
 from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest,
-                             ModelUnavailable, StepFailed, UploadError)
+                             ModelUnavailable, StepFailed, TrainingDiverged, UploadError)
 from lib.core.plan import run_fingerprint
+from lib.core.redact import redact_text, redact_url
 from lib.train.memory_plan import check_fits, offload_decision
 from lib.model import check_model_source
 from lib.publish.outputs import billing_units, write_config
@@ -39,21 +40,23 @@ def step(name: str):
     except Av2AvError:
         raise
     except Exception as error:
-        raise StepFailed(f"Step '{name}' failed: {type(error).__name__}: {error}") from error
+        raise StepFailed(redact_text(f"Step '{name}' failed: {type(error).__name__}: {error}")) from error
 
 
 # Expected refusals -> the Failed state's name (the one table; the CLI maps the same classes).
 FAILED_STATE_NAMES = ((InvalidDataset, "InvalidDataset"), (InvalidRequest, "InvalidRequest"),
                       (ModelUnavailable, "ModelUnavailable"), (UploadError, "UploadFailed"),
-                      (DownloadError, "DownloadFailed"), (CacheUnavailable, "CacheUnavailable"))
+                      (DownloadError, "DownloadFailed"), (CacheUnavailable, "CacheUnavailable"),
+                      (TrainingDiverged, "TrainingDiverged"))
 REFUSALS = tuple(kind for kind, _ in FAILED_STATE_NAMES)
 
 
 def refused(error: Av2AvError) -> State:
     """One clear log line and a Failed state named for the cause (billed 0), no traceback."""
     name = next(name for kind, name in FAILED_STATE_NAMES if isinstance(error, kind))
-    get_run_logger().error("%s: %s", name, error.message)
-    return Failed(name=name, message=error.message, data=error)
+    message = redact_text(error.message)   # lib's messages are redacted already; so is an upload's URL here
+    get_run_logger().error("%s: %s", name, message)
+    return Failed(name=name, message=message, data=error)
 
 
 class _QuietRefusals(logging.Filter):
@@ -157,12 +160,12 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
             raise type(error)(f"{error.message} The trained files are kept in {staging} on the CPU worker "
                               f"for {stale_after_text()} (then housekeeping removes them); copy them from there "
                               "or fix output_url and rerun.") from error
-    remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": output_url})
+    remember_success(request, {"fingerprint": fingerprint, "flow_run": run_name(), "output_url": redact_url(output_url)})
     try:
         cache.remove(run_entry(run_id))  # everything in it is uploaded now
     except Exception as error:   # the run's work is done; housekeeping removes what is left later
         get_run_logger().warning("Could not remove the staging folder %s: %s", run_entry(run_id), error)
-    print(f"Outputs: {output_url}")
+    print(f"Outputs: {redact_url(output_url)}")
     return result
 
 

@@ -17,6 +17,7 @@ from lib.core.errors import DownloadError
 from lib.core.plan import run_fingerprint
 from lib.publish.outputs import billing_units
 from tasks.outputs import last_success
+from tasks.secrets import resolve_url
 
 TRAIN_DEPLOYMENT = os.environ.get("AV2AV_TRAIN_DEPLOYMENT", "train-lora/train-lora")
 
@@ -25,7 +26,7 @@ TRAIN_DEPLOYMENT = os.environ.get("AV2AV_TRAIN_DEPLOYMENT", "train-lora/train-lo
 def unchanged_since(name: str, request: TrainRequest) -> str | None:
     """The run whose dataset content and parameters this entry still matches (skip_if_unchanged's
     fingerprint), or None when it must train. Download problems raise DownloadError."""
-    zip_file = storage.fetch_with_retries(request.training_data_url, storage.work_dir() / "downloads")
+    zip_file = storage.fetch_with_retries(resolve_url(request.training_data_url), storage.work_dir() / "downloads")
     try:
         previous = last_success(request)
         if previous and previous.get("fingerprint") == run_fingerprint(request, zip_file.sha256):

@@ -18,13 +18,17 @@ from lib.core.cache import Cache
 from lib.ingest.conform import ConformSettings, TripletCheck, TripletResult
 from lib.ingest.dataset import Rejection, Triplet
 from lib.core.storage import FileRef
-from tasks.retries import retry_transient
+from tasks.retries import on_last_attempt, retry_transient
+from tasks.secrets import resolve_url
 
 
 @task(retries=storage.download_attempts() - 1, retry_delay_seconds=storage.retry_delays(),
       retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def fetch_training_data(url: str, cache_root: Path) -> FileRef:
-    return storage.fetch(url, cache_root / "downloads")
+    """`url` may be `secret://NAME` (tasks/secrets.py): resolved here, so no task or flow
+    parameter ever holds the real URL. The last attempt's error says how many were made."""
+    with on_last_attempt():
+        return storage.fetch(resolve_url(url), cache_root / "downloads")
 
 
 @task(cache_policy=NO_CACHE)

@@ -11,10 +11,12 @@ from prefect.cache_policies import NO_CACHE
 from lib.core.cache import Cache
 from lib.core.config import TrainRequest
 from lib.core.plan import validation_conform_settings
+from lib.core.redact import redact_url
 from lib.core.storage import FileRef
 from lib.publish.upload import upload_outputs
 from lib.ingest.validation import prepare_samples
 from tasks.retries import retry_transient
+from tasks.secrets import resolve_samples
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
@@ -32,7 +34,7 @@ def outputs_markdown(result: dict, extra: dict, loss_plot: Path | None, previews
                         if value is not None and not isinstance(value, (dict, list)))
     rows = "\n".join(f"| {_file_cell(name, info['url'])} | {info['size']:,} | `{info['sha256'][:12]}` |"
                      for name, info in result["outputs"].items())
-    sections = [f"# LoRA training outputs\n\n{metrics}\n\nSaved to `{output_url}`.",
+    sections = [f"# LoRA training outputs\n\n{metrics}\n\nSaved to `{redact_url(output_url)}`.",
                 *[f"## Validation sample {index}\n\nsource · mask · reference · generated\n\n"
                   f"{_inline_image(Path(path), 'image/webp', f'validation sample {index}')}"
                   for index, path in enumerate(previews, 1)],
@@ -72,7 +74,7 @@ def presigned_url(url: str, expiration_s: int = 7 * 24 * 3600) -> str | None:
 @task(cache_policy=NO_CACHE)
 def prepare_validation(request: TrainRequest, cache: Cache) -> list[FileRef]:
     """Fetch and conform every validation sample before any GPU is asked for (422 on failure)."""
-    return prepare_samples(request.validation, validation_conform_settings(request), cache)
+    return prepare_samples(resolve_samples(request.validation), validation_conform_settings(request), cache)
 
 
 def _variable_name(request: TrainRequest) -> str:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lib.core.config import TrainRequest
 from lib.core.errors import InvalidRequest
+from lib.core.redact import redact_json, redact_text
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -53,8 +54,8 @@ class Planned(BaseModel):
 
 
 def _explain(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
-                     for e in error.errors())
+    return redact_text("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
+                                 for e in error.errors()))
 
 
 def parse_manifest(text: str, source: str) -> Manifest:
@@ -108,7 +109,7 @@ class EntryOutcome(BaseModel):
 
 
 def summary_rows(outcomes: list[EntryOutcome]) -> list[dict]:
-    return [json.loads(outcome.model_dump_json()) for outcome in outcomes]
+    return [redact_json(json.loads(outcome.model_dump_json())) for outcome in outcomes]
 
 
 def failed_message(outcomes: list[EntryOutcome]) -> str:
@@ -116,4 +117,4 @@ def failed_message(outcomes: list[EntryOutcome]) -> str:
     bad = [o for o in outcomes if o.status in ("invalid", "failed")]
     lines = [f"{len(bad)} of {len(outcomes)} entries did not train:"]
     lines += [f"- {o.entry}: {o.status}: {o.message}" for o in bad]
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))

@@ -18,6 +18,7 @@ import fsspec
 from pydantic import BaseModel, ConfigDict
 
 from lib.core.errors import MissingExtra, DownloadError, TransientDownloadError
+from lib.core.redact import redact_text, redact_url
 
 CHUNK_BYTES = 1 << 20
 # Transfers never hang: a server that accepts and then never answers fails after these (then the
@@ -81,7 +82,7 @@ def open_fs(url: str):
     try:
         return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as error:
-        raise MissingExtra(url, error, EXTRAS) from error
+        raise MissingExtra(redact_url(url), error, EXTRAS) from None
 
 
 def probe_writable(url: str) -> None:
@@ -165,53 +166,131 @@ def storage_options(url: str) -> dict:
 
 
 def describe_cause(error: BaseException, url: str) -> str:
-    """The informative part of an error chain: fsspec reports a DNS failure, a refused connection
-    or an HTTP 404 alike as `FileNotFoundError: <url>`; the real cause is further down."""
-    for cause in _chain(error):
+    """The informative part of an error chain, with every URL in it redacted (lib.core.redact):
+    fsspec reports a DNS failure, a refused connection or an HTTP 403/404 alike as
+    `FileNotFoundError: <url>` (or, for a URL with `?` in it, as a glob hint); the real cause is
+    further down. An HTTP status anywhere in the chain wins, then a time-out, then the first
+    message that says more than the URL."""
+    from http import HTTPStatus
+
+    causes = list(_chain(error))
+    for cause in causes:
         status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
         if isinstance(status, int):
-            return f"HTTP {status} {getattr(cause, 'message', '') or ''}".strip()
-        if isinstance(cause, TimeoutError):
-            connect, read = timeouts()
-            return (f"timed out: no connection within {connect:g} s or no data for {read:g} s "
-                    f"(${CONNECT_TIMEOUT_ENV} / ${READ_TIMEOUT_ENV})")
+            phrase = getattr(cause, "message", "") or getattr(cause, "reason", "") or ""
+            if not phrase and status in HTTPStatus._value2member_map_:
+                phrase = HTTPStatus(status).phrase
+            return redact_text(f"HTTP {status} {phrase}".strip())
+    if any(isinstance(cause, TimeoutError) for cause in causes):
+        connect, read = timeouts()
+        return (f"timed out: no connection within {connect:g} s or no data for {read:g} s "
+                f"(${CONNECT_TIMEOUT_ENV} / ${READ_TIMEOUT_ENV})")
+    for cause in causes:
         text = str(cause)
         if text and text.strip("'\"") != url:
-            return f"{type(cause).__name__}: {text}"
-    return f"{type(error).__name__}: {error}"
+            return redact_text(f"{type(cause).__name__}: {text}")
+    return redact_text(f"{type(error).__name__}: {error}")
+
+
+def _is_http(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+class _HttpBody:
+    """The body of one streamed HTTP GET, read through fsspec's HTTP filesystem (its aiohttp
+    session, time-outs and event loop). One request: no HEAD first, no range requests, so a
+    server without range support (Python's http.server, signed-URL endpoints) serves it alike,
+    and a silent server costs one read time-out per attempt, not two."""
+
+    def __init__(self, fs, url: str):
+        import yarl
+        from fsspec.asyn import sync
+
+        self._sync, self._loop = sync, fs.loop
+        session = sync(fs.loop, fs.set_session)
+        options = dict(fs.kwargs)
+        headers = {**options.pop("headers", {}), "Accept-Encoding": "identity"}
+        # An already-encoded URL (a presigned one: `%2F` in its signature) is sent byte for byte;
+        # re-quoting it would break the signature.
+        target = yarl.URL(url, encoded="%" in url)
+        self.response = sync(fs.loop, _get, session, target, headers, options)
+        try:
+            self.response.raise_for_status()   # aiohttp.ClientResponseError: .status, .message
+        except Exception:
+            self.close()
+            raise
+        length = self.response.headers.get("Content-Length")
+        encoding = self.response.headers.get("Content-Encoding", "identity")
+        self.size = int(length) if length and length.isdigit() and encoding in ("", "identity") else None
+
+    def read(self, size: int) -> bytes:
+        return self._sync(self._loop, self.response.content.read, size)
+
+    def close(self) -> None:
+        async def release():
+            self.response.close()
+        self._sync(self._loop, release)
+
+
+async def _get(session, target, headers: dict, options: dict):
+    return await session.get(target, headers=headers, **options)
+
+
+@contextmanager
+def _open_source(url: str):
+    """(readable, size in bytes or None) for any URL or path: HTTP(S) as one streamed GET; every
+    other protocol through its filesystem's own open (never `fsspec.open`, whose glob expansion
+    turns a `?` into 'The URL contains glob characters')."""
+    fs, path = open_fs(url)
+    if _is_http(url):
+        body = _HttpBody(fs, url)
+        try:
+            yield body, body.size
+        finally:
+            body.close()
+        return
+    with fs.open(path, "rb") as source:
+        yield source, None
 
 
 def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
     """Stream `url` (any fsspec URL or a local path) into `dest_dir/<sha256><suffix>`.
 
-    Raises TransientDownloadError for failures worth retrying, DownloadError otherwise, and
-    ValueError-free messages that name the URL. Never leaves a partial file behind.
+    Raises TransientDownloadError for failures worth retrying, DownloadError otherwise, with
+    messages that name the URL redacted (lib.core.redact) and the real cause (an HTTP status,
+    a time-out). Never leaves a partial file behind. The errors carry no chain: the causes hold
+    the full URL, and a traceback or a pickled state must not.
     """
+    shown = redact_url(url)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    suffix = Path(url.split("?")[0]).suffix.lower()[:8]
+    suffix = Path(url.split("?")[0].split("#")[0]).suffix.lower()[:8]
     handle, partial = tempfile.mkstemp(prefix=".download.", dir=dest_dir)
     digest, size = hashlib.sha256(), 0
+    too_large = DownloadError(f"{shown}: the file is larger than the {max_bytes} byte download limit.",
+                              code="too_large")
+    failure: DownloadError | None = None
     try:
-        with os.fdopen(handle, "wb") as out, fsspec.open(url, "rb", **storage_options(url)) as source:
+        with os.fdopen(handle, "wb") as out, _open_source(url) as (source, declared):
+            if declared is not None and declared > max_bytes:
+                raise too_large
             while chunk := source.read(CHUNK_BYTES):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise DownloadError(
-                        f"{url}: the file is larger than the {max_bytes} byte download limit.",
-                        code="too_large",
-                    )
+                    raise too_large
                 digest.update(chunk)
                 out.write(chunk)
-    except DownloadError:
-        os.unlink(partial)
-        raise
-    except ImportError as error:
-        os.unlink(partial)
-        raise DownloadError(f"Could not download {MissingExtra(url, error, EXTRAS)}.") from error
+            if declared is not None and size < declared:   # the server closed the stream early
+                raise ConnectionError(f"the connection closed after {size} of {declared} bytes")
+    except DownloadError as error:
+        failure = error
+    except MissingExtra as error:
+        failure = DownloadError(f"Could not download {error}.")
     except Exception as error:  # fsspec backends raise their own types; classify, then wrap
-        os.unlink(partial)
         kind = TransientDownloadError if is_transient(error) else DownloadError
-        raise kind(f"Could not download {url}: {describe_cause(error, url)}") from error
+        failure = kind(f"Could not download {shown}: {describe_cause(error, url)}")
+    if failure is not None:
+        os.unlink(partial)
+        raise failure from None
     final = dest_dir / f"{digest.hexdigest()}{suffix}"
     os.replace(partial, final)
     return FileRef(path=str(final), sha256=digest.hexdigest(), size=size)
@@ -227,6 +306,12 @@ def retry_delays() -> list[int]:
     return [RETRY_DELAYS_S[min(i, len(RETRY_DELAYS_S) - 1)] for i in range(retries)]
 
 
+def after_attempts(error: TransientDownloadError, attempts: int) -> TransientDownloadError:
+    """The last attempt's error, saying how many attempts were made: the one final message for
+    `fetch_with_retries` (the CLI's check) and the Prefect task's last retry (a flow) alike."""
+    return TransientDownloadError(f"{error.message} (after {attempts} attempt(s), ${ATTEMPTS_ENV})")
+
+
 def fetch_with_retries(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES) -> FileRef:
     """`fetch`, retried after transient failures ($AV2AV_DOWNLOAD_ATTEMPTS attempts in all), for
     callers without Prefect's task retries (the CLI's check). The last error says how many tries."""
@@ -239,5 +324,4 @@ def fetch_with_retries(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DO
     try:
         return fetch(url, dest_dir, max_bytes)
     except TransientDownloadError as error:
-        raise TransientDownloadError(f"{error.message} (after {len(delays) + 1} attempt(s), "
-                                     f"${ATTEMPTS_ENV})") from error
+        raise after_attempts(error, len(delays) + 1) from None

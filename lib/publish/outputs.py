@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.core.config import TrainRequest
+from lib.core.redact import redact_json
 from lib.train.lora_io import TARGET_MODULES, TRAINING_TYPE
 from lib.core.plan import RunPlan
 
@@ -40,7 +41,9 @@ def config_document(request: TrainRequest, plan: RunPlan) -> dict:
                                "cfg_audio": sampler.audio_guidance, "stg_scale": sampler.stg_scale,
                                "modality_scale": sampler.modality_scale,
                                "guidance_rescale": sampler.guidance_rescale},
-        "request": request.model_dump(mode="json"),
+        # every URL the request holds (training_data_url, output_url, validation URLs, model
+        # sources) without query string or user:password: a presigned URL's signature stays out
+        "request": redact_json(request.model_dump(mode="json")),
     }
 
 

@@ -11,6 +11,7 @@ import posixpath
 import uuid
 from pathlib import Path
 
+from lib.core.redact import redact_url
 from lib.core.errors import InvalidRequest, MissingExtra, TransientUploadError, UploadError
 from lib.core.storage import describe_cause, is_transient, open_fs, probe_writable, sha256_file
 
@@ -41,9 +42,10 @@ def check_output_location(output_url: str) -> None:
     except MissingExtra as error:
         raise InvalidRequest(f"output_url: {error}.") from error
     except ValueError as error:
-        raise InvalidRequest(f"output_url: {output_url} is not a location fsspec knows ({error}).") from error
+        raise InvalidRequest(f"output_url: {redact_url(output_url)} is not a location fsspec knows "
+                             f"({error}).") from error
     except Exception as error:   # every backend raises its own types
-        raise InvalidRequest(f"output_url: cannot write to {output_url}: "
+        raise InvalidRequest(f"output_url: cannot write to {redact_url(output_url)}: "
                              f"{describe_cause(error, output_url)}.") from error
 
 
@@ -72,10 +74,12 @@ def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict
             outputs[name] = {"url": _url(output_url, name), "size": size, "sha256": sha256_file(local)}
         result = {"outputs": outputs, **extra}
         _put(fs, None, json.dumps(result, indent=2).encode(), posixpath.join(root, RESULT_NAME))
-    except Exception as error:
+    except BaseException as error:
         left = _remove(fs, written) if fs is not None else []
+        if not isinstance(error, Exception):   # Ctrl-C or SIGTERM: nothing half-written stays
+            raise
         kind = TransientUploadError if is_transient(error) else UploadError
-        raise kind(f"Could not upload the outputs to {output_url}: {_cause(error, files)}"
+        raise kind(f"Could not upload the outputs to {redact_url(output_url)}: {_cause(error, files)}"
                    f"{_left_behind(left)}") from error
     return result
 
@@ -87,9 +91,9 @@ def _check_size(fs, target: str, size: int, name: str) -> None:
 
 
 def _remove(fs, targets: list[str]) -> list[str]:
-    """Remove what exists of `targets`; returns the ones that could not be removed."""
+    """Remove what exists of `targets`, newest first; returns the ones that could not be removed."""
     left = []
-    for target in targets:
+    for target in reversed(targets):
         try:
             if fs.exists(target):
                 fs.rm_file(target)
@@ -112,4 +116,4 @@ def _left_behind(left: list[str]) -> str:
 
 
 def _url(output_url: str, name: str) -> str:
-    return f"{output_url.rstrip('/')}/{name}"
+    return f"{redact_url(output_url).rstrip('/')}/{name}"
