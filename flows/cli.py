@@ -178,9 +178,32 @@ def run_train(args: argparse.Namespace) -> int:
     request = _read_request(args.config)
     if isinstance(request, int):
         return request
-    from flows.train_lora import train_lora
+    if request.resume_from and not Path(request.resume_from).is_file():   # before Prefect (and torch) start
+        print(f"Invalid request: resume_from: no checkpoint file at {request.resume_from}.", file=sys.stderr)
+        return EXIT_INVALID
+    from flows.cli_stop import exit_now, quiet_crash_echo, started, stop_line, stop_signal, stop_signals
+    from flows.local_server import ServerStartFailed, local_server
 
-    state = train_lora(request, return_state=True)
+    began = started()
+    try:
+        with stop_signals(), local_server():
+            from flows.train_lora import train_lora
+
+            with quiet_crash_echo():
+                state = train_lora(request, return_state=True)
+    except ServerStartFailed as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_DOWNLOAD
+    except BaseException as error:
+        signum = stop_signal(error)
+        if signum is None:
+            raise
+        print(stop_line(began), file=sys.stderr)
+        exit_now(128 + signum)
+    return _train_outcome(state)
+
+
+def _train_outcome(state) -> int:
     if state.is_completed():
         print(json.dumps(state.result(), indent=2))
         return EXIT_OK

@@ -17,7 +17,7 @@ entries:
   - name: voice-anna
     request: {training_data_url: "https://example.com/anna.zip"}
   - name: smoke-fx
-    request: {training_data_url: "https://example.com/smoke.zip", rank: 64, output_url: "gs://other/smoke"}
+    request: {training_data_url: "https://example.com/smoke.zip", rank: 64, output_url: "s3://other/smoke"}
   - name: broken
     request: {training_data_url: "https://example.com/b.zip", rank: 12}
 """
@@ -28,7 +28,7 @@ def test_defaults_entry_fields_and_output_folders():
     anna, smoke = planned["voice-anna"].request, planned["smoke-fx"].request
     assert (anna.rank, anna.number_of_steps, anna.trigger_phrase) == (16, 500, "repl4ce")
     assert anna.output_url == "s3://studio/nightly/voice-anna"
-    assert smoke.rank == 64 and smoke.output_url == "gs://other/smoke"   # its own fields win
+    assert smoke.rank == 64 and smoke.output_url == "s3://other/smoke"   # its own fields win
     assert planned["broken"].request is None and "rank" in planned["broken"].problem
 
 

@@ -86,3 +86,15 @@ def test_run_form_text_renders():
             assert "Range:" in prop["description"], name
     sample = schema["$defs"]["ValidationSample"]["properties"]
     assert all("anyOf" not in prop for prop in sample.values())
+
+
+def test_a_location_whose_package_is_missing_is_refused_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from lib.core import config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "gcsfs" else real(name))
+    with pytest.raises(ValidationError, match=r"gs:// needs the gcsfs package on this machine: "
+                                              r"pip install 'av2av-trainer\[gcs\]'"):
+        TrainRequest(training_data_url="x.zip", output_url="gs://bucket/loras")

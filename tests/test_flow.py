@@ -116,19 +116,14 @@ def test_unavailable_model_ends_the_run_before_the_dataset_is_fetched(sample_zip
     assert not (tmp_path / "out" / "result.json").exists()   # nothing uploaded, billed 0
 
 
-@pytest.mark.parametrize("output_url, text", [
-    ("{tmp}/a_file/out", "cannot write to"),
-    ("gs://my-bucket/loras", "av2av-trainer[gcs]"),
-], ids=["under-a-file", "extra-missing"])
+@pytest.mark.parametrize("output_url, text", [("{tmp}/a_file/out", "cannot write to")], ids=["under-a-file"])
 def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(sample_zip, tmp_path, monkeypatch,
                                                                        output_url, text):
-    import importlib.util
+    # (a scheme whose package is missing never gets this far: the request refuses it, test_config)
     import time
 
     import flows.train_lora as module
 
-    if "gs://" in output_url and importlib.util.find_spec("gcsfs"):
-        pytest.skip("gcsfs is installed here")
     (tmp_path / "a_file").write_text("not a folder")
 
     def no_fetch(*args, **kwargs):

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 MODE_ENV = "AV2AV_PROGRESS"
 EVERY_S = 10.0
+# label -> (done, total) of the latest update in this process: what an interrupted CLI reports
+LATEST: dict[str, tuple[int, int]] = {}
 
 
 def _print_line(text: str) -> None:
@@ -55,6 +57,7 @@ class Progress:
 
     def update(self, done: int | None = None, **figures) -> None:
         previous, self.done = self.done, self.done + 1 if done is None else done
+        LATEST[self.label] = (self.done, self.total)
         if self.bar is not None:
             self.bar.set_postfix({k: _short(v) for k, v in figures.items()}, refresh=False)
             self.bar.update(self.done - previous)

@@ -112,6 +112,7 @@ def make_demo(folder: Path) -> dict[str, Path]:
         "training_data_url": str(dataset), "model": "tiny", "trigger_phrase": "repl4ce", "rank": 16,
         "number_of_steps": 100, "learning_rate": 1e-3, "number_of_frames": 17, "frame_rate": 24,
         "resolution": "low", "aspect_ratio": "16:9", "debug_dataset": True,
+        "reference_downscale": 1,   # 512x288 has no exact half (README, "Fidelity to Lightricks' recipe")
         "validation": [{"prompt": "repl4ce the square with a moving pattern and a tone", "video_url": str(source),
                         "mask_url": str(mask), "reference_video_url": str(reference)}],
         "validation_number_of_frames": 17, "validation_resolution": "low", "validation_aspect_ratio": "16:9",

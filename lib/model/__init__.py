@@ -10,9 +10,10 @@ import logging
 # Set before diffusers or torchao are imported. On a CPU machine torchao cannot load its CUDA
 # extensions and says so on import, torch warns about torchao's pytree registrations, diffusers
 # about torchao checkpoints we never deserialize, and every `.to(dtype)` of a diffusers model warns
-# about an (empty) list of fp32 modules: noise in every run's log.
+# about an (empty) list of fp32 modules, and bitsandbytes that an optional CPU kernel package is
+# missing: noise in every run's log.
 for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
-              "diffusers.models.modeling_utils"):
+              "diffusers.models.modeling_utils", "bitsandbytes.backends.cpu.ops"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 from lib.model.components import (MODULE_NAMES, Components, build_tiny, config_hash, model_spec, save_pretrained,
