@@ -49,6 +49,11 @@ def test_prefect_yaml_deployments():
     assert batch["entrypoint"] == "flows/retrain_batch.py:retrain_batch" and batch["work_pool"]["name"] == "cpu"
     assert batch["schedules"][0]["cron"] and batch["schedules"][0]["active"] is False
     assert set(batch["parameters"]) == {"manifest_url"}
+    generate, generate_gpu = deployments["generate"], deployments["generate-gpu"]
+    assert generate["entrypoint"] == "flows/generate.py:generate" and generate["work_pool"]["name"] == "cpu"
+    assert generate_gpu["entrypoint"] == "flows/generate_gpu.py:generate_gpu"
+    assert generate_gpu["work_pool"]["name"] == "gpu" and generate_gpu["concurrency_limit"] == 1
+    assert {"CUDA_VISIBLE_DEVICES", "AV2AV_GPU_MEMORY_GB"} <= set(generate_gpu["work_pool"]["job_variables"]["env"])
 
 
 @pytest.mark.usefixtures("prefect_harness")

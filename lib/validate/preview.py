@@ -15,12 +15,14 @@ from lib.validate.sampling import SamplerSettings, sample
 
 
 def render_sample(components: Components, clip_path: str, latents_path: str, negative_text: dict,
-                  settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings()) -> dict:
-    """Sample one validation clip; the generated panel keeps the source's pixels outside the mask."""
+                  settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings(),
+                  on_step=None) -> dict:
+    """Sample one validation clip (or a generation: the same clip layout); the generated panel keeps
+    the source's pixels outside the mask. `on_step(done, steps)`: after each denoising step."""
     clip = load_clip(clip_path)
     example = load_example(latents_path)
     video_latents, audio_latents = sample(components.transformer, components.scheduler, example,
-                                          negative_text, settings, conditioning, components.dtype)
+                                          negative_text, settings, conditioning, components.dtype, on_step)
     generated = latents.decode_video(components, video_latents)
     waveform, sample_rate = latents.decode_audio(components, audio_latents)
     return {"source": clip["target"], "mask": clip["mask"], "reference": clip["reference"],

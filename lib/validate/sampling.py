@@ -75,13 +75,13 @@ def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs | None, settin
 @torch.no_grad()
 def sample(transformer, scheduler, example: Example, negative_text: dict[str, torch.Tensor],
            settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings(),
-           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           dtype: torch.dtype | None = None, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate the masked video region and the whole target audio for `example`.
 
     `example.target_video` holds the source's latents (its kept tokens stay clean throughout);
     `example.target_audio` only gives the audio shape. The state is kept in fp32; the model sees
-    it in its own `dtype` under autocast. Returns unbatched fp32 latents (C, F, h, w) and
-    (C, L, M), ready for lib.model.latents.decode_*.
+    it in its own `dtype` under autocast. `on_step(done, steps)` is called after each step (progress).
+    Returns unbatched fp32 latents (C, F, h, w) and (C, L, M), ready for lib.model.latents.decode_*.
     """
     first = next(transformer.parameters())
     device, dtype = first.device, dtype or first.dtype
@@ -92,7 +92,7 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
     unconditional = copy.copy(example)
     unconditional.text = negative_text
     sigmas = sigma_schedule(scheduler, settings.steps, len(clean_video)).to(device)
-    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+    for done, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:]), 1):
         state = dict(video_sigma=sigma, audio_sigma=sigma, video_noise=video, audio_noise=audio,
                      noisy_video=video, noisy_audio=audio, conditioning=conditioning, dtype=dtype)
         cond = build_inputs(transformer, example, **state)
@@ -103,6 +103,8 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
         # Euler on the velocity implied by the guided x0: v = (x_t - x0) / sigma.
         video = video + (next_sigma - sigma) * (video - video_x0) / sigma
         audio = audio + (next_sigma - sigma) * (audio - audio_x0) / sigma
+        if on_step is not None:
+            on_step(done, settings.steps)
     mask = example.video_mask.reshape(-1, 1).to(device)
     video = torch.where(mask, video, clean_video.to(device))  # kept tokens: exactly the source
     frames, height, width = example.video_mask.shape

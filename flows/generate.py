@@ -1,0 +1,139 @@
+"""`generate`: apply a trained LoRA to new source, mask and reference clips (UI form, API, CLI).
+
+The CPU pool checks everything a user can get wrong first (the LoRA file and its conventions, the
+memory plan, the weights, output_url, the cache), then fetches and conforms the inputs as
+validation samples are; the GPU pool (`generate-gpu`, through its deployment when one exists,
+else in this process) encodes, samples and decodes; the outputs are uploaded to output_url.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from flows.gpu_handoff import deployment_available
+from flows.train_lora import REFUSALS, refused, run_name, staging_id, step
+from lib.core.cache import Cache, check_cache_location
+from lib.core.errors import InvalidRequest
+from lib.core.generate import GeneratePlan, GenerateRequest, plan_generation, refuse_contradictions
+from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner, run_entry
+from lib.core.redact import redact_json, redact_url
+from lib.core.storage import FileRef
+from lib.model import check_model_source
+from lib.publish.upload import check_output_location
+from tasks import generate as tasks
+from tasks.housekeeping import sweep_stale_runs
+
+GPU_DEPLOYMENT = os.environ.get("AV2AV_GENERATE_GPU_DEPLOYMENT", "generate-gpu/generate-gpu")
+
+
+@flow(name="generate", log_prints=True)
+def generate(request: GenerateRequest):
+    """Generate a clip with a trained LoRA; returns result.json's content.
+
+    A LoRA that cannot work (not a LoRA, another model's, contradicting the request) ends the run
+    Failed, named InvalidRequest, in seconds; unusable inputs InvalidDataset (the 422 text naming the
+    file); download problems DownloadFailed; upload problems UploadFailed.
+
+    Args:
+        request: The LoRA, the prompt, the source, mask and reference clips, and the sampler's settings.
+    """
+    try:
+        return _generate(request)
+    except REFUSALS as error:
+        return refused(error)
+
+
+def _generate(request: GenerateRequest) -> dict:
+    log = get_run_logger()
+    cache, run_id = Cache.current(), staging_id()
+    output_url = request.output_url or str(Path("outputs") / run_name())
+    shown = redact_url(request.lora_url)
+    with step("read the LoRA"):
+        lora_file, lora = tasks.open_lora(request, cache)
+    refuse_contradictions(request, lora, shown)
+    log.info("LoRA %s (sha256 %s): rank %d, trigger phrase %r, reference audio %s, reference 1/%d (from its %s)",
+             shown, lora.sha256[:12], lora.rank, lora.trigger_phrase, lora.reference_audio_positions,
+             lora.reference_downscale, lora.read_from)
+    _check_memory(request, lora.rank, lora.reference_downscale)
+    check_model_source(request.model, request.model_source, request.text_encoder_source)
+    check_output_location(output_url)
+    check_cache_location(cache)
+    sweep_stale_runs(cache)
+    plan = plan_generation(request, lora, shown)
+    mark_owner(cache.path(run_entry(run_id)), run_id)
+    log.info("fetching and conforming the source, mask and reference(s)")
+    with step("inputs"):
+        clip = tasks.prepare_inputs(request, plan.prompt, cache)
+    shared = cache.share(Path(lora_file.path), f"{run_entry(run_id)}/lora.safetensors")
+    with step("generate"):
+        produced = run_gpu(plan, clip, shared.model_copy(update={"sha256": lora.sha256}), run_id, cache)
+    files = {name: path for name, path in produced.items() if name != "preview.webp"}
+    with step("upload"):
+        result = tasks.upload_generated(files, output_url, result_extra(request, plan), produced.get("preview.webp"))
+    cache.remove(run_entry(run_id))
+    print(f"Outputs: {redact_url(output_url)}")
+    return result
+
+
+def _check_memory(request: GenerateRequest, rank: int, reference_downscale: int) -> None:
+    """Refuse up front what the GPU pool's declared memory cannot hold, as train-lora does."""
+    from lib.validate.inference_memory import check_generate_fits
+
+    check_generate_fits(request, rank, reference_downscale, declared_gpu_memory())
+
+
+def declared_gpu_memory() -> float | None:
+    """What the generate-gpu deployment declares (AV2AV_GPU_MEMORY_GB in its job variables) when the
+    run is handed to it, else what this machine declares or has."""
+    from lib.train.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory as local
+
+    if not deployment_available(GPU_DEPLOYMENT):
+        return local()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        variables = client.read_deployment_by_name(GPU_DEPLOYMENT).job_variables or {}
+    declared = (variables.get("env") or {}).get(GPU_MEMORY_ENV)
+    return float(declared) if declared else None
+
+
+def result_extra(request: GenerateRequest, plan: GeneratePlan) -> dict:
+    """result.json beside the outputs: the LoRA (by hash), its conventions and every setting used."""
+    width, height = request.bucket
+    return {"lora": {"url": redact_url(request.lora_url), "sha256": plan.lora.sha256, "rank": plan.lora.rank,
+                     "base_model": plan.lora.base_model},
+            "conventions": {"reference_audio_positions": plan.lora.reference_audio_positions,
+                            "reference_downscale_factor": plan.lora.reference_downscale,
+                            "trigger_phrase": plan.lora.trigger_phrase, "read_from": plan.lora.read_from},
+            "prompt_used": plan.prompt, "frames": request.number_of_frames, "width": width, "height": height,
+            "settings": redact_json(request.model_dump(mode="json")), "flow_run": run_name()}
+
+
+def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache: Cache) -> dict[str, Path]:
+    """Run `generate-gpu` as `<this run's name>-gpu` (its deployment on the GPU pool, else in this
+    process); returns its files as local paths here."""
+    parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
+    if not deployment_available(GPU_DEPLOYMENT):
+        from flows.generate_gpu import generate_gpu   # torch and the model stack: only in-process
+
+        state = generate_gpu.with_options(flow_run_name=name)(plan, clip, lora, run_id, cache.location,
+                                                              parent_run_id=parent_id, return_state=True)
+        if state.name == "InvalidRequest":
+            raise InvalidRequest(state.message)
+        result = state.result()
+    else:
+        parameters = {"plan": plan.model_dump(mode="json"), "clip": clip.model_dump(), "lora": lora.model_dump(),
+                      "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
+        run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2, flow_run_name=name)
+        if run.state and run.state.name == "InvalidRequest":
+            raise InvalidRequest(run.state.message)
+        if not run.state or not run.state.is_completed():
+            message = run.state.message if run.state else "no state"
+            raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
+        result = json.loads(cache.open_entry(f"{gpu_entry(run_id)}/{GPU_RESULT}").read_text())
+    return {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
