@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Run the whole train-lora flow locally from a request JSON.")
     train.add_argument("--config", required=True, metavar="request.json",
                        help="A JSON object with the request parameters (see README).")
+    train.add_argument("--json", action="store_true", help="End with result.json's full document instead of a summary.")
     plan = commands.add_parser("plan", help="Print the GPU memory a request needs, per part and stage; exit 2 "
                                "if it does not fit --gpu-memory.")
     plan.add_argument("--config", required=True, metavar="request.json", help="The request JSON (see README).")
@@ -129,7 +131,7 @@ def run_check(args: argparse.Namespace) -> int:
         refusal = _refusal(error)
         if refusal is None:
             raise
-        if isinstance(error, InvalidDataset) and error.report:
+        if isinstance(error, InvalidDataset) and error.report.get("triplets"):   # a table only when it has rows
             print(render_text(error.report))
         print(refusal[1], file=sys.stderr)
         return refusal[0]
@@ -181,15 +183,15 @@ def run_train(args: argparse.Namespace) -> int:
     if request.resume_from and not Path(request.resume_from).is_file():   # before Prefect (and torch) start
         print(f"Invalid request: resume_from: no checkpoint file at {request.resume_from}.", file=sys.stderr)
         return EXIT_INVALID
-    from flows.cli_stop import exit_now, quiet_crash_echo, started, stop_line, stop_signal, stop_signals
+    from flows.cli_stop import exit_now, quiet_console, started, stop_line, stop_signal, stop_signals
     from flows.local_server import ServerStartFailed, local_server
 
     began = started()
     try:
         with stop_signals(), local_server():
-            from flows.train_lora import train_lora
+            from flows.train_lora import FAILED_STATE_NAMES, train_lora
 
-            with quiet_crash_echo():
+            with quiet_console(tuple(name for _, name in FAILED_STATE_NAMES)):
                 state = train_lora(request, return_state=True)
     except ServerStartFailed as error:
         print(str(error), file=sys.stderr)
@@ -200,12 +202,25 @@ def run_train(args: argparse.Namespace) -> int:
             raise
         print(stop_line(began), file=sys.stderr)
         exit_now(128 + signum)
-    return _train_outcome(state)
+    return _train_outcome(state, args.json, time.time() - began)
 
 
-def _train_outcome(state) -> int:
+def _summary(result: dict, seconds: float) -> str:
+    """What a person reads at the end of `av2av train`: the run in one line, then each output."""
+    if "outputs" not in result:   # skipped: unchanged since the last success
+        return str(result)
+    head = (f"Trained {result['steps']} steps on {result['accepted_triplets']} triplet(s) in {seconds / 60:.1f} min, "
+            f"final loss {result['final_loss']:.4f}.")
+    width = max(len(name) for name in result["outputs"])
+    rows = [f"  {name:<{width}}  {info['url']}" for name, info in result["outputs"].items()]
+    folder = str(Path(next(iter(result["outputs"].values()))["url"]).parent)
+    return "\n".join([head, f"Outputs in {folder} (result.json lists their sizes and sha256):", *rows])
+
+
+def _train_outcome(state, as_json: bool, seconds: float) -> int:
     if state.is_completed():
-        print(json.dumps(state.result(), indent=2))
+        result = state.result()
+        print(json.dumps(result, indent=2) if as_json else _summary(result, seconds))
         return EXIT_OK
     from lib.ingest.report import render_text
 
@@ -214,7 +229,7 @@ def _train_outcome(state) -> int:
     if refusal is None:
         print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
         return EXIT_DOWNLOAD
-    if isinstance(error, InvalidDataset) and error.report:
+    if isinstance(error, InvalidDataset) and error.report.get("triplets"):   # a table only when it has rows
         print(render_text(error.report))
     print(refusal[1], file=sys.stderr)
     return refusal[0]

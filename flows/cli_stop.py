@@ -29,20 +29,27 @@ def _raise_stopped(signum, _frame) -> None:
     raise Stopped(signum)
 
 
-class _NoCrashEcho(logging.Filter):
-    """Prefect reports a stop as a crash of every task and flow run on the way out (4+ ERROR lines);
-    the terminal gets our one line instead. The run's own logs on a server keep them."""
+class _SaidByTheCli(logging.Filter):
+    """Lines the CLI says itself, in its own words, kept off the terminal's Prefect console: a
+    stop's crash report for every task and flow run (4+ ERROR lines) and a refusal's state line
+    (`InvalidDataset: …`). The run's own logs on a server keep them."""
+
+    def __init__(self, refusal_names: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = tuple(f"{name}: " for name in refusal_names)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "aborted by an interrupt signal" not in message and "aborted by a termination signal" not in message
+        if "aborted by an interrupt signal" in message or "aborted by a termination signal" in message:
+            return False
+        return not (record.name == "prefect.flow_runs" and message.startswith(self.prefixes))
 
 
 @contextmanager
-def quiet_crash_echo() -> Iterator[None]:
-    """Keep Prefect's crash echo of a stop off the terminal (its console handler sits on the root
-    logger once Prefect has set up logging, i.e. after `import prefect`)."""
-    quiet = _NoCrashEcho()
+def quiet_console(refusal_names: tuple[str, ...]) -> Iterator[None]:
+    """Keep what the CLI says itself off Prefect's console handler (on the root logger once Prefect
+    has set up logging, i.e. after `import prefect`)."""
+    quiet = _SaidByTheCli(refusal_names)
     handlers = [handler for handler in logging.getLogger().handlers if type(handler).__name__ == "PrefectConsoleHandler"]
     for handler in handlers:
         handler.addFilter(quiet)

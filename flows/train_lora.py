@@ -24,6 +24,7 @@ from lib.train.memory_plan import check_fits, offload_decision
 from lib.model import check_model_source
 from lib.publish.outputs import billing_units, write_config
 from lib.core.plan import plan_run
+from lib.core.progress import announce
 from lib.core.cache import Cache, check_cache_location
 from lib.core.housekeeping import mark_owner, run_entry, stale_after_text
 from lib.publish.upload import check_output_location
@@ -34,7 +35,9 @@ from tasks.outputs import last_success, prepare_validation, remember_success, up
 
 @contextmanager
 def step(name: str):
-    """Errors name the step: ours keep their type (and 422 text), others are wrapped."""
+    """Says the step began (CLI and run page alike); errors name the step: ours keep their type
+    (and 422 text), others are wrapped."""
+    announce(f"{name} ...", get_run_logger().info)
     try:
         yield
     except Av2AvError:
@@ -60,21 +63,26 @@ def refused(error: Av2AvError) -> State:
 
 
 class _QuietRefusals(logging.Filter):
-    """Prefect logs every exception with its traceback: a task that refuses a file ("Task run
-    failed with exception: ArchiveError(...)"), and, when a worker ends a Failed run, the engine
-    re-raising it ("Engine execution exited with unexpected exception"). For our expected refusals
-    (every Av2AvError but StepFailed, which wraps real bugs) that makes a bad zip look like a
-    crash: keep the one-line message, drop the traceback, and drop the engine's repeat entirely
-    (`refused` has logged the state's name and message)."""
+    """Each expected refusal is stated once, by `refused`, in the user's words. Prefect would also
+    log it as the task's exception (with a traceback), as the task's and the flow's final state,
+    and, when a worker ends a Failed run, as the engine re-raising it: four more copies of one
+    fact. Those are dropped here (retry notices stay), and so are the routine "Finished in state
+    Completed()" lines of tasks. StepFailed wraps real bugs: its traceback stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if not isinstance(error, Av2AvError) or isinstance(error, StepFailed):
-            return True
-        if "unexpected exception" in record.getMessage():
+        message = record.getMessage()
+        if record.name == "prefect.task_runs" and message.startswith("Finished in state Completed("):
             return False
-        record.exc_info, record.exc_text = None, None
-        return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, Av2AvError) and not isinstance(error, StepFailed):
+            return "Retry" in message   # a transient failure about to be retried is news; the rest is a repeat
+        return not (message.startswith("Finished in state") and _names_a_refusal(message))
+
+
+def _names_a_refusal(message: str) -> bool:
+    names = {name for _, name in FAILED_STATE_NAMES} | {kind.__name__ for kind in REFUSALS} | {"ArchiveError",
+                                                                                                "MediaError"}
+    return any(f"{name}(" in message or f"{name}:" in message for name in names)
 
 
 for _logger in ("prefect.flow_runs", "prefect.task_runs"):
@@ -140,7 +148,8 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
                                    prefect_steps(get_run_logger().info), cache)
     with step("validation samples"):
         validation_clips = prepare_validation(request, cache)
-    print(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)")
+    announce(f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)",
+             get_run_logger().info)
     plan = plan_run(request, validation_clips, plan_offloads=offload_decision(memory))
     with step("training"):
         trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], run_id, cache)

@@ -19,7 +19,7 @@ from lib.core.errors import TrainingDiverged
 from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner
 from lib.publish.outputs import loss_curve
 from lib.core.plan import RunPlan
-from lib.core.progress import Progress
+from lib.core.progress import Progress, listening
 from lib.validate.reel import animated_previews
 from lib.core.storage import FileRef, work_dir
 from lib.train.worker import TrainJob
@@ -86,21 +86,22 @@ def _train_gpu(plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: str,
     parent.link_child()
     log = run_and_parent_logger(parent)
     try:
-        # Text first, then the VAEs, then the transformer: each part is resident only while needed.
-        negative_text = encode_texts([*clips, *plan.validation.clips], plan, cache)
-        latents = _encode(clips, plan, cache, "encoding training clips", log)
-        validation_latents = _encode(plan.validation.clips, plan, cache, "encoding validation samples", log)
-        local_clips = [ref.model_copy(update={"path": str(cache.open(ref))}) for ref in plan.validation.clips]
-        if negative_text is not None:
-            negative_text = negative_text.model_copy(update={"path": str(cache.open(negative_text))})
-        validation = plan.validation.model_copy(update={"latents": validation_latents, "clips": local_clips,
-                                                        "negative_text": negative_text})
-        plan = plan.model_copy(update={"validation": validation})
-        job = TrainJob(plan=plan, latents=[ref.path for ref in latents], output_dir=str(output),
-                       checkpoint_dir=str(checkpoint_folder(run_id)))
-        losses = train_lora_task(job, gpus, parent_run_id)
-        if validation.clips:
-            render_validation(plan, output / "validation.mp4", output / "lora.safetensors", parent_run_id)
+        with listening(log):   # model loads and cache warnings reach this run and the parent
+            # Text first, then the VAEs, then the transformer: each part is resident only while needed.
+            negative_text = encode_texts([*clips, *plan.validation.clips], plan, cache)
+            latents = _encode(clips, plan, cache, "encoding training clips", log)
+            validation_latents = _encode(plan.validation.clips, plan, cache, "encoding validation samples", log)
+            local_clips = [ref.model_copy(update={"path": str(cache.open(ref))}) for ref in plan.validation.clips]
+            if negative_text is not None:
+                negative_text = negative_text.model_copy(update={"path": str(cache.open(negative_text))})
+            validation = plan.validation.model_copy(update={"latents": validation_latents, "clips": local_clips,
+                                                            "negative_text": negative_text})
+            plan = plan.model_copy(update={"validation": validation})
+            job = TrainJob(plan=plan, latents=[ref.path for ref in latents], output_dir=str(output),
+                           checkpoint_dir=str(checkpoint_folder(run_id)))
+            losses = train_lora_task(job, gpus, parent_run_id)
+            if validation.clips:
+                render_validation(plan, output / "validation.mp4", output / "lora.safetensors", parent_run_id)
     finally:
         model_cache.forget()  # the cached transformer now carries this run's LoRA
     loss_curve(losses, output / "loss.png")

@@ -42,7 +42,7 @@ def encode_texts(clips: list[FileRef], plan: RunPlan, cache: Cache) -> FileRef |
     downscale = plan.conditioning.reference_downscale
     try:
         pending = encoding.encode_captions(components, clips, cache, downscale)
-        get_run_logger().info("%d caption(s) to encode (the others' latents are cached)", pending)
+        get_run_logger().info("%d of %d clip(s) need latents: their captions are encoded first", pending, len(clips))
         if plan.validation.clips:
             return encoding.encode_prompt(components, plan.validation.negative_prompt, cache)
         return None

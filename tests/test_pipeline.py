@@ -78,7 +78,7 @@ def _check_what_the_user_run_shows(run_id, samples: int) -> None:
         parent = client.read_flow_run(run_id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
-        logs = _logs(client, run_id, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), "training: 100/100")
+        logs = _logs(client, run_id, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), "training: 100/100 steps")
     outputs = artifacts["training-outputs"].data
     assert outputs.count("](data:image/webp;base64,") == samples
     assert outputs.count("](data:image/png;base64,") == 1   # the loss curve
@@ -87,7 +87,8 @@ def _check_what_the_user_run_shows(run_id, samples: int) -> None:
     assert artifacts["training-progress"].data == 100.0
     assert [child.name for child in children] == [f"{parent.name}-gpu"]
     assert children[0].name in artifacts["gpu-run"].data
-    assert any(re.match(r"training: 100/100 step loss [0-9.]+", line) for line in logs), logs[-20:]
+    assert any(re.match(r"training: 100/100 steps loss [0-9.]+", line) for line in logs), logs[-20:]
+    assert any(line.startswith("loaded the model's transformer: ") for line in logs), logs   # mirrored from the GPU run
 
 
 def test_bad_validation_sample_fails_before_training(sample_zip, tmp_path, media, monkeypatch):

@@ -181,7 +181,7 @@ def test_train_lora_runs_on_both_pools(stack):
     outputs = artifacts["training-outputs"]["data"]
     assert outputs.count("](data:image/webp;base64,") == 1, "one preview per validation sample"
     logs = stack.flow_run_logs(run["id"], limit=200)
-    assert "training: 100/100 step" in logs and "Traceback" not in logs, logs
+    assert "training: 100/100 steps" in logs and "Traceback" not in logs, logs
 
 
 def test_rerun_after_cleaning_both_local_caches_reuses_the_bucket(stack):

@@ -88,7 +88,7 @@ def test_a_stop_is_one_line_leaves_nothing_running_and_the_run_resumes(tmp_path,
         again, _ = _start(config, tmp_path)
         stdout, stderr = again.communicate(timeout=600)
         assert again.returncode == 0, stderr
-        assert (out / "result.json").is_file() and json.loads(stdout)["steps"] == 100
+        assert json.loads((out / "result.json").read_text())["steps"] == 100 and stdout.startswith("Trained 100 steps")
 
 
 def test_a_server_that_misses_its_start_time_out_is_one_line_and_leaves_nothing(tmp_path):

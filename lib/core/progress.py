@@ -2,8 +2,11 @@
 
 `AV2AV_PROGRESS` picks the display; the CLI sets it, workers leave it unset:
 - `bar`: a live tqdm bar on the terminal (the CLI on a TTY);
-- `lines`: a plain line on stderr every few seconds and at the end (the CLI piped or in CI);
-- unset: a line through the given `log` callable (a Prefect run logger: the run's logs in the UI).
+- `lines`: a plain timestamped line on stderr every few seconds and at the end (the CLI piped or
+  in CI), written past Prefect's print capture (a flow's `log_prints` would turn a print into a log
+  record, which the CLI's WARNING level drops);
+- unset: a line through the given `log` callable (a Prefect run logger: the run's logs in the UI),
+  else printed (inside a flow with `log_prints`, that is the run's log too).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 MODE_ENV = "AV2AV_PROGRESS"
 EVERY_S = 10.0
@@ -20,20 +24,40 @@ LATEST: dict[str, tuple[int, int]] = {}
 
 
 def _print_line(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+    sys.stderr.flush()
+
+
+def _default_log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+_listeners: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def listening(log: Callable[[str], None]) -> Iterator[None]:
+    """Lines announced without a `log` of their own (a part of the model loading, a damaged cache
+    entry) go to `log` meanwhile: a flow passes its run's logger, and its parent's."""
+    _listeners.append(log)
+    try:
+        yield
+    finally:
+        _listeners.remove(log)
+
+
 def announce(text: str, log: Callable[[str], None] | None = None) -> None:
-    """A one-off line the user should see now: on the CLI's stderr (above a live bar), else `log`."""
+    """A one-off line the user should see now: on the CLI's stderr (above a live bar), else `log`
+    (or the innermost `listening` log)."""
     mode = os.environ.get(MODE_ENV, "")
     if mode == "bar":
         from tqdm import tqdm
 
         tqdm.write(text, file=sys.stderr)
-    elif mode == "lines" or log is None:
+    elif mode == "lines":
         _print_line(text)
     else:
-        log(text)
+        (log or (_listeners[-1] if _listeners else _default_log))(text)
 
 
 class Progress:
@@ -43,7 +67,7 @@ class Progress:
                  unit: str = "it", every_s: float = EVERY_S):
         self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.mode = os.environ.get(MODE_ENV, "")
-        self.log = _print_line if self.mode == "lines" or log is None else log
+        self.log = _print_line if self.mode == "lines" else log or _default_log
         self.began = self.last = time.monotonic()
         self.done = 0
         self.bar = None
@@ -72,7 +96,8 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = "".join(f" {k} {_short(v)}" for k, v in figures.items())
-        return (f"{self.label}: {self.done}/{self.total} {self.unit}{extra} "
+        units = self.unit if self.total == 1 else f"{self.unit}s"
+        return (f"{self.label}: {self.done}/{self.total} {units}{extra} "
                 f"({rate:.2f} {self.unit}/s, ETA {eta:.0f} s)")
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib.core.progress import announce
 from lib.model.quantize import module_bytes
 
 TEXT_PARTS = ("text_encoder", "connectors")
@@ -66,10 +67,18 @@ def acquire(components, *names: str):
         if getattr(components, name) is None:
             if components.loader is None:
                 raise RuntimeError(f"the model's {name} was released and this model cannot reload it")
+            began = time.perf_counter()
+            announce(f"loading the model's {name} ...")
             module = components.loader(name)
             setattr(components, name, module)
             components.ledger.record("load", name, module_bytes(module))
+            announce(f"loaded the model's {name}: {_size(module_bytes(module))} on {components.device} "
+                     f"in {time.perf_counter() - began:.0f} s")
     return components
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def release(components, *names: str) -> None:
