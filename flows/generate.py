@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.gpu_handoff import deployment_available
+from flows.gpu_wait import run_on_gpu_pool
 from flows.train_lora import REFUSALS, refused, run_name, staging_id, step
 from lib.core.cache import Cache, check_cache_location
 from lib.core.errors import InvalidRequest
@@ -129,7 +129,7 @@ def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache
     else:
         parameters = {"plan": plan.model_dump(mode="json"), "clip": clip.model_dump(), "lora": lora.model_dump(),
                       "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
-        run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2, flow_run_name=name)
+        run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
         if run.state and run.state.name == "InvalidRequest":
             raise InvalidRequest(run.state.message)
         if not run.state or not run.state.is_completed():

@@ -10,8 +10,10 @@ import json
 import os
 from pathlib import Path
 
-from prefect.deployments import run_deployment
+from prefect import get_run_logger
 from prefect.runtime import deployment, flow_run
+
+from flows.gpu_wait import run_on_gpu_pool
 
 from lib.core.cache import Cache
 from lib.core.errors import TrainingDiverged
@@ -68,8 +70,7 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
     else:
         parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
                       "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
-        run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2,
-                             flow_run_name=name)
+        run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
         if run.state and run.state.name == "TrainingDiverged":
             raise TrainingDiverged(run.state.message)
         if not run.state or not run.state.is_completed():
