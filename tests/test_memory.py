@@ -180,3 +180,48 @@ def test_av2av_plan_exit_status_table_and_json(tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     assert document["fits"] is False and document["gpu_memory_gb"] == 12 and document["peak_stage"] == "train"
     assert {row["name"] for row in document["rows"]} >= {"transformer", "text_encoder", "vae"}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+def test_fused_norms_match_diffusers_bit_for_bit_in_the_inputs_dtype_under_cudas_autocast_policy(dtype, autocast):
+    """CUDA autocast runs rms_norm in fp32 (torch >= 2.12); the CPU's does not, so its policy is
+    emulated (bench/real_width_block.cuda_emulation). Diffusers' norm returns the input's dtype
+    either way; so must the fused one, with the same bits."""
+    from diffusers.models.normalization import RMSNorm
+
+    from bench.real_width_block import cuda_emulation
+    from lib.model.parts import FusedRMSNorm, fuse_rms_norms
+
+    stock = torch.nn.Sequential(RMSNorm(256, eps=1e-6, elementwise_affine=False))
+    fused = fuse_rms_norms(copy.deepcopy(stock))
+    assert type(fused[0]) is FusedRMSNorm and not list(fused.parameters())
+    hidden = (torch.randn(4, 33, 256, generator=torch.Generator().manual_seed(0)) * 7 + 1).to(dtype)
+    with cuda_emulation(fused_kernel=False), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expected, got = stock(hidden), fused(hidden)
+        plain = torch.nn.RMSNorm(256, eps=1e-6, elementwise_affine=False)(hidden)
+    assert plain.dtype == (torch.float32 if autocast else dtype)   # the emulated policy is live
+    assert expected.dtype == got.dtype == dtype
+    assert torch.equal(got, expected)
+
+
+def test_the_meta_count_keeps_what_a_fused_norm_keeps_under_cuda_autocast():
+    """On the meta device the plan runs CUDA's autocast policy: the fused norm keeps its bf16
+    input and an fp32 rstd per row and returns bf16; torch's RMSNorm there gets an fp32 copy of
+    its input (kept) and returns fp32."""
+    from lib.model.parts import FusedRMSNorm
+    from lib.train.footprint import _Step, _Saved
+
+    rows, width = 96, 512
+    for norm, kept, out_dtype in ((FusedRMSNorm(torch.Size([width]), 1e-6), rows * 4, torch.bfloat16),
+                                  (torch.nn.RMSNorm(width, elementwise_affine=False), rows * (width + 1) * 4,
+                                   torch.float32)):
+        with torch.device("meta"):
+            model = torch.nn.Sequential(torch.nn.Linear(width, width), norm).to(torch.bfloat16)
+            hidden = torch.empty(1, rows, width, dtype=torch.bfloat16, requires_grad=True)
+        saved = _Saved(model, norm)
+        with saved, _Step(torch.bfloat16, True, set(), "bf16").around(model):
+            output = model(hidden)
+        own, inputs, _ = saved.totals()
+        assert output.dtype == out_dtype, norm
+        assert (own, inputs) == (kept, rows * width * 2 if out_dtype == torch.bfloat16 else 0), norm

@@ -75,7 +75,9 @@ def test_auto_offloads_only_when_the_plan_needs_it_to_fit_the_gpu():
     auto = TrainRequest(training_data_url="x.zip", base_precision="int8")
     roomy, tight = plan_memory(auto, "cuda", 80), plan_memory(auto, "cuda", 32)
     assert not roomy.offload_activations and roomy.fits and roomy.host_bytes == 0
-    assert tight.offload_activations and 3.0 < tight.host_bytes / GB < 3.6
+    # an int8 base returns fp32 from the attention's output projection (its query is fp32 under
+    # CUDA autocast), so from the first block on the residual stream, and what offloading moves, is fp32
+    assert tight.offload_activations and 6.4 < tight.host_bytes / GB < 7.0
     assert 3.0 < (roomy.peak - tight.peak) / GB < tight.host_bytes / GB
     assert roomy.offloaded_peak == tight.peak   # `av2av plan` shows what offloading would reach
     off = auto.model_copy(update={"offload_activations": "off"})

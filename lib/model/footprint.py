@@ -60,8 +60,14 @@ def _count(model: str, name: str) -> PartCount:
         return _count_module(build_on_meta(model, name), name)
     # 48 identical blocks: count one and two and extrapolate (building all 48 on meta takes ~10 s)
     layers = architecture_configs(model)["transformer"]["num_layers"]
-    one, two = (_count_module(build_on_meta(model, name, num_layers=n), name) for n in (1, 2))
-    return PartCount(*(a + (layers - 1) * (b - a) for a, b in zip(_fields(one), _fields(two))))
+    one = _count_module(build_on_meta(model, name, num_layers=1), name)
+    return PartCount(*(a + (layers - 1) * b for a, b in zip(_fields(one), _fields(count_block(model)))))
+
+
+def count_block(model: str) -> PartCount:
+    """One transformer block: a two-block model's count less a one-block model's."""
+    one, two = (_count_module(build_on_meta(model, "transformer", num_layers=n), "transformer") for n in (1, 2))
+    return PartCount(*(b - a for a, b in zip(_fields(one), _fields(two))))
 
 
 def _fields(count: PartCount) -> tuple[int, int, int]:

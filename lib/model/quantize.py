@@ -20,6 +20,7 @@ import torch
 from lib.core.errors import InvalidRequest
 
 BASE_PRECISIONS = ("bf16", "int8", "fp8", "nf4")
+CPU_PACK_ROWS = 32   # bitsandbytes' block_n for its AVX512-BF16 CPU kernel
 FP8_CAPABILITY = (8, 9)
 NF4_BLOCK = 64                  # bitsandbytes' 4-bit block size: one absmax per 64 weights
 NF4_SECOND_BLOCK = 256          # double quantization: the absmaxes in int8, one fp32 scale per 256
@@ -103,6 +104,11 @@ def _nf4(linear: torch.nn.Linear, compute_dtype: torch.dtype) -> torch.nn.Module
                                          quant_type="nf4", compress_statistics=True)
     if linear.bias is not None:
         quantized.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+    # On a CPU with AVX512-BF16, bitsandbytes repacks the weight for inference in blocks of 32 output
+    # rows and whole quantization blocks per row, and fails on other shapes ("N must be divisible by
+    # block_n"): such layers (the tiny preset's, none of the real model's) keep its generic path.
+    quantized.support_avx512bf16_for_cpu &= (linear.out_features % CPU_PACK_ROWS == 0
+                                             and linear.in_features % quantized.weight.blocksize == 0)
     return quantized.to(device)   # Params4bit quantizes when it is moved
 
 

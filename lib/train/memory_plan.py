@@ -5,8 +5,10 @@ text (text encoder + connectors encode the captions), encode (the two VAEs encod
 train (the transformer, the LoRA with its gradients and optimizer state, the activations) and
 validate (the transformer with the LoRA, the decoders, sampling). The peak is the largest stage.
 Parameter counts come from the real architecture built on the meta device and training
-activations from a meta-device training pass at the request's token counts
-(lib/model/footprint.py, lib/train/footprint.py); the smaller stages' activations are estimated from the widths.
+activations from a meta-device training pass at the request's token counts, run as CUDA runs it
+(autocast's casts, peft's, the quantized kernels' dequantized weights; lib/model/footprint.py,
+lib/train/footprint.py); bench/real_width_block.py holds its per-block figures against one real
+block. The smaller stages' activations are estimated from the widths.
 """
 from __future__ import annotations
 
@@ -93,13 +95,32 @@ def _counts(model: str):
 
 
 @lru_cache(maxsize=64)
-def _activations(model: str, target, reference, audio: int, rank: int, device: str):
+def _activations(model: str, target, reference, audio: int, rank: int, device: str, base_precision: str):
     import torch
 
     from lib.train.footprint import count_activations
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return count_activations(model, target, reference, audio, rank, dtype, device)
+    # fp8 keeps what int8 keeps (torchao dequantizes either for the matmul): one count for both
+    precision = "int8" if base_precision == "fp8" else base_precision
+    return count_activations(model, target, reference, audio, rank, dtype, device, precision)
+
+
+def _weight_bytes(count, precision: str | None, base: int) -> int:
+    """Bytes of a part (or block) whose quantizable Linears are stored at `precision`."""
+    size = count.parameters * base
+    if precision is None:
+        return size
+    return size + quantized_bytes(count.quantizable, count.quantizable_rows, precision, base) - count.quantizable * base
+
+
+def block_bytes(model: str, target, reference, audio: int, rank: int, base_precision: str) -> tuple[int, int]:
+    """(base weights, activations kept for its backward) of one transformer block on CUDA, as the
+    plan counts them: what bench/real_width_block.py measures on a real-width block."""
+    from lib.model.footprint import count_block
+
+    counted = _activations(model, tuple(target), tuple(reference), audio, rank, "cuda", base_precision)
+    return _weight_bytes(count_block(model), base_precision, 2), counted.per_layer
 
 
 @lru_cache(maxsize=8)
@@ -132,16 +153,13 @@ def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload:
     precisions = {"transformer": request.base_precision, "text_encoder": text_encoder_precision(request.base_precision)}
     rows = []
     for name, count in counts.items():
-        size = count.parameters * base
-        if name in precisions:
-            size += quantized_bytes(count.quantizable, count.quantizable_rows, precisions[name], base) \
-                - count.quantizable * base
+        size = _weight_bytes(count, precisions.get(name), base)
         rows.append(Row(name, count.parameters, size, tuple(s for s, parts in STAGE_PARTS.items() if name in parts)))
     lora = _lora(request.model, request.rank)
     rows.append(Row(f"LoRA rank {request.rank}: weights + grads + {request.optimizer}", lora,
                     lora * LORA_BYTES[request.optimizer], ("train",)))
     target, reference, audio = latent_shapes(request)
-    counted = _activations(request.model, target, reference, audio, request.rank, device)
+    counted = _activations(request.model, target, reference, audio, request.rank, device, request.base_precision)
     activations, host = _training_activations(counted, checkpointed=device == "cuda", offload=offload)
     label = {(True, False): " (gradient checkpointing)", (True, True): " (checkpointed, inputs on host)"}
     rows.append(Row("activations" + label.get((device == "cuda", offload), ""), 0, activations, ("train",)))
@@ -160,8 +178,8 @@ def _training_activations(counted, checkpointed: bool, offload: bool) -> tuple[i
     gradients are alive beside what it saved: about 0.8 of its saved bytes (measured with
     bench/gpu.py --preset tiny against peak RSS growth)."""
     working = int(BACKWARD_WORKING * counted.per_layer)
-    if not checkpointed:
-        return counted.outside_blocks + counted.layers * counted.per_layer + working, 0
+    if not checkpointed:   # each block keeps what it saves, its inputs included
+        return counted.outside_blocks + counted.layers * (counted.per_layer + counted.inputs_saved) + working, 0
     if offload:
         host = (counted.layers - 1) * counted.block_output
         return counted.outside_blocks + 2 * counted.block_output + counted.per_layer + working, host
