@@ -86,6 +86,13 @@ def test_run_form_text_renders():
             assert "Range:" in prop["description"], name
     sample = schema["$defs"]["ValidationSample"]["properties"]
     assert all("anyOf" not in prop for prop in sample.values())
+    assert [prop["title"] for prop in sample.values()] == ["Prompt", "Source video URL", "Mask URL",
+                                                            "Reference video URL", "Reference audio URL"]
+    # help in the user's words: which fields are ours is for the README, not the form
+    assert not [name for name, prop in schema["properties"].items() if "to the spec" in prop["description"].lower()]
+    assert schema["properties"]["seed"]["extension"] is True and "extension" not in schema["properties"]["rank"]
+    assert list(schema["properties"])[:5] == ["training_data_url", "trigger_phrase", "model", "model_source",
+                                              "output_url"]   # a trial run's first choices come first
 
 
 def test_a_location_whose_package_is_missing_is_refused_naming_the_extra(monkeypatch):

@@ -1,8 +1,8 @@
 """The request: one frozen pydantic model, the single source of parameter names, defaults,
 ranges and help text for the CLI, the Prefect flow signature, the UI form and prefect.yaml.
 
-Names and semantics are those of the hosted av2av-masked product's parameters; fields marked
-"extension" are ours.
+Names and semantics are those of the hosted av2av-masked product's parameters; fields whose
+schema carries `"extension": true` are ours (README's table says so; the form does not).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def downscale_is_exact(bucket: tuple[int, int], downscale: int) -> bool:
     return all(side % (downscale * VAE_STRIDE) == 0 for side in bucket)
 
 
-EXTENSION_NOTE = "Addition to the spec."
+OURS = {"extension": True}   # json_schema_extra of a field the product spec does not have
 
 
 def _show(value) -> str:
@@ -86,27 +86,27 @@ def _number(default, description: str, ge=None, le=None, gt=None, unit: str = ""
     low = _show(ge) if ge is not None else f"more than {_show(gt)}"
     bounds = f"{low}–{_show(le)}" if ge is not None else f"{low}, at most {_show(le)}"
     text = f"{description} Range: {bounds}{' ' + unit if unit else ''}."
-    return Field(default, description=f"{text} {EXTENSION_NOTE}" if extension else text,
-                 ge=ge, le=le, gt=gt, **kwargs)
+    return Field(default, description=text, ge=ge, le=le, gt=gt,
+                 json_schema_extra=OURS if extension else None, **kwargs)
 
 
 class ValidationSample(BaseModel):
     model_config = FROZEN
 
-    prompt: str = Field("", description="The text prompt.")
+    prompt: str = Field("", title="Prompt", description="The text prompt, in the captions' style.")
     video_url: str = Field(
-        description="The source video; its unmasked region is kept pixel-faithful and the "
+        title="Source video URL", description="The source video; its unmasked region is kept pixel-faithful and the "
         "masked region is regenerated."
     )
     mask_url: str = Field(
-        description="The mask (image or video). WHITE = regenerate, BLACK = keep."
+        title="Mask URL", description="The mask (image or video). WHITE = regenerate, BLACK = keep."
     )
     reference_video_url: str = Field(
-        description="The reference video (its audio track is also used as the audio reference) "
+        title="Reference video URL", description="The reference video (its audio track is also used as the audio reference) "
         "guiding the regenerated audio+video."
     )
     reference_audio_url: str = Field(
-        "",
+        "", title="Reference audio URL",
         description="A separate reference audio; if empty, the reference video's own track is "
         "used and must contain audio.",
     )
@@ -140,6 +140,25 @@ class TrainRequest(BaseModel):
         "", title="Trigger phrase",
         description="Phrase prepended to captions during training; include it at inference.",
     )
+    # Where the weights come from and where the outputs go (ours)
+    model: Literal["ltx-2.3", "tiny"] = Field(
+        "ltx-2.3", title="Base model",
+        description="The real LTX-2.3, or a tiny random model for tests and demos.",
+        json_schema_extra=OURS,
+    )
+    model_source: str = Field(
+        "", title="Model weights",
+        description="Where the LTX-2.3 weights are: a diffusers folder or hub id "
+        "(diffusers/LTX-2.3-Diffusers), or Lightricks' single-file .safetensors checkpoint. "
+        "Empty: $AV2AV_MODEL_SOURCE on the GPU worker, else the hub id.",
+        json_schema_extra=OURS,
+    )
+    output_url: str = Field(
+        "", title="Output location",
+        description="Where the outputs go: a local folder, file://, memory://, s3:// or gs:// URL. "
+        "Empty: a local outputs/RUN-NAME folder on the CPU worker.",
+        json_schema_extra=OURS,
+    )
     # Training
     rank: Literal[8, 16, 32, 64, 128] = Field(
         32, title="Rank", description="LoRA capacity (alpha = rank). One of 8, 16, 32, 64, 128."
@@ -154,7 +173,8 @@ class TrainRequest(BaseModel):
     frame_rate: int = _number(24, "Target frame rate.", ge=8, le=60, unit="fps", title="Frame rate")
     resolution: Resolution = Field(
         "medium", title="Resolution",
-        description="Resolution bucket: low 512/288, medium 768/448, high 960/544 px (long/short side).",
+        description="Resolution bucket, in px per aspect ratio (1:1 / 16:9 / 9:16): low 512x512 / 512x288 / "
+        "288x512, medium 768x768 / 768x448 / 448x768, high 960x960 / 960x544 / 544x960.",
     )
     aspect_ratio: AspectRatio = Field("1:1", title="Aspect ratio", description="Aspect ratio of the bucket.")
     auto_scale_input: bool = Field(
@@ -210,76 +230,68 @@ class TrainRequest(BaseModel):
     validation_steps: int = _number(
         30, "Denoising steps per validation sample (the LTX-2 pipeline uses 30-40).",
         ge=2, le=100, unit="steps", extension=True, title="Validation sampling steps")
-    output_url: str = Field(
-        "", title="Output location",
-        description="Where the outputs go: a local folder, file://, memory://, s3:// or gs:// URL. "
-        "Empty: a local outputs/RUN-NAME folder on the CPU worker. Addition to the spec.",
-    )
-    model: Literal["ltx-2.3", "tiny"] = Field(
-        "ltx-2.3", title="Base model",
-        description="The real LTX-2.3, or a tiny random model for tests and demos. Addition to the spec.",
-    )
-    model_source: str = Field(
-        "", title="Model weights",
-        description="Where the LTX-2.3 weights are: a diffusers folder or hub id "
-        "(diffusers/LTX-2.3-Diffusers), or Lightricks' single-file .safetensors checkpoint. "
-        "Empty: $AV2AV_MODEL_SOURCE on the GPU worker, else the hub id. Addition to the spec.",
-    )
     text_encoder_source: str = Field(
         "", title="Text encoder weights",
         description="Gemma 3 folder or hub id, needed with a single-file model_source (the "
         "checkpoint holds no text encoder). Empty: $AV2AV_TEXT_ENCODER_SOURCE, else "
-        "google/gemma-3-12b-it-qat-q4_0-unquantized (the Gemma Lightricks names for LTX-2.3). "
-        "Addition to the spec.",
+        "google/gemma-3-12b-it-qat-q4_0-unquantized (the Gemma Lightricks names for LTX-2.3).",
+        json_schema_extra=OURS,
     )
     reference_audio_positions: Literal["aligned", "before"] = Field(
         "aligned", title="Reference audio positions",
         description="Where the reference audio sits in time: aligned = the target's own positions "
         "(Lightricks' IC-LoRA convention); before = negative time, ending 0.04 s before the target "
-        "(Lightricks' Dub-It convention). Inference must use the same; it is recorded in the outputs. "
-        "Addition to the spec.",
+        "(Lightricks' Dub-It convention). Inference must use the same; it is recorded in the outputs.",
+        json_schema_extra=OURS,
     )
     reference_downscale: Literal[1, 2] = Field(
         2, title="Reference video downscale",
         description="2: encode the reference video at half resolution (4x fewer reference tokens, as "
         "Lightricks' LTX-2.3 IC-LoRAs); 1: full resolution. Only exact halves: in buckets whose half is not "
         "a multiple of 32 px (low and high 16:9 and 9:16) the reference stays at full resolution, and the "
-        "factor used is what the outputs record. Addition to the spec.",
+        "factor used is what the outputs record.",
+        json_schema_extra=OURS,
     )
     lora_dtype: Literal["bf16", "fp32"] = Field(
         "bf16", title="LoRA file precision",
-        description="Precision of the saved LoRA weights (training always keeps them in fp32). "
-        "Addition to the spec.",
+        description="Precision of the saved LoRA weights (training always keeps them in fp32).",
+        json_schema_extra=OURS,
     )
     base_precision: Literal["bf16", "int8", "fp8", "nf4"] = Field(
         "bf16", title="Base model precision",
         description="Precision of the frozen base weights while training (the LoRA always trains in "
         "fp32): bf16 exact; int8 (torchao weight-only) about half the transformer's memory; fp8 (torchao, "
         "needs an Ada/Hopper GPU such as L4, L40S, H100); nf4 (bitsandbytes 4-bit) about a quarter. "
-        "The text encoder is quantized alike, never below 8 bits (int8 for fp8 and nf4). `av2av plan` shows what fits. Addition to the spec.",
+        "The text encoder is quantized alike, never below 8 bits (int8 for fp8 and nf4). `av2av plan` "
+        "shows what fits.",
+        json_schema_extra=OURS,
     )
     optimizer: Literal["adamw", "adamw8bit"] = Field(
         "adamw", title="Optimizer",
         description="adamw: fp32 AdamW state; adamw8bit: bitsandbytes' 8-bit AdamW state (a quarter of "
-        "the optimizer memory). Addition to the spec.",
+        "the optimizer memory).",
+        json_schema_extra=OURS,
     )
     offload_activations: Literal["auto", "on", "off"] = Field(
         "auto", title="Offload activations",
         description="on: keep the block inputs that gradient checkpointing saves in host memory instead of "
         "on the GPU (about 3.3 GB less at the defaults, bit-identical results, some PCIe traffic); auto: only "
-        "when the memory plan needs it to fit the GPU pool's declared memory; off: never. Addition to the spec.",
+        "when the memory plan needs it to fit the GPU pool's declared memory; off: never.",
+        json_schema_extra=OURS,
     )
     upload_checkpoints: bool = Field(
         False, title="Upload checkpoints",
         description="Also upload the resumable checkpoints; otherwise they stay in the GPU worker's "
-        "checkpoint folder (checkpoints/ in its local cache folder). Addition to the spec.",
+        "checkpoint folder (checkpoints/ in its local cache folder).",
+        json_schema_extra=OURS,
     )
     seed: int = _number(0, "Random seed: the same seed and data give the same LoRA.",
                         ge=0, le=2**31 - 1, extension=True, title="Seed")
     resume_from: str = Field(
         "", title="Resume from",
         description="Path of a checkpoint file on the GPU worker to continue training from; empty = "
-        "start fresh. Addition to the spec.",
+        "start fresh.",
+        json_schema_extra=OURS,
     )
     checkpoint_every: int = _number(
         0, "Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps; 0 = never.",
@@ -365,12 +377,10 @@ def parameter_table() -> str:
         if info.is_required():
             return "required"
         return f"`{json.dumps(info.default)}`" if info.default not in ((), "") else "empty"
-    rows = ["| parameter | default | description |", "|---|---|---|"]
+    rows = ["| parameter | default | in the spec | description |", "|---|---|---|---|"]
     for name, info in TrainRequest.model_fields.items():
         description = info.description.replace("|", "/")
-        if name == "validation_negative_prompt":
-            default_text = "built-in"
-        else:
-            default_text = default(info)
-        rows.append(f"| `{name}` | {default_text} | {description} |")
+        default_text = "built-in" if name == "validation_negative_prompt" else default(info)
+        origin = "ours" if (info.json_schema_extra or {}).get("extension") else "yes"
+        rows.append(f"| `{name}` | {default_text} | {origin} | {description} |")
     return "\n".join(rows)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lib.core.config import (DEFAULT_NEGATIVE_PROMPT, EXTENSION_NOTE, VAE_STRIDE, AspectRatio, Resolution,
+from lib.core.config import (DEFAULT_NEGATIVE_PROMPT, VAE_STRIDE, AspectRatio, Resolution,
                              TrainRequest, _number,
                              bucket_size, downscale_is_exact, snap_frames)
 from lib.core.errors import InvalidRequest
@@ -25,8 +25,7 @@ _SAMPLER = SamplerSettings()   # the training run's validation defaults: one sou
 def _train_field(name: str):
     """A field exactly as the training request defines it (model identity and sources)."""
     info = TrainRequest.model_fields[name]
-    description = info.description.replace(f" {EXTENSION_NOTE}", "")   # the whole request is ours
-    return Field(info.default, title=info.title, description=description)
+    return Field(info.default, title=info.title, description=info.description)
 
 
 class GenerateRequest(BaseModel):
