@@ -202,6 +202,10 @@ def test_reference_downscale_is_exact_or_falls_back_to_1_and_the_outputs_record_
     width, height = request.bucket
     assert reference_size(height, width, factor) == (height // factor, width // factor)
     assert (request.reference_downscale_note() is None) == (factor == 2)
+    from lib.train.memory_plan import latent_shapes   # the memory plan counts the reference actually encoded
+
+    target, reference, _ = latent_shapes(request)
+    assert reference == (target[0], target[1] // factor, target[2] // factor)
 
 
 def test_fallback_note_names_the_field_and_the_bucket():

@@ -70,7 +70,7 @@ def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[in
     width, height = request.bucket
     frames = (request.number_of_frames - 1) // FRAME_STRIDE + 1
     target = (frames, height // VIDEO_STRIDE, width // VIDEO_STRIDE)
-    scale = request.reference_downscale
+    scale = request.reference_downscale_factor   # 1 where the bucket has no exact 1/2
     reference = (frames, max(1, height // scale // VIDEO_STRIDE), max(1, width // scale // VIDEO_STRIDE))
     samples = request.number_of_frames / request.frame_rate * AUDIO_RATE
     return target, reference, math.ceil((int(samples) // MEL_HOP + 1) / AUDIO_STRIDE)
@@ -249,9 +249,9 @@ def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: Memor
 
 def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
     """The plan as a table, for people."""
-    width, height = request.bucket
+    width, height, factor = *request.bucket, request.reference_downscale_factor
     lines = [f"Memory plan: {request.model}, {request.base_precision} base, {request.optimizer}, rank {request.rank}, "
-             f"{width}x{height}, {request.number_of_frames} frames, reference 1/{request.reference_downscale}",
+             f"{width}x{height}, {request.number_of_frames} frames, reference 1/{factor}",
              "", f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
     for row in plan.rows:
         params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
