@@ -237,7 +237,9 @@ def _train_outcome(state, as_json: bool, seconds: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The local ephemeral API's telemetry write races its own startup on SQLite ("database is locked").
+    # Telemetry off unless turned on (flows/serve.py says how); the local ephemeral API's telemetry
+    # write would also race its own startup on SQLite ("database is locked").
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A live bar on a terminal, plain progress lines when piped (lib/core/progress.py); for this command
     # only, so an in-process caller (a test, a notebook) keeps its own setting afterwards.

@@ -56,8 +56,12 @@ def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
     did not (an invalid or failed entry never stops the others).
 
     Args:
-        manifest_url: YAML or JSON manifest (any fsspec URL): output_url, defaults, entries of {name, request}.
-        run_name_prefix: Child runs are named <prefix>-<entry>-<date>.
+        manifest_url: The manifest of LoRAs to keep trained, as YAML or JSON at any URL the trainer reads
+            (https://, s3://, gs://, a path, secret://NAME): output_url, defaults (request fields every entry
+            shares) and entries, each a name and its train-lora request fields. README, "Batch retraining",
+            shows one.
+        run_name_prefix: Each retrained entry runs as train-lora named PREFIX-ENTRY-DATE, e.g.
+            nightly-voice-anna-2026-12-03.
     """
     try:
         entries = read_manifest(manifest_url)

@@ -18,6 +18,14 @@ BIN = Path(sys.executable).parent
 STOP_GRACE_S = 10
 
 
+def quiet_telemetry() -> None:
+    """Prefect's usage telemetry off unless the user turned it on: a self-hosted trainer often runs
+    offline, where the server logs "Failed to send telemetry" and the SDK prints a first-run notice.
+    DO_NOT_TRACK=0 and PREFECT_SERVER_ANALYTICS_ENABLED=true turn it back on."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _start(*command: str) -> subprocess.Popen:
     return subprocess.Popen(list(command), start_new_session=True)
 
@@ -51,6 +59,7 @@ def _interrupt(*_) -> None:
 
 def main() -> int:
     api = os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    quiet_telemetry()
     children: list[subprocess.Popen] = []
     for stop_signal in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a background start ignores it
         signal.signal(stop_signal, _interrupt)

@@ -32,8 +32,9 @@ def outputs_markdown(result: dict, extra: dict, loss_plot: Path | None, previews
     went); a file is a link only where the link opens something (http(s), or a presigned URL)."""
     metrics = "\n".join(f"- **{key}**: {_figure(key, value)}" for key, value in extra.items()
                         if value is not None and not isinstance(value, (dict, list)))
-    rows = "\n".join(f"| {_file_cell(name, info['url'])} | {info['size']:,} | `{info['sha256'][:12]}` |"
-                     for name, info in result["outputs"].items())
+    rows = "\n".join([*(f"| {_file_cell(name, info['url'])} | {info['size']:,} | `{info['sha256'][:12]}` |"
+                        for name, info in result["outputs"].items()),
+                      "| result.json | | this list, written last: its presence means the run is complete |"])
     sections = [f"# LoRA training outputs\n\n{metrics}\n\nSaved to `{redact_url(output_url)}`.",
                 *[f"## Validation sample {index}\n\nsource · mask · reference · generated\n\n"
                   f"{_inline_image(Path(path), 'image/webp', f'validation sample {index}')}"

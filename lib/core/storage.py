@@ -97,6 +97,16 @@ def probe_writable(url: str) -> None:
     fs.rm_file(probe)
 
 
+def _file_mode() -> int:
+    """The mode a plain new file gets here (0666 less the umask), read once at import."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[str]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds, so a
@@ -107,6 +117,7 @@ def atomic_file(path: str | Path) -> Iterator[str]:
     os.close(handle)
     try:
         yield partial
+        os.chmod(partial, FILE_MODE)   # mkstemp's 0600 would make every output private to this user
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ The demo and tests build their data with this; nothing is downloaded or shipped.
 """
 from __future__ import annotations
 
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -71,8 +72,13 @@ def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, incl
                     fps: float = 24) -> Path:
     """A small dataset: `triplets` good triplets (image and video masks, captions) and, when
     `include_bad`, one with a silent reference so the report shows a rejection."""
-    scratch = path.parent / f".{path.stem}-files"
-    scratch.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}-") as folder:
+        return _zip_members(path, _sample_members(Path(folder), triplets, duration_s, include_bad, fps))
+
+
+def _sample_members(scratch: Path, triplets: int, duration_s: float, include_bad: bool,
+                    fps: float) -> dict[str, Path]:
     members: dict[str, Path] = {}
     for index in range(triplets):
         name = f"sample{index:02d}"
@@ -90,6 +96,10 @@ def make_sample_zip(path: Path, triplets: int = 3, duration_s: float = 1.5, incl
         members["silent_start.mp4"] = make_clip(scratch / "silent_start.mp4", duration_s, audio_level=0.0)
         members["silent_end.mp4"] = make_clip(scratch / "silent_end.mp4", duration_s, seed=9)
         members["silent_mask.png"] = make_box_mask(scratch / "silent_mask.png", (320, 180), (0, 0, 0.5, 0.5))
+    return members
+
+
+def _zip_members(path: Path, members: dict[str, Path]) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         for name, source in members.items():
             archive.write(source, name)
