@@ -142,18 +142,22 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_request(path: str) -> TrainRequest | int:
-    """The request in --config, or the exit status after saying why it cannot be used."""
+def read_config(path: str, model=TrainRequest, label: str = "request"):
+    """The `model` request in --config, or the exit status after saying why it cannot be used."""
     try:
         text = Path(path).read_text()
     except OSError as error:
         print(f"Cannot read --config {path}: {error.strerror}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        return TrainRequest.model_validate_json(text)
+        return model.model_validate_json(text)
     except ValidationError as error:
-        print(f"Invalid request in {path}:\n{_explain(error)}", file=sys.stderr)
+        print(f"Invalid {label} in {path}:\n{_explain(error)}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def _read_request(path: str) -> TrainRequest | int:
+    return read_config(path)
 
 
 def run_plan(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
 
 from lib.core.errors import Av2AvError
 from lib.core.generate import GenerateRequest
@@ -32,17 +31,10 @@ def is_generate_config(path: str) -> bool:
         return False
 
 
-def read_request(path: str, explain) -> GenerateRequest | int:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        print(f"Cannot read --config {path}: {error.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    try:
-        return GenerateRequest.model_validate_json(text)
-    except ValidationError as error:
-        print(f"Invalid generate request in {path}:\n{explain(error)}", file=sys.stderr)
-        return EXIT_INVALID
+def read_request(path: str) -> GenerateRequest | int:
+    from flows.cli import read_config
+
+    return read_config(path, GenerateRequest, "generate request")
 
 
 def read_lora(request: GenerateRequest):
@@ -60,7 +52,7 @@ def read_lora(request: GenerateRequest):
 
 
 def run_generate(args: argparse.Namespace, explain, refusal) -> int:
-    request = read_request(args.config, explain)
+    request = read_request(args.config)
     if isinstance(request, int):
         return request
     try:
@@ -125,7 +117,7 @@ def run_plan(args: argparse.Namespace, explain, refusal) -> int:
     from lib.train.memory_plan import declared_gpu_memory
     from lib.validate.inference_memory import format_generate_plan, plan_generate_memory
 
-    request = read_request(args.config, explain)
+    request = read_request(args.config)
     if isinstance(request, int):
         return request
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.gpu_handoff import deployment_available
+from flows.gpu_handoff import deployment_available, gpu_memory_declared
 from flows.gpu_wait import run_on_gpu_pool
 from flows.train_lora import REFUSALS, refused, run_name, staging_id, step
 from lib.core.cache import Cache, check_cache_location
@@ -84,22 +84,7 @@ def _check_memory(request: GenerateRequest, rank: int, reference_downscale: int)
     """Refuse up front what the GPU pool's declared memory cannot hold, as train-lora does."""
     from lib.validate.inference_memory import check_generate_fits
 
-    check_generate_fits(request, rank, reference_downscale, declared_gpu_memory())
-
-
-def declared_gpu_memory() -> float | None:
-    """What the generate-gpu deployment declares (AV2AV_GPU_MEMORY_GB in its job variables) when the
-    run is handed to it, else what this machine declares or has."""
-    from lib.train.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory as local
-
-    if not deployment_available(GPU_DEPLOYMENT):
-        return local()
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        variables = client.read_deployment_by_name(GPU_DEPLOYMENT).job_variables or {}
-    declared = (variables.get("env") or {}).get(GPU_MEMORY_ENV)
-    return float(declared) if declared else None
+    check_generate_fits(request, rank, reference_downscale, gpu_memory_declared(GPU_DEPLOYMENT))
 
 
 def result_extra(request: GenerateRequest, plan: GeneratePlan) -> dict:

@@ -39,18 +39,18 @@ def deployment_available(name: str) -> bool:
     return True
 
 
-def gpu_memory_declared() -> float | None:
+def gpu_memory_declared(gpu_deployment: str = GPU_DEPLOYMENT) -> float | None:
     """GB of GPU memory the heavy half will have: what the GPU deployment declares in its job
     variables (env AV2AV_GPU_MEMORY_GB) when the run is handed to it, else what this machine
     declares or has (lib.train.memory_plan.declared_gpu_memory). None: nothing declared, nothing checked."""
     from lib.train.memory_plan import GPU_MEMORY_ENV, declared_gpu_memory
 
-    if not deployment_available(GPU_DEPLOYMENT):
+    if not deployment_available(gpu_deployment):
         return declared_gpu_memory()
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        variables = client.read_deployment_by_name(GPU_DEPLOYMENT).job_variables or {}
+        variables = client.read_deployment_by_name(gpu_deployment).job_variables or {}
     declared = (variables.get("env") or {}).get(GPU_MEMORY_ENV)
     return float(declared) if declared else None
 

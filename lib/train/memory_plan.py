@@ -247,18 +247,23 @@ def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: Memor
     return f"{', '.join(changed)} (peak {plan.peak / GB:.1f} GB)"
 
 
+def format_rows(plan: MemoryPlan) -> list[str]:
+    """The table of parts with their bytes and stages, then the stage peaks and the peak."""
+    lines = [f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
+    for row in plan.rows:
+        params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
+                  else f"{row.parameters:,}" if row.parameters else "")
+        lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
+    return lines + ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
+                    f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+
+
 def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
     """The plan as a table, for people."""
     width, height, factor = *request.bucket, request.reference_downscale_factor
     lines = [f"Memory plan: {request.model}, {request.base_precision} base, {request.optimizer}, rank {request.rank}, "
              f"{width}x{height}, {request.number_of_frames} frames, reference 1/{factor}",
-             "", f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
-    for row in plan.rows:
-        params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
-                  else f"{row.parameters:,}" if row.parameters else "")
-        lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
-    lines += ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
-              f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+             "", *format_rows(plan)]
     if plan.offload_activations:
         lines.append(f"activation offloading on: {plan.host_bytes / GB:.1f} GB of block inputs wait in host memory")
     elif plan.offloaded_peak is not None:

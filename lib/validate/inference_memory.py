@@ -15,7 +15,7 @@ from dataclasses import replace
 from lib.core.config import TrainRequest
 from lib.core.errors import InvalidRequest
 from lib.core.generate import GenerateRequest
-from lib.train.memory_plan import FP32, GB, RESERVE, MemoryPlan, Row, plan_memory
+from lib.train.memory_plan import FP32, GB, RESERVE, MemoryPlan, Row, format_rows, plan_memory
 
 STAGES = {"text": ("text_encoder", "connectors"), "encode": ("vae", "audio_vae"),
           "sample": ("transformer", "vae", "audio_vae", "vocoder")}
@@ -56,13 +56,7 @@ def format_generate_plan(plan: MemoryPlan, request: GenerateRequest, rank: int, 
     width, height = request.bucket
     lines = [f"Memory plan (generate): {request.model}, {request.base_precision} base, LoRA rank {rank}, "
              f"{width}x{height}, {request.number_of_frames} frames, reference 1/{reference_downscale}",
-             "", f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
-    for row in plan.rows:
-        params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
-                  else f"{row.parameters:,}" if row.parameters else "")
-        lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
-    lines += ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
-              f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+             "", *format_rows(plan)]
     if plan.gpu_memory is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and "
