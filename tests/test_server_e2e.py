@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from lib.core.cache import RECORD_SUFFIX
+
 from tests.e2e_helpers import BUCKET, resolve, tiny_request
 from tests.e2e_stack import FAILING_RUN_S, ROOT, TRAIN_RUN_S, Stack
 
@@ -96,7 +98,9 @@ def _validation(stack: Stack) -> list[dict]:
 
 
 def _files_under(folder: Path, part: str) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and part in path.parts)
+    """Cache entries (not their .sha256 checksum records) under `part`."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                  if path.is_file() and part in path.parts and path.suffix != RECORD_SUFFIX)
 
 
 def _train_into_bucket(stack: Stack, name: str) -> tuple[dict, dict]:

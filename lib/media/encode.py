@@ -21,7 +21,7 @@ _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", 
 _DEFAULT_PIX_FMT = {"ffv1": "bgr0", "libx264rgb": "rgb24", "png": "rgb24"}
 # libx264 at CRF 18 is visually lossless (these files feed training and review);
 # libx264rgb is only worth choosing when it is really lossless (qp 0).
-_ENCODER_OPTIONS = {"libx264": {"crf": "18"}, "libx264rgb": {"qp": "0"}}
+_ENCODER_OPTIONS = {"libx264": {"crf": "18", "threads": "1"}, "libx264rgb": {"qp": "0", "threads": "1"}}
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 _AUDIO_CHUNK = 4096  # samples per frame handed to the encoder (it re-chunks to its frame size)
 
