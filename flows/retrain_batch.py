@@ -5,16 +5,19 @@ how many train at once is set by Prefect on the GPU pool (README, "Batch retrain
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.futures import wait
 from prefect.states import Completed, Failed
 
 from flows.gpu_handoff import deployment_available
 from flows.train_lora import REFUSALS, refused
 from lib.core import storage
-from lib.core.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, summary_rows
+from lib.core.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, \
+    still_running, summary_rows
 from lib.core.errors import DownloadError
 from lib.core.redact import redact_url
 from tasks.secrets import resolve_url
@@ -37,12 +40,12 @@ def _decide(entries: list[Planned]) -> tuple[list[EntryOutcome], list[Planned]]:
             outcomes.append(EntryOutcome(entry=entry.name, status="invalid", message=entry.problem))
             continue
         try:
-            since = unchanged_since(entry.name, entry.request)
+            previous = unchanged_since(entry.name, entry.request)
         except DownloadError as error:
             outcomes.append(not_checked(entry.name, entry.request, error))
             continue
-        if since:
-            outcomes.append(skipped(entry.name, entry.request, since))
+        if previous:
+            outcomes.append(skipped(entry.name, entry.request, previous))
         else:
             changed.append(entry)
     return outcomes, changed
@@ -71,8 +74,9 @@ def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
     use_deployment = deployment_available(TRAIN_DEPLOYMENT)
     print(f"{len(changed)} of {len(entries)} entries changed: "
           f"{', '.join(e.name for e in changed) or 'none'}; training them as train-lora runs")
-    futures = [train_entry.submit(e.name, e.request, child_run_name(run_name_prefix, e.name), use_deployment)
-               for e in changed]
+    runs = {e.name: child_run_name(run_name_prefix, e.name) for e in changed}
+    futures = {train_entry.submit(e.name, e.request, runs[e.name], use_deployment): e.name for e in changed}
+    _wait_reporting(futures, runs)
     outcomes += [future.result() for future in futures]
     order = [e.name for e in entries]
     outcomes.sort(key=lambda outcome: order.index(outcome.entry))
@@ -82,6 +86,21 @@ def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
     trained = sum(o.status == "trained" for o in outcomes)
     return Completed(message=f"{trained} trained, {len(outcomes) - trained} skipped (unchanged); "
                              f"billing units {sum(o.billing_units for o in outcomes)}")
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def _wait_reporting(futures: dict, runs: dict[str, str]) -> None:
+    """Wait for every entry's train-lora run; every PROGRESS_EVERY_S, one line naming those still
+    running (each child's start and end are logged by train_entry, on this run too)."""
+    started = time.monotonic()
+    pending = set(futures)
+    while pending:
+        pending = set(wait(list(pending), timeout=PROGRESS_EVERY_S).not_done)
+        if pending:
+            get_run_logger().info(still_running({futures[f]: runs[futures[f]] for f in pending},
+                                                time.monotonic() - started))
 
 
 def _report(outcomes: list[EntryOutcome]) -> None:

@@ -101,3 +101,88 @@ def test_batch_without_workers_trains_in_process(sample_zip, tmp_path, monkeypat
 
     state = retrain_batch(str(manifest), return_state=True)
     assert len(trainings) == 1, "unchanged: skipped"
+
+
+def test_child_lines_keep_the_whole_message():
+    from lib.core.batch import child_ended, child_started, still_running
+
+    assert child_started("voice-anna", "nightly-voice-anna-2026-12-03") == \
+        "voice-anna: train-lora run nightly-voice-anna-2026-12-03 started"
+    assert child_ended("a", "n-a", "Completed", True, 252.0) == "a: train-lora run n-a Completed in 4.2 min"
+    assert child_ended("a", "n-a", "InvalidDataset", False, 3.0, "0 of 4 triplets usable.\nclip1: no audio") == \
+        "a: train-lora run n-a InvalidDataset: 0 of 4 triplets usable. clip1: no audio"
+    assert still_running({"a": "n-a", "b": "n-b"}, 90.0) == \
+        "2 train-lora run(s) still running after 1.5 min: a (n-a), b (n-b)"
+
+
+def _batch_logs_and_summary(run_id, last_line: str):
+    """The batch run's log messages (they reach the server in batches: wait for its last line) and its
+    batch-summary rows by entry."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            logs = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)]
+            if any(line.startswith(last_line) for line in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        [artifact] = [a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))) if a.key == "batch-summary"]
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return logs, {row["entry"]: row for row in rows}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_batch_logs_children_live_and_its_summary_points_at_real_outputs(sample_zip, tmp_path, monkeypatch):
+    """Each child's start and end (with its whole failure message) and the still-running line are
+    logged on the batch run; a skipped entry's output is where its last successful run wrote it,
+    even when the manifest's output_url has moved since."""
+    import time
+
+    import flows.retrain_batch as batch_module
+    import flows.train_lora as train_lora_module
+    from lib.core.errors import TrainingDiverged
+
+    def fake_gpu_flow(plan, clips, run_id, cache):
+        time.sleep(1.0)   # long enough for a few still-running lines
+        if plan.train.rank == 64:
+            raise TrainingDiverged("The loss became NaN at step 3.\nTry learning_rate 5e-5.")
+        staging = cache.path(f"runs/{run_id}/gpu")
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / "lora.safetensors").write_bytes(b"lora")
+        return {"files": {"lora.safetensors": staging / "lora.safetensors"}, "final_loss": 1.0, "steps": 100,
+                "previews": []}
+
+    monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
+    monkeypatch.setattr(batch_module, "PROGRESS_EVERY_S", 0.3)
+    manifest = tmp_path / "manifest.yaml"
+
+    def run(output_url: str):
+        manifest.write_text(json.dumps({
+            "output_url": output_url,
+            "defaults": {"model": "tiny", "number_of_frames": 9, "resolution": "low", "aspect_ratio": "16:9"},
+            "entries": [{"name": "live", "request": {"training_data_url": str(sample_zip), "rank": 8}},
+                        {"name": "nan", "request": {"training_data_url": str(sample_zip), "rank": 64}}]}))
+        state = batch_module.retrain_batch(str(manifest), run_name_prefix="t", return_state=True)
+        return (state, *_batch_logs_and_summary(state.state_details.flow_run_id, "nan: failed"))
+
+    state, logs, rows = run(str(tmp_path / "first"))
+    today = child_run_name("t", "x")[len("t-x-"):]
+    assert state.is_failed()
+    assert f"live: train-lora run t-live-{today} started" in logs, logs
+    assert any(line.startswith(f"live: train-lora run t-live-{today} Completed in ") for line in logs), logs
+    assert f"nan: train-lora run t-nan-{today} TrainingDiverged: The loss became NaN at step 3. " \
+           "Try learning_rate 5e-5." in logs, logs
+    assert any("still running" in line and "live (t-live-" in line for line in logs), logs
+    assert rows["nan"]["message"].endswith("Try learning_rate 5e-5."), rows["nan"]   # not cut at the first line
+    assert rows["live"]["output"] == str(tmp_path / "first" / "live")
+
+    state, logs, rows = run(str(tmp_path / "moved"))   # output_url does not shape the LoRA: unchanged
+    assert rows["live"]["status"] == "skipped-unchanged"
+    assert rows["live"]["output"] == str(tmp_path / "first" / "live"), rows["live"]
+    assert (tmp_path / "first" / "live" / "result.json").is_file()

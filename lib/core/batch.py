@@ -108,6 +108,29 @@ class EntryOutcome(BaseModel):
     message: str = ""
 
 
+def one_line(message: str) -> str:
+    """A message for a table cell or a log line: every line of it, joined (nothing cut off)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def child_started(entry: str, run_name: str) -> str:
+    return f"{entry}: train-lora run {run_name} started"
+
+
+def child_ended(entry: str, run_name: str, state_name: str, completed: bool, seconds: float, message: str = "") -> str:
+    """`voice-anna: train-lora run nightly-voice-anna-2026-12-03 Completed in 4.2 min`, or
+    `... Failed: <the state's whole message>`."""
+    if completed:
+        return f"{entry}: train-lora run {run_name} {state_name} in {seconds / 60:.1f} min"
+    return redact_text(f"{entry}: train-lora run {run_name} {state_name}: {one_line(message) or 'no message'}")
+
+
+def still_running(running: dict[str, str], seconds: float) -> str:
+    """The periodic line while children train: `{entry: run name}` of those not finished yet."""
+    names = ", ".join(f"{entry} ({run})" for entry, run in running.items())
+    return f"{len(running)} train-lora run(s) still running after {seconds / 60:.1f} min: {names}"
+
+
 def summary_rows(outcomes: list[EntryOutcome]) -> list[dict]:
     return [redact_json(json.loads(outcome.model_dump_json())) for outcome in outcomes]
 
