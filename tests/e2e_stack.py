@@ -84,14 +84,15 @@ class Stack:
         return self.root / f"{pool}-machine" / "cache"
 
     def bucket_entries(self, *prefixes: str) -> dict[str, str]:
-        """Cache entries in the bucket under `prefixes`, with their ETag and modification time."""
+        """Cache entries in the bucket under `prefixes` (not their .sha256 checksum records), with their
+        ETag and modification time."""
         entries = {}
         for prefix in prefixes:
             path = f"{BUCKET}/cache/{prefix}"
             if self.s3.exists(path):
                 self.s3.invalidate_cache()
                 entries |= {key: f"{info['ETag']} {info['LastModified']}"
-                            for key, info in self.s3.find(path, detail=True).items()}
+                            for key, info in self.s3.find(path, detail=True).items() if not key.endswith(".sha256")}
         return entries
 
     @property
