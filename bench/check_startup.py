@@ -8,6 +8,7 @@
   whether that imported torch, peft, diffusers or prefect (it must not).
 - server_start_s: 0 by construction: the check path runs no Prefect server.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,21 @@ HEAVY = ("torch", "peft", "diffusers", "prefect")
 
 def timed_check(zip_path: Path, env: dict) -> tuple[float, float, int]:
     """(seconds to the first stderr line, seconds in all, exit status) of one `av2av check`."""
-    command = [sys.executable, "-m", "flows.cli", "check", str(zip_path), "--frames", "17",
-               "--resolution", "low", "--aspect-ratio", "16:9"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "check",
+        str(zip_path),
+        "--frames",
+        "17",
+        "--resolution",
+        "low",
+        "--aspect-ratio",
+        "16:9",
+    ]
     began = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process.stderr.readline()
     first_line = time.perf_counter() - began
     process.communicate()
@@ -41,27 +52,44 @@ def timed_check(zip_path: Path, env: dict) -> tuple[float, float, int]:
 
 
 def import_cost(env: dict) -> tuple[float, list[str]]:
-    probe = ("import sys, time; t = time.perf_counter(); import flows.cli, flows.prepare; "
-             f"print(time.perf_counter() - t); print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    lines = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
+    probe = (
+        "import sys, time; t = time.perf_counter(); import flows.cli, flows.prepare; "
+        f"print(time.perf_counter() - t); print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    lines = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     return float(lines[0]), [name for name in lines[1].split(",") if name]
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        env = os.environ | {"AV2AV_CACHE_DIR": str(scratch / "cache"), "AV2AV_PROGRESS": "lines",
-                            "PYTHONPATH": str(ROOT)}
+        env = os.environ | {
+            "AV2AV_CACHE_DIR": str(scratch / "cache"),
+            "AV2AV_PROGRESS": "lines",
+            "PYTHONPATH": str(ROOT),
+        }
         zip_path = make_sample_zip(scratch / "eight.zip", triplets=TRIPLETS, include_bad=False)
         _, first_check, status = timed_check(zip_path, env)
         first_line, cached_check, cached_status = timed_check(zip_path, env)
         import_s, heavy = import_cost(env)
-    print(json.dumps({"triplets": TRIPLETS, "first_line_s": round(first_line, 2), "goal_first_line_s": 2.0,
-                      "cached_check_s": round(cached_check, 2), "goal_cached_check_s": 5.0,
-                      "first_check_s": round(first_check, 2), "import_s": round(import_s, 2),
-                      "heavy_modules_imported": heavy, "server_start_s": 0.0,
-                      "exit_status": [status, cached_status]}))
+    print(
+        json.dumps(
+            {
+                "triplets": TRIPLETS,
+                "first_line_s": round(first_line, 2),
+                "goal_first_line_s": 2.0,
+                "cached_check_s": round(cached_check, 2),
+                "goal_cached_check_s": 5.0,
+                "first_check_s": round(first_check, 2),
+                "import_s": round(import_s, 2),
+                "heavy_modules_imported": heavy,
+                "server_start_s": 0.0,
+                "exit_status": [status, cached_status],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

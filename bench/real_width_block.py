@@ -18,6 +18,7 @@ Activations are linear in the tokens (attention runs as a fused kernel), so `--f
 frames, 12 at the default request) scales the check down. Each precision runs in its own process.
 Last line: one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ class _FusedRmsNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, rstd, weight = ctx.saved_tensors
-        with torch.enable_grad():   # the composite's gradient, from what the kernel kept
+        with torch.enable_grad():  # the composite's gradient, from what the kernel kept
             again = hidden.detach().float().requires_grad_()
             output = again * rstd
             output = output * weight.float() if weight is not None else output
@@ -96,6 +97,7 @@ def cuda_emulation(fused_kernel: bool = True):
             with torch.autocast("cpu", enabled=False):
                 return kernel(hidden, normalized_shape, weight, eps)
         return kernel(hidden, normalized_shape, weight, eps)
+
     torch.rms_norm = rms_norm
     torch.is_autocast_enabled = lambda device_type="cpu": enabled(device_type)
     try:
@@ -133,19 +135,30 @@ def example_inputs(transformer, target, reference, audio: int):
 
     def rand(*shape):
         return torch.randn(*shape, generator=generator)
+
     example = Example(
-        target_video=rand(config.in_channels, *target), reference_video=rand(config.in_channels, *reference),
+        target_video=rand(config.in_channels, *target),
+        reference_video=rand(config.in_channels, *reference),
         target_audio=rand(config.audio_in_channels // mel, audio, mel),
         reference_audio=rand(config.audio_in_channels // mel, audio, mel),
         video_mask=torch.rand(target, generator=generator) < 0.5,
-        text={"encoder_hidden_states": rand(1, MAX_SEQUENCE_LENGTH, config.cross_attention_dim),
-              "audio_encoder_hidden_states": rand(1, MAX_SEQUENCE_LENGTH, config.audio_cross_attention_dim),
-              "encoder_attention_mask": torch.ones(1, MAX_SEQUENCE_LENGTH, dtype=torch.int64)},
-        frame_rate=24.0)
+        text={
+            "encoder_hidden_states": rand(1, MAX_SEQUENCE_LENGTH, config.cross_attention_dim),
+            "audio_encoder_hidden_states": rand(1, MAX_SEQUENCE_LENGTH, config.audio_cross_attention_dim),
+            "encoder_attention_mask": torch.ones(1, MAX_SEQUENCE_LENGTH, dtype=torch.int64),
+        },
+        frame_rate=24.0,
+    )
     tokens = target[0] * target[1] * target[2]
-    return build_inputs(transformer, example, torch.tensor(0.5), torch.tensor(0.5),
-                        rand(tokens, config.in_channels), rand(audio, config.audio_in_channels),
-                        dtype=torch.bfloat16)
+    return build_inputs(
+        transformer,
+        example,
+        torch.tensor(0.5),
+        torch.tensor(0.5),
+        rand(tokens, config.in_channels),
+        rand(audio, config.audio_in_channels),
+        dtype=torch.bfloat16,
+    )
 
 
 def _storages(tensor, into: set) -> None:
@@ -178,7 +191,7 @@ class SavedByBlock:
         for tensor in [*module.parameters(), *module.buffers()]:
             _storages(tensor, self.excluded)
         self.saved: dict[int, int] = {}
-        self.kinds: dict[int, tuple] = {}   # storage -> (shape, dtype) of a tensor saved from it
+        self.kinds: dict[int, tuple] = {}  # storage -> (shape, dtype) of a tensor saved from it
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
         block.register_forward_pre_hook(self._enter, with_kwargs=True)
         block.register_forward_hook(lambda *_: self._hooks.__exit__(None, None, None))
@@ -224,9 +237,13 @@ def measure(precision: str, frames: int | None, backward: bool = True) -> dict:
         loss.backward()
         lora_grads = [p.grad for n, p in transformer.named_parameters() if "lora_B" in n]
         assert all(grad is not None and torch.isfinite(grad).all() for grad in lora_grads)
-    return {"activations": saved.bytes, "weights": weights, "forward_s": round(forward_s, 1),
-            "backward_s": round(time.perf_counter() - began - forward_s, 1) if backward else None,
-            "video_tokens": inputs.kwargs["hidden_states"].shape[1]}
+    return {
+        "activations": saved.bytes,
+        "weights": weights,
+        "forward_s": round(forward_s, 1),
+        "backward_s": round(time.perf_counter() - began - forward_s, 1) if backward else None,
+        "video_tokens": inputs.kwargs["hidden_states"].shape[1],
+    }
 
 
 def planned(precision: str, frames: int | None) -> dict:
@@ -239,14 +256,19 @@ def planned(precision: str, frames: int | None) -> dict:
 
 def compare(measured: dict, plan: dict) -> dict:
     total, total_plan = measured["activations"] + measured["weights"], plan["activations"] + plan["weights"]
-    return {"measured_gb": round(total / GB, 3), "planned_gb": round(total_plan / GB, 3),
-            "measured_over_planned": round(total / total_plan, 3),
-            "activations_gb": round(measured["activations"] / GB, 3),
-            "planned_activations_gb": round(plan["activations"] / GB, 3),
-            "activations_ratio": round(measured["activations"] / plan["activations"], 3),
-            "weights_gb": round(measured["weights"] / GB, 3), "planned_weights_gb": round(plan["weights"] / GB, 3),
-            "video_tokens": measured["video_tokens"], "forward_s": measured["forward_s"],
-            "backward_s": measured["backward_s"]}
+    return {
+        "measured_gb": round(total / GB, 3),
+        "planned_gb": round(total_plan / GB, 3),
+        "measured_over_planned": round(total / total_plan, 3),
+        "activations_gb": round(measured["activations"] / GB, 3),
+        "planned_activations_gb": round(plan["activations"] / GB, 3),
+        "activations_ratio": round(measured["activations"] / plan["activations"], 3),
+        "weights_gb": round(measured["weights"] / GB, 3),
+        "planned_weights_gb": round(plan["weights"] / GB, 3),
+        "video_tokens": measured["video_tokens"],
+        "forward_s": measured["forward_s"],
+        "backward_s": measured["backward_s"],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -254,15 +276,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=None, help="latent frames (default: the request's, 12)")
     parser.add_argument("--precisions", nargs="*", default=list(PRECISIONS))
     parser.add_argument("--no-backward", action="store_true")
-    parser.add_argument("--one", help=argparse.SUPPRESS)   # child mode: measure one precision, print JSON
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: measure one precision, print JSON
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one, args.frames, backward=not args.no_backward)))
         return 0
     results = {}
     for precision in args.precisions:
-        command = [sys.executable, __file__, "--one", precision, *(["--no-backward"] if args.no_backward else []),
-                   *(["--frames", str(args.frames)] if args.frames else [])]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            precision,
+            *(["--no-backward"] if args.no_backward else []),
+            *(["--frames", str(args.frames)] if args.frames else []),
+        ]
         child = subprocess.run(command, capture_output=True, text=True)
         if child.returncode:
             results[precision] = {"error": (child.stderr or child.stdout).strip().splitlines()[-3:]}

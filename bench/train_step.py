@@ -5,6 +5,7 @@
   a bare transformer forward + backward + AdamW step on the same, pre-built tensors. Goal <= 1.15.
 - cache_hit_over_encode: returning cached latents for a clip divided by encoding it.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.model.conditioning import build_inputs  # noqa: E402
 from lib.core.cache import Cache  # noqa: E402
+from lib.core.storage import FileRef  # noqa: E402
 from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
 from lib.ingest.dataset import Triplet  # noqa: E402
-from lib.model.encoding import encode_clip, load_example  # noqa: E402
+from lib.media.synthetic import make_box_mask, make_clip  # noqa: E402
 from lib.model import build_tiny  # noqa: E402
-from lib.core.storage import FileRef  # noqa: E402
-from lib.media.synthetic import make_clip, make_box_mask  # noqa: E402
+from lib.model.conditioning import build_inputs  # noqa: E402
+from lib.model.encoding import encode_clip, load_example  # noqa: E402
 from lib.train.training import TrainSettings, setup, step  # noqa: E402
 
 STEPS = 60
@@ -36,8 +37,15 @@ def conformed_clip(scratch: Path) -> FileRef:
     end = make_clip(scratch / "a_end.mp4", 1.0, seed=2)
     mask = make_box_mask(scratch / "a_mask.png", (320, 180), (0.25, 0.25, 0.75, 0.75))
     triplet = Triplet(name="a", start=FileRef.of(start), end=FileRef.of(end), mask=FileRef.of(mask))
-    settings = ConformSettings(number_of_frames=17, frame_rate=24, width=512, height=288, auto_scale_input=False,
-                               audio_normalize=True, audio_preserve_pitch=True)
+    settings = ConformSettings(
+        number_of_frames=17,
+        frame_rate=24,
+        width=512,
+        height=288,
+        auto_scale_input=False,
+        audio_normalize=True,
+        audio_preserve_pitch=True,
+    )
     return conform_triplet(triplet, check_triplet(triplet), settings, Cache.at(scratch)).clip
 
 
@@ -67,13 +75,17 @@ def main() -> None:
         optimizer = trainer.optimizer
 
         def full_step():
-            step(trainer, examples)   # the loop's own step: draw, condition, forward, loss, backward, AdamW
+            step(trainer, examples)  # the loop's own step: draw, condition, forward, loss, backward, AdamW
 
         example = examples[0]
-        fixed = build_inputs(transformer, example, torch.tensor(0.5), torch.tensor(0.5),
-                             torch.randn(example.video_mask.numel(), example.target_video.shape[0]),
-                             torch.randn(example.target_audio.shape[1],
-                                         example.target_audio.shape[0] * example.target_audio.shape[2]))
+        fixed = build_inputs(
+            transformer,
+            example,
+            torch.tensor(0.5),
+            torch.tensor(0.5),
+            torch.randn(example.video_mask.numel(), example.target_video.shape[0]),
+            torch.randn(example.target_audio.shape[1], example.target_audio.shape[0] * example.target_audio.shape[2]),
+        )
 
         def bare_step():
             video, audio = transformer(**fixed.kwargs)
@@ -82,11 +94,21 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         full_s, bare_s = per_step(full_step), per_step(bare_step)
-    print(json.dumps({"full_step_ms": round(full_s * 1e3, 2), "bare_step_ms": round(bare_s * 1e3, 2),
-                      "step_over_bare": round(full_s / bare_s, 3), "goal_step_over_bare": 1.15,
-                      "encode_ms": round(encode_s * 1e3, 1), "cache_hit_ms": round(hit_s * 1e3, 3),
-                      "cache_hit_over_encode": round(hit_s / encode_s, 5),
-                      "video_tokens": 2 * example.video_mask.numel(), "steps_timed": STEPS}))
+    print(
+        json.dumps(
+            {
+                "full_step_ms": round(full_s * 1e3, 2),
+                "bare_step_ms": round(bare_s * 1e3, 2),
+                "step_over_bare": round(full_s / bare_s, 3),
+                "goal_step_over_bare": 1.15,
+                "encode_ms": round(encode_s * 1e3, 1),
+                "cache_hit_ms": round(hit_s * 1e3, 3),
+                "cache_hit_over_encode": round(hit_s / encode_s, 5),
+                "video_tokens": 2 * example.video_mask.numel(),
+                "steps_timed": STEPS,
+            }
+        )
+    )
 
 
 def _timed(fn) -> float:

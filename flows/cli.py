@@ -13,6 +13,7 @@ Expected refusals print one line per problem, never a traceback. Exit status: 0 
 request, the dataset or the model's weights are unusable (nothing qualifies, a bad parameter,
 ModelUnavailable); 1 a download or upload failed, or anything else went wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.core.config import TrainRequest
-from lib.core.errors import (Av2AvError, CacheUnavailable, DownloadError, InvalidDataset, InvalidRequest,
-                             ModelUnavailable, TrainingDiverged, UploadError)
+from lib.core.errors import (
+    Av2AvError,
+    CacheUnavailable,
+    DownloadError,
+    InvalidDataset,
+    InvalidRequest,
+    ModelUnavailable,
+    TrainingDiverged,
+    UploadError,
+)
 from lib.core.progress import MODE_ENV
 from lib.core.redact import redact_text, redact_url
 
@@ -64,20 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--debug-dataset", metavar="OUT.zip", help="Write an archive of the conformed data here.")
     check.add_argument("--report", metavar="report.json", help="Write the report as JSON here.")
     train = commands.add_parser("train", help="Run the whole train-lora flow locally from a request JSON.")
-    train.add_argument("--config", required=True, metavar="request.json",
-                       help="A JSON object with the request parameters (see README).")
+    train.add_argument(
+        "--config",
+        required=True,
+        metavar="request.json",
+        help="A JSON object with the request parameters (see README).",
+    )
     train.add_argument("--json", action="store_true", help="End with result.json's full document instead of a summary.")
-    plan = commands.add_parser("plan", help="Print the GPU memory a request needs, per part and stage; exit 2 "
-                               "if it does not fit --gpu-memory.")
+    plan = commands.add_parser(
+        "plan", help="Print the GPU memory a request needs, per part and stage; exit 2 if it does not fit --gpu-memory."
+    )
     plan.add_argument("--config", required=True, metavar="request.json", help="The request JSON (see README).")
-    plan.add_argument("--gpu-memory", type=float, metavar="GB",
-                      help="GPU memory to check against (default: $AV2AV_GPU_MEMORY_GB, else this machine's GPU).")
+    plan.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GB",
+        help="GPU memory to check against (default: $AV2AV_GPU_MEMORY_GB, else this machine's GPU).",
+    )
     plan.add_argument("--json", action="store_true", help="Print the plan as one JSON object.")
     from flows import cli_generate
 
     cli_generate.add_parser(commands)
-    sample = commands.add_parser("sample", help="Write a synthetic sample dataset (the layout to follow), "
-                                 "a validation sample and a request.json for the tiny model.")
+    sample = commands.add_parser(
+        "sample",
+        help="Write a synthetic sample dataset (the layout to follow), "
+        "a validation sample and a request.json for the tiny model.",
+    )
     sample.add_argument("folder", help="Folder to write into.")
     return parser
 
@@ -88,8 +109,12 @@ def _request(args: argparse.Namespace) -> TrainRequest:
 
 
 def _explain(error: ValidationError) -> str:
-    return redact_text("\n".join(f"- {'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
-                                  for e in error.errors()))
+    return redact_text(
+        "\n".join(
+            f"- {'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
+            for e in error.errors()
+        )
+    )
 
 
 def _refusal(error: BaseException) -> tuple[int, str] | None:
@@ -116,22 +141,21 @@ def _classify(error: BaseException) -> tuple[int, str] | None:
 def run_check(args: argparse.Namespace) -> int:
     request = _request(args)
     print(f"Checking {redact_url(request.training_data_url)} ...", file=sys.stderr, flush=True)
-    from flows.prepare import local_steps, prepare_dataset   # no Prefect: nothing to start, nothing to log
-
-    from lib.ingest.report import render_text
-
+    from flows.prepare import local_steps, prepare_dataset  # no Prefect: nothing to start, nothing to log
     from lib.core.cache import Cache, check_cache_location
+    from lib.ingest.report import render_text
 
     try:
         cache = Cache.current()
         check_cache_location(cache)
-        document = prepare_dataset(request, report_path=args.report, debug_dataset_path=args.debug_dataset,
-                                   steps=local_steps(), cache=cache).report
+        document = prepare_dataset(
+            request, report_path=args.report, debug_dataset_path=args.debug_dataset, steps=local_steps(), cache=cache
+        ).report
     except Av2AvError as error:
         refusal = _refusal(error)
         if refusal is None:
             raise
-        if isinstance(error, InvalidDataset) and error.report.get("triplets"):   # a table only when it has rows
+        if isinstance(error, InvalidDataset) and error.report.get("triplets"):  # a table only when it has rows
             print(render_text(error.report))
         print(refusal[1], file=sys.stderr)
         return refusal[0]
@@ -161,11 +185,10 @@ def _read_request(path: str) -> TrainRequest | int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from flows import cli_generate
     from lib.train.memory_plan import declared_gpu_memory, format_plan, plan_memory
 
-    from flows import cli_generate
-
-    if cli_generate.is_generate_config(args.config):   # a generate request: the inference plan
+    if cli_generate.is_generate_config(args.config):  # a generate request: the inference plan
         return cli_generate.run_plan(args, _explain, _refusal)
     request = _read_request(args.config)
     if isinstance(request, int):
@@ -184,7 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
     request = _read_request(args.config)
     if isinstance(request, int):
         return request
-    if request.resume_from and not Path(request.resume_from).is_file():   # before Prefect (and torch) start
+    if request.resume_from and not Path(request.resume_from).is_file():  # before Prefect (and torch) start
         print(f"Invalid request: resume_from: no checkpoint file at {request.resume_from}.", file=sys.stderr)
         return EXIT_INVALID
     from flows.cli_stop import exit_now, quiet_console, started, stop_line, stop_signal, stop_signals
@@ -211,10 +234,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _summary(result: dict, seconds: float) -> str:
     """What a person reads at the end of `av2av train`: the run in one line, then each output."""
-    if "outputs" not in result:   # skipped: unchanged since the last success
+    if "outputs" not in result:  # skipped: unchanged since the last success
         return str(result)
-    head = (f"Trained {result['steps']} steps on {result['accepted_triplets']} triplet(s) in {seconds / 60:.1f} min, "
-            f"final loss {result['final_loss']:.4f}.")
+    head = (
+        f"Trained {result['steps']} steps on {result['accepted_triplets']} triplet(s) in {seconds / 60:.1f} min, "
+        f"final loss {result['final_loss']:.4f}."
+    )
     width = max(len(name) for name in result["outputs"])
     rows = [f"  {name:<{width}}  {info['url']}" for name, info in result["outputs"].items()]
     folder = str(Path(next(iter(result["outputs"].values()))["url"]).parent)
@@ -233,7 +258,7 @@ def _train_outcome(state, as_json: bool, seconds: float) -> int:
     if refusal is None:
         print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
         return EXIT_DOWNLOAD
-    if isinstance(error, InvalidDataset) and error.report.get("triplets"):   # a table only when it has rows
+    if isinstance(error, InvalidDataset) and error.report.get("triplets"):  # a table only when it has rows
         print(render_text(error.report))
     print(refusal[1], file=sys.stderr)
     return refusal[0]

@@ -1,13 +1,13 @@
 """`av2av generate --config generate.json` and `av2av plan --config generate.json`: the generate
 flow locally (no server needed) and its memory plan. A LoRA that cannot work is refused before the
 flow (and Prefect) starts, in seconds; the flow checks it again for runs started elsewhere."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from pathlib import Path
-
 
 from lib.core.errors import Av2AvError
 from lib.core.generate import GenerateRequest
@@ -17,10 +17,15 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def add_parser(commands) -> None:
-    generate = commands.add_parser("generate", help="Apply a trained LoRA to a source video, a mask and a "
-                                   "reference (the generate flow, locally).")
-    generate.add_argument("--config", required=True, metavar="generate.json",
-                          help="A JSON object with the generate parameters (see README, 'Use your LoRA').")
+    generate = commands.add_parser(
+        "generate", help="Apply a trained LoRA to a source video, a mask and a reference (the generate flow, locally)."
+    )
+    generate.add_argument(
+        "--config",
+        required=True,
+        metavar="generate.json",
+        help="A JSON object with the generate parameters (see README, 'Use your LoRA').",
+    )
 
 
 def is_generate_config(path: str) -> bool:
@@ -125,9 +130,12 @@ def run_plan(args: argparse.Namespace, explain, refusal) -> int:
         gpu_memory = args.gpu_memory if args.gpu_memory is not None else declared_gpu_memory()
     except Av2AvError as error:
         return _refuse(error, refusal)
-    plan = plan_generate_memory(request, lora.rank, lora.reference_downscale,
-                                "cuda" if request.model != "tiny" else "cpu", gpu_memory)
-    print(json.dumps(plan.as_dict()) if args.json else
-          format_generate_plan(plan, request, lora.rank, lora.reference_downscale))
+    plan = plan_generate_memory(
+        request, lora.rank, lora.reference_downscale, "cuda" if request.model != "tiny" else "cpu", gpu_memory
+    )
+    print(
+        json.dumps(plan.as_dict())
+        if args.json
+        else format_generate_plan(plan, request, lora.rank, lora.reference_downscale)
+    )
     return EXIT_OK if plan.fits else EXIT_INVALID
-

@@ -5,6 +5,7 @@ TerminationSignal: both count). The flow run ends Crashed, uploads are atomic an
 themselves, the temporary server is stopped by flows.local_server, and then the process ends at
 once: threads still busy in a task (a decode, a training step) would otherwise hold the exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,7 +51,9 @@ def quiet_console(refusal_names: tuple[str, ...]) -> Iterator[None]:
     """Keep what the CLI says itself off Prefect's console handler (on the root logger once Prefect
     has set up logging, i.e. after `import prefect`)."""
     quiet = _SaidByTheCli(refusal_names)
-    handlers = [handler for handler in logging.getLogger().handlers if type(handler).__name__ == "PrefectConsoleHandler"]
+    handlers = [
+        handler for handler in logging.getLogger().handlers if type(handler).__name__ == "PrefectConsoleHandler"
+    ]
     for handler in handlers:
         handler.addFilter(quiet)
     try:
@@ -77,7 +80,7 @@ def stop_signal(error: BaseException) -> int | None:
         return error.signum
     if isinstance(error, KeyboardInterrupt):
         return signal.SIGINT
-    if type(error).__name__ == "TerminationSignal":   # prefect.exceptions: SIGTERM inside a flow
+    if type(error).__name__ == "TerminationSignal":  # prefect.exceptions: SIGTERM inside a flow
         return getattr(error, "signal", signal.SIGTERM)
     return None
 
@@ -85,8 +88,11 @@ def stop_signal(error: BaseException) -> int | None:
 def latest_checkpoint(since: float) -> Path | None:
     from lib.core.storage import work_dir
 
-    found = [path for path in (work_dir() / "checkpoints").glob("*/checkpoint-*.safetensors")
-             if path.stat().st_mtime >= since]
+    found = [
+        path
+        for path in (work_dir() / "checkpoints").glob("*/checkpoint-*.safetensors")
+        if path.stat().st_mtime >= since
+    ]
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
@@ -94,8 +100,13 @@ def stop_line(since: float) -> str:
     done, total = LATEST.get("training", (0, 0))
     where = f"at step {done} of {total}" if done else "before training started"
     checkpoint = latest_checkpoint(since)
-    kept = (f"; checkpoint {checkpoint} (resume_from it to continue)" if checkpoint
-            else "; no checkpoint was written (checkpoint_every makes them)" if done else "")
+    kept = (
+        f"; checkpoint {checkpoint} (resume_from it to continue)"
+        if checkpoint
+        else "; no checkpoint was written (checkpoint_every makes them)"
+        if done
+        else ""
+    )
     return f"Interrupted {where}{kept}. Nothing was uploaded."
 
 

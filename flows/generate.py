@@ -5,6 +5,7 @@ memory plan, the weights, output_url, the cache), then fetches and conforms the 
 validation samples are; the GPU pool (`generate-gpu`, through its deployment when one exists,
 else in this process) encodes, samples and decodes; the outputs are uploaded to output_url.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,16 @@ def _generate(request: GenerateRequest) -> dict:
     with step("read the LoRA"):
         lora_file, lora = tasks.open_lora(request, cache)
     refuse_contradictions(request, lora, shown)
-    log.info("LoRA %s (sha256 %s): rank %d, trigger phrase %r, reference audio %s, reference 1/%d (from its %s)",
-             shown, lora.sha256[:12], lora.rank, lora.trigger_phrase, lora.reference_audio_positions,
-             lora.reference_downscale, lora.read_from)
+    log.info(
+        "LoRA %s (sha256 %s): rank %d, trigger phrase %r, reference audio %s, reference 1/%d (from its %s)",
+        shown,
+        lora.sha256[:12],
+        lora.rank,
+        lora.trigger_phrase,
+        lora.reference_audio_positions,
+        lora.reference_downscale,
+        lora.read_from,
+    )
     _check_memory(request, lora.rank, lora.reference_downscale)
     check_model_source(request.model, request.model_source, request.text_encoder_source)
     check_output_location(output_url)
@@ -90,13 +98,26 @@ def _check_memory(request: GenerateRequest, rank: int, reference_downscale: int)
 def result_extra(request: GenerateRequest, plan: GeneratePlan) -> dict:
     """result.json beside the outputs: the LoRA (by hash), its conventions and every setting used."""
     width, height = request.bucket
-    return {"lora": {"url": redact_url(request.lora_url), "sha256": plan.lora.sha256, "rank": plan.lora.rank,
-                     "base_model": plan.lora.base_model},
-            "conventions": {"reference_audio_positions": plan.lora.reference_audio_positions,
-                            "reference_downscale_factor": plan.lora.reference_downscale,
-                            "trigger_phrase": plan.lora.trigger_phrase, "read_from": plan.lora.read_from},
-            "prompt_used": plan.prompt, "frames": request.number_of_frames, "width": width, "height": height,
-            "settings": redact_json(request.model_dump(mode="json")), "flow_run": run_name()}
+    return {
+        "lora": {
+            "url": redact_url(request.lora_url),
+            "sha256": plan.lora.sha256,
+            "rank": plan.lora.rank,
+            "base_model": plan.lora.base_model,
+        },
+        "conventions": {
+            "reference_audio_positions": plan.lora.reference_audio_positions,
+            "reference_downscale_factor": plan.lora.reference_downscale,
+            "trigger_phrase": plan.lora.trigger_phrase,
+            "read_from": plan.lora.read_from,
+        },
+        "prompt_used": plan.prompt,
+        "frames": request.number_of_frames,
+        "width": width,
+        "height": height,
+        "settings": redact_json(request.model_dump(mode="json")),
+        "flow_run": run_name(),
+    }
 
 
 def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache: Cache) -> dict[str, Path]:
@@ -104,16 +125,23 @@ def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache
     process); returns its files as local paths here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
     if not deployment_available(GPU_DEPLOYMENT):
-        from flows.generate_gpu import generate_gpu   # torch and the model stack: only in-process
+        from flows.generate_gpu import generate_gpu  # torch and the model stack: only in-process
 
-        state = generate_gpu.with_options(flow_run_name=name)(plan, clip, lora, run_id, cache.location,
-                                                              parent_run_id=parent_id, return_state=True)
+        state = generate_gpu.with_options(flow_run_name=name)(
+            plan, clip, lora, run_id, cache.location, parent_run_id=parent_id, return_state=True
+        )
         if state.name == "InvalidRequest":
             raise InvalidRequest(state.message)
         result = state.result()
     else:
-        parameters = {"plan": plan.model_dump(mode="json"), "clip": clip.model_dump(), "lora": lora.model_dump(),
-                      "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
+        parameters = {
+            "plan": plan.model_dump(mode="json"),
+            "clip": clip.model_dump(),
+            "lora": lora.model_dump(),
+            "run_id": run_id,
+            "cache_url": cache.location,
+            "parent_run_id": parent_id,
+        }
         run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
         if run.state and run.state.name == "InvalidRequest":
             raise InvalidRequest(run.state.message)

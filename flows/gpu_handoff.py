@@ -4,6 +4,7 @@ itself came from a deployment and the GPU deployment exists, else in this proces
 (`runs/<run id>/gpu/` in the cache): the two workers share the cache *location* (a folder on one
 machine, an object-store URL across machines), never a filesystem.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from prefect import get_run_logger
 from prefect.runtime import deployment, flow_run
 
 from flows.gpu_wait import run_on_gpu_pool
-
 from lib.core.cache import Cache
 from lib.core.errors import TrainingDiverged
 from lib.core.housekeeping import GPU_RESULT, gpu_entry
@@ -60,16 +60,22 @@ def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache)
     mirrors its progress here. Returns its result with every file as a local path here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
     if not deployment_available(GPU_DEPLOYMENT):
-        from flows.train_lora_gpu import train_lora_gpu   # torch and the model stack: only in-process
+        from flows.train_lora_gpu import train_lora_gpu  # torch and the model stack: only in-process
 
-        state = train_lora_gpu.with_options(flow_run_name=name)(plan, clips, run_id, cache.location,
-                                                                parent_run_id=parent_id, return_state=True)
+        state = train_lora_gpu.with_options(flow_run_name=name)(
+            plan, clips, run_id, cache.location, parent_run_id=parent_id, return_state=True
+        )
         if state.name == "TrainingDiverged":
             raise TrainingDiverged(state.message)
         result = state.result()
     else:
-        parameters = {"plan": plan.model_dump(mode="json"), "clips": [c.model_dump() for c in clips],
-                      "run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
+        parameters = {
+            "plan": plan.model_dump(mode="json"),
+            "clips": [c.model_dump() for c in clips],
+            "run_id": run_id,
+            "cache_url": cache.location,
+            "parent_run_id": parent_id,
+        }
         run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
         if run.state and run.state.name == "TrainingDiverged":
             raise TrainingDiverged(run.state.message)

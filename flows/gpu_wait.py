@@ -6,14 +6,20 @@ then watched: every `EVERY_S` seconds while it is not running, one line ("waitin
 worker: 2 runs ahead (AwaitingConcurrencySlot)"), then one line when a worker takes it. Its own
 progress reaches the parent through the GPU flow (tasks/parent_run.py).
 """
+
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                            FlowRunFilterState, FlowRunFilterStateType)
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
@@ -27,9 +33,11 @@ def runs_ahead(client, run: FlowRun) -> int:
     """Runs of the same deployment that are waiting or running and were created before `run`."""
     others = client.read_flow_runs(
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[run.deployment_id])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(AHEAD)))))
-    return sum(1 for other in others if other.id != run.id and other.created and run.created
-               and other.created < run.created)
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(AHEAD)))),
+    )
+    return sum(
+        1 for other in others if other.id != run.id and other.created and run.created and other.created < run.created
+    )
 
 
 def waiting_line(run: FlowRun, ahead: int) -> str:

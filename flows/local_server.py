@@ -7,6 +7,7 @@ for minutes), SIGTERM or kill -9 of the CLI leaves it running, and a loaded mach
 bound to die with the CLI (PR_SET_PDEATHSIG, even on kill -9), given `AV2AV_SERVER_START_TIMEOUT_S`
 to start, and stopped when the command ends, however it ends.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -55,12 +56,12 @@ def local_server() -> Iterator[str | None]:
     PREFECT_API_URL names (None is yielded). The temporary server is stopped on the way out."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():   # a server the user runs (or a test harness): use it
+    if PREFECT_API_URL.value():  # a server the user runs (or a test harness): use it
         yield None
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()   # the instance Prefect's own clients would start: they find it running
+    server = SubprocessASGIServer()  # the instance Prefect's own clients would start: they find it running
     timeout = start_timeout_s()
     try:
         with _detached_children():
@@ -70,7 +71,8 @@ def local_server() -> Iterator[str | None]:
         raise ServerStartFailed(
             f"The temporary Prefect server did not start within {timeout} s ({type(error).__name__}). On a "
             f"loaded machine set {START_TIMEOUT_ENV} higher (e.g. {timeout * 3}), or start a server with "
-            "`make serve` and set PREFECT_API_URL.") from None
+            "`make serve` and set PREFECT_API_URL."
+        ) from None
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
@@ -86,5 +88,5 @@ def _drain_prefect_services(timeout_s: float = 10.0) -> None:
 
     try:
         QueueService.drain_all(timeout=timeout_s, at_exit=False)
-    except Exception:   # best effort: what is lost is a few log lines, never the run's outcome
+    except Exception:  # best effort: what is lost is a few log lines, never the run's outcome
         pass

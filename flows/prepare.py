@@ -4,6 +4,7 @@ report, with the same orchestration for two step sets:
 - `local_steps()`: the same lib calls, no Prefect at all, for `av2av check` (no server to start,
   no task engine; conformed clips are still reused from the content-addressed cache).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from lib.core.cache import Cache
 from lib.core.config import TrainRequest
-from lib.ingest.conform import TripletResult
 from lib.core.errors import ArchiveError
 from lib.core.plan import conform_settings
 from lib.core.progress import Progress, announce
 from lib.core.redact import redact_url
-from lib.ingest.report import raise_if_unusable
-from lib.core.cache import Cache
 from lib.core.storage import FileRef
+from lib.ingest.conform import TripletResult
+from lib.ingest.report import raise_if_unusable
 
 
 class PreparedDataset(BaseModel):
@@ -34,15 +35,15 @@ class PreparedDataset(BaseModel):
 
 @dataclass(frozen=True)
 class Steps:
-    fetch: Callable          # (url, local folder) -> FileRef
-    extract: Callable        # (zip FileRef, local folder, display name) -> ExtractedArchive
-    match: Callable          # (ExtractedArchive) -> MatchOutcome
-    check: Callable          # (Triplet, Cache) -> TripletCheck
-    conform: Callable        # (Triplet, TripletCheck, ConformSettings, Cache) -> TripletResult
-    report: Callable         # (results, rejections, warnings, errors, report path) -> report dict
-    debug: Callable          # (accepted results, report, destination) -> FileRef
-    map_triplets: Callable   # (step, label, per-triplet argument lists, shared arguments) -> results
-    notify: Callable = lambda text: None   # a line for the user, e.g. which triplets were dropped
+    fetch: Callable  # (url, local folder) -> FileRef
+    extract: Callable  # (zip FileRef, local folder, display name) -> ExtractedArchive
+    match: Callable  # (ExtractedArchive) -> MatchOutcome
+    check: Callable  # (Triplet, Cache) -> TripletCheck
+    conform: Callable  # (Triplet, TripletCheck, ConformSettings, Cache) -> TripletResult
+    report: Callable  # (results, rejections, warnings, errors, report path) -> report dict
+    debug: Callable  # (accepted results, report, destination) -> FileRef
+    map_triplets: Callable  # (step, label, per-triplet argument lists, shared arguments) -> results
+    notify: Callable = lambda text: None  # a line for the user, e.g. which triplets were dropped
 
 
 def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
@@ -57,10 +58,18 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
                 future.wait()
                 progress.update(done)
         return [future.result() for future in futures]
-    return Steps(fetch=ingest.fetch_training_data, extract=ingest.extract_archive, match=ingest.match_files,
-                 check=ingest.check_triplet, conform=ingest.conform_triplet, report=ingest.build_report,
-                 debug=ingest.write_debug_dataset, map_triplets=map_triplets,
-                 notify=lambda text: announce(text, log))
+
+    return Steps(
+        fetch=ingest.fetch_training_data,
+        extract=ingest.extract_archive,
+        match=ingest.match_files,
+        check=ingest.check_triplet,
+        conform=ingest.conform_triplet,
+        report=ingest.build_report,
+        debug=ingest.write_debug_dataset,
+        map_triplets=map_triplets,
+        notify=lambda text: announce(text, log),
+    )
 
 
 def local_steps() -> Steps:
@@ -68,7 +77,7 @@ def local_steps() -> Steps:
     from lib.ingest import archive, conform, dataset, debug_dataset, report
 
     def fetch(url: str, local: Path) -> FileRef:
-        from tasks.secrets import resolve_url   # imports Prefect only for a secret:// URL
+        from tasks.secrets import resolve_url  # imports Prefect only for a secret:// URL
 
         return storage.fetch_with_retries(resolve_url(url), local / "downloads")
 
@@ -80,17 +89,23 @@ def local_steps() -> Steps:
 
     def map_triplets(step, label, per_triplet, shared=()):
         items = list(zip(*per_triplet))
-        with ThreadPoolExecutor(os.cpu_count() or 2) as pool, \
-                Progress(len(items), label, unit="triplet") as progress:
+        with ThreadPoolExecutor(os.cpu_count() or 2) as pool, Progress(len(items), label, unit="triplet") as progress:
             futures = [pool.submit(step, *item, *shared) for item in items]
             for done, future in enumerate(futures, 1):
                 future.exception()
                 progress.update(done)
         return [future.result() for future in futures]
-    return Steps(fetch=fetch, extract=archive.extract_cached,
-                 match=lambda extracted: dataset.match_extracted(extracted.root, extracted.names),
-                 check=conform.check_triplet, conform=conform.conform_triplet, report=build_report,
-                 debug=debug_dataset.write_debug_dataset, map_triplets=map_triplets)
+
+    return Steps(
+        fetch=fetch,
+        extract=archive.extract_cached,
+        match=lambda extracted: dataset.match_extracted(extracted.root, extracted.names),
+        check=conform.check_triplet,
+        conform=conform.conform_triplet,
+        report=build_report,
+        debug=debug_dataset.write_debug_dataset,
+        map_triplets=map_triplets,
+    )
 
 
 def summary(document: dict) -> str:
@@ -106,9 +121,14 @@ def display_name(url: str) -> str:
     return Path(shown.rstrip("/")).name or shown
 
 
-def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debug_dataset_path: Path | None = None,
-                    zip_file: FileRef | None = None, steps: Steps | None = None,
-                    cache: Cache | None = None) -> PreparedDataset:
+def prepare_dataset(
+    request: TrainRequest,
+    report_path: Path | None = None,
+    debug_dataset_path: Path | None = None,
+    zip_file: FileRef | None = None,
+    steps: Steps | None = None,
+    cache: Cache | None = None,
+) -> PreparedDataset:
     """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies.
     Conformed clips go to `cache` (this worker's, by default) for the GPU pool to read."""
     steps = steps or prefect_steps()
@@ -122,8 +142,9 @@ def prepare_dataset(request: TrainRequest, report_path: Path | None = None, debu
         raise_if_unusable(document)
     matched = steps.match(extracted)
     checks = steps.map_triplets(steps.check, "checking triplets", [matched.triplets], (cache,))
-    results = steps.map_triplets(steps.conform, "fitting triplets", [matched.triplets, checks],
-                                 (conform_settings(request), cache))
+    results = steps.map_triplets(
+        steps.conform, "fitting triplets", [matched.triplets, checks], (conform_settings(request), cache)
+    )
     document = steps.report(results, matched.rejections, matched.warnings, [], report_path)
     steps.notify(summary(document))
     accepted = [r for r in results if r.status == "accepted"]

@@ -3,30 +3,43 @@ only the entries whose dataset content or parameters changed since their last su
 as its own `train-lora` run (named `nightly-<entry>-<date>`), and waits for them. It holds no GPU:
 how many train at once is set by Prefect on the GPU pool (README, "Batch retraining").
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 from prefect.states import Completed, Failed
 
+from flows.form import titled
 from flows.gpu_handoff import deployment_available
 from flows.train_lora import REFUSALS, refused
 from lib.core import storage
-from lib.core.batch import EntryOutcome, Planned, child_run_name, failed_message, parse_manifest, plan_entries, \
-    still_running, summary_rows
+from lib.core.batch import (
+    EntryOutcome,
+    Planned,
+    child_run_name,
+    failed_message,
+    parse_manifest,
+    plan_entries,
+    still_running,
+    summary_rows,
+)
 from lib.core.errors import DownloadError
 from lib.core.redact import redact_url
-from tasks.secrets import resolve_url
 from tasks.batch import TRAIN_DEPLOYMENT, not_checked, skipped, train_entry, unchanged_since
+from tasks.secrets import resolve_url
 
 
 def read_manifest(manifest_url: str) -> list[Planned]:
     """`manifest_url` may be `secret://NAME` (tasks/secrets.py); messages name it redacted."""
-    manifest_file = storage.fetch_with_retries(resolve_url(manifest_url, "manifest_url"), storage.work_dir() / "downloads")
+    manifest_file = storage.fetch_with_retries(
+        resolve_url(manifest_url, "manifest_url"), storage.work_dir() / "downloads"
+    )
     text = Path(manifest_file.path).read_text(errors="replace")
     Path(manifest_file.path).unlink(missing_ok=True)
     return plan_entries(parse_manifest(text, redact_url(manifest_url)))
@@ -52,7 +65,10 @@ def _decide(entries: list[Planned]) -> tuple[list[EntryOutcome], list[Planned]]:
 
 
 @flow(name="retrain-batch", log_prints=True)
-def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
+def retrain_batch(
+    manifest_url: Annotated[str, titled("Manifest URL")],
+    run_name_prefix: Annotated[str, titled("Run name prefix")] = "nightly",
+):
     """Retrain every LoRA of a manifest whose data or parameters changed; skip the others.
 
     Ends Completed when every entry trained or was skipped, else Failed listing the entries that
@@ -72,8 +88,10 @@ def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
         return refused(error)
     outcomes, changed = _decide(entries)
     use_deployment = deployment_available(TRAIN_DEPLOYMENT)
-    print(f"{len(changed)} of {len(entries)} entries changed: "
-          f"{', '.join(e.name for e in changed) or 'none'}; training them as train-lora runs")
+    print(
+        f"{len(changed)} of {len(entries)} entries changed: "
+        f"{', '.join(e.name for e in changed) or 'none'}; training them as train-lora runs"
+    )
     runs = {e.name: child_run_name(run_name_prefix, e.name) for e in changed}
     futures = {train_entry.submit(e.name, e.request, runs[e.name], use_deployment): e.name for e in changed}
     _wait_reporting(futures, runs)
@@ -84,8 +102,10 @@ def retrain_batch(manifest_url: str, run_name_prefix: str = "nightly"):
     if any(o.status in ("invalid", "failed") for o in outcomes):
         return Failed(message=failed_message(outcomes))
     trained = sum(o.status == "trained" for o in outcomes)
-    return Completed(message=f"{trained} trained, {len(outcomes) - trained} skipped (unchanged); "
-                             f"billing units {sum(o.billing_units for o in outcomes)}")
+    return Completed(
+        message=f"{trained} trained, {len(outcomes) - trained} skipped (unchanged); "
+        f"billing units {sum(o.billing_units for o in outcomes)}"
+    )
 
 
 PROGRESS_EVERY_S = 30.0
@@ -99,13 +119,17 @@ def _wait_reporting(futures: dict, runs: dict[str, str]) -> None:
     while pending:
         pending = set(wait(list(pending), timeout=PROGRESS_EVERY_S).not_done)
         if pending:
-            get_run_logger().info(still_running({futures[f]: runs[futures[f]] for f in pending},
-                                                time.monotonic() - started))
+            get_run_logger().info(
+                still_running({futures[f]: runs[futures[f]] for f in pending}, time.monotonic() - started)
+            )
 
 
 def _report(outcomes: list[EntryOutcome]) -> None:
     rows = summary_rows(outcomes)
-    create_table_artifact(key="batch-summary", table=rows,
-                          description="Per entry: status, the train-lora run, billing units, output, time.")
+    create_table_artifact(
+        key="batch-summary",
+        table=rows,
+        description="Per entry: status, the train-lora run, billing units, output, time.",
+    )
     for row in rows:
         get_run_logger().info("%s: %s %s", row["entry"], row["status"], row["message"] or row["child_run"])

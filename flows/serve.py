@@ -4,6 +4,7 @@ machine; Ctrl-C (or SIGTERM) stops every process it started, flow runs included.
 Each child gets its own process group, so stopping one group also reaches what it spawned (a
 worker runs each flow in a subprocess); children are asked to stop (SIGTERM), then killed.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,18 +62,19 @@ def main() -> int:
     api = os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     quiet_telemetry()
     children: list[subprocess.Popen] = []
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a background start ignores it
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background start ignores it
         signal.signal(stop_signal, _interrupt)
     try:
         children.append(_start(str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", "4200"))
         _wait_for(f"{api}/health")
         subprocess.run(["make", "deploy"], check=True)
         children += [_start(str(BIN / "prefect"), "worker", "start", "--pool", pool) for pool in ("cpu", "gpu")]
-        print(f"Prefect UI: {api.removesuffix('/api')}  (Ctrl-C stops the server, the workers and their runs)",
-              flush=True)
+        print(
+            f"Prefect UI: {api.removesuffix('/api')}  (Ctrl-C stops the server, the workers and their runs)", flush=True
+        )
         while all(child.poll() is None for child in children):
             time.sleep(1)
-        return 1   # something stopped on its own: stop the rest too
+        return 1  # something stopped on its own: stop the rest too
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,5 +1,6 @@
 """Batch retraining tasks: decide per entry whether its data or parameters changed, and train the
 changed ones as `train-lora` runs of their own (through the deployment: CPU pool, then GPU pool)."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ def unchanged_since(name: str, request: TrainRequest) -> dict | None:
             return previous
         return None
     finally:
-        Path(zip_file.path).unlink(missing_ok=True)   # the child run fetches its own copy
+        Path(zip_file.path).unlink(missing_ok=True)  # the child run fetches its own copy
 
 
 @task(task_run_name="train-{name}", cache_policy=NO_CACHE)
@@ -47,17 +48,24 @@ def train_entry(name: str, request: TrainRequest, run_name: str, use_deployment:
     try:
         state, child = _run_child(request, run_name, use_deployment, lambda: logger.info(child_started(name, run_name)))
         message = one_line(f"{state.name}: {state.message or ''}").rstrip(":")
-    except Exception as error:   # e.g. the API went away: this entry failed, the others go on
+    except Exception as error:  # e.g. the API went away: this entry failed, the others go on
         state, message = None, one_line(f"not started: {type(error).__name__}: {error}")
     seconds = round(time.monotonic() - started, 1)
     # where the child writes (flows/train_lora.py): output_url, else outputs/<its run name> on the worker
-    base = dict(entry=name, child_run=child, output=request.output_url or str(Path("outputs") / child),
-                seconds=seconds)
+    base = dict(entry=name, child_run=child, output=request.output_url or str(Path("outputs") / child), seconds=seconds)
     if state is not None and state.is_completed():
         logger.info(child_ended(name, child, state.name, True, seconds))
         return EntryOutcome(status="trained", billing_units=billing_units(request), **base)
-    logger.error(child_ended(name, child, state.name if state else "Failed", False, seconds,
-                             message.partition(": ")[2] if state else message))
+    logger.error(
+        child_ended(
+            name,
+            child,
+            state.name if state else "Failed",
+            False,
+            seconds,
+            message.partition(": ")[2] if state else message,
+        )
+    )
     return EntryOutcome(status="failed", message=message, **base)
 
 
@@ -67,7 +75,7 @@ def _run_child(request: TrainRequest, run_name: str, use_deployment: bool, on_st
     if use_deployment:
         run = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, flow_run_name=run_name, timeout=0)
         return _wait_for_run(run.id, on_start), run.name
-    from flows.train_lora import train_lora   # no workers (a local run, tests): in this process
+    from flows.train_lora import train_lora  # no workers (a local run, tests): in this process
 
     on_start()
     return train_lora.with_options(flow_run_name=run_name)(request, return_state=True), run_name
@@ -92,10 +100,16 @@ def _wait_for_run(run_id, on_start, poll_s: float = 5.0):
 def skipped(name: str, request: TrainRequest, previous: dict) -> EntryOutcome:
     """Its output is where that run wrote it (the recorded output_url, redacted when stored), not
     where this manifest would put it now; empty for a record that does not say."""
-    return EntryOutcome(entry=name, status="skipped-unchanged", output=str(previous.get("output_url") or ""),
-                        child_run=str(previous.get("flow_run") or ""),
-                        message=f"dataset and parameters unchanged since run '{previous.get('flow_run') or 'an earlier run'}'")
+    return EntryOutcome(
+        entry=name,
+        status="skipped-unchanged",
+        output=str(previous.get("output_url") or ""),
+        child_run=str(previous.get("flow_run") or ""),
+        message=f"dataset and parameters unchanged since run '{previous.get('flow_run') or 'an earlier run'}'",
+    )
 
 
 def not_checked(name: str, request: TrainRequest, error: DownloadError) -> EntryOutcome:
-    return EntryOutcome(entry=name, status="failed", output=request.output_url, message=f"DownloadFailed: {error.message}")
+    return EntryOutcome(
+        entry=name, status="failed", output=request.output_url, message=f"DownloadFailed: {error.message}"
+    )

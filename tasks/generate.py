@@ -1,5 +1,6 @@
 """Tasks of `generate` (CPU) and `generate-gpu` (GPU): each wraps one lib call with retries,
 logging, progress and artifacts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,14 +28,20 @@ DOWNLOAD_RETRIES = dict(retries=3, retry_delay_seconds=[1, 5, 20], retry_conditi
 
 # --- CPU side -----------------------------------------------------------------------------------
 
+
 @task(cache_policy=NO_CACHE, **DOWNLOAD_RETRIES)
 def open_lora(request: GenerateRequest, cache: Cache) -> tuple[FileRef, LoraConventions]:
     """Fetch lora_url and read its conventions (header only: seconds); InvalidRequest if it cannot work."""
     from lib.train.lora_file import open_lora as open_file
 
     with on_last_attempt():
-        return open_file(resolve_url(request.lora_url, "lora_url"), Path(cache.local) / "downloads", request.model,
-                         fetch, redact_url(request.lora_url))
+        return open_file(
+            resolve_url(request.lora_url, "lora_url"),
+            Path(cache.local) / "downloads",
+            request.model,
+            fetch,
+            redact_url(request.lora_url),
+        )
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,8 +57,11 @@ def upload_generated(files: dict[str, Path], output_url: str, extra: dict, previ
     from lib.publish.upload import upload_outputs
 
     result = upload_outputs(files, output_url, extra)
-    create_markdown_artifact(key="generate-outputs", description="Outputs of this generation",
-                             markdown=outputs_markdown(result, extra, preview, output_url))
+    create_markdown_artifact(
+        key="generate-outputs",
+        description="Outputs of this generation",
+        markdown=outputs_markdown(result, extra, preview, output_url),
+    )
     return result
 
 
@@ -59,13 +69,16 @@ def outputs_markdown(result: dict, extra: dict, preview: Path | None, output_url
     import base64
 
     settings = extra["settings"]
-    lines = [f"# Generated clip\n\nLoRA `{extra['lora']['sha256'][:12]}` ({extra['lora']['url']}), "
-             f"{extra['frames']} frames at {settings['frame_rate']} fps, {extra['width']}x{extra['height']}, "
-             f"seed {settings['seed']}, {settings['steps']} steps. Saved to `{redact_url(output_url)}`."]
+    lines = [
+        f"# Generated clip\n\nLoRA `{extra['lora']['sha256'][:12]}` ({extra['lora']['url']}), "
+        f"{extra['frames']} frames at {settings['frame_rate']} fps, {extra['width']}x{extra['height']}, "
+        f"seed {settings['seed']}, {settings['steps']} steps. Saved to `{redact_url(output_url)}`."
+    ]
     if preview is not None and Path(preview).is_file():
         data = base64.b64encode(Path(preview).read_bytes()).decode()
-        lines.append("## Preview\n\nsource · mask · reference · generated\n\n"
-                     f"![preview](data:image/webp;base64,{data})")
+        lines.append(
+            f"## Preview\n\nsource · mask · reference · generated\n\n![preview](data:image/webp;base64,{data})"
+        )
     rows = []
     for name, info in result["outputs"].items():
         link = info["url"] if info["url"].startswith(("http://", "https://")) else presigned_url(info["url"])
@@ -75,6 +88,7 @@ def outputs_markdown(result: dict, extra: dict, preview: Path | None, output_url
 
 
 # --- GPU side -----------------------------------------------------------------------------------
+
 
 @task(cache_policy=NO_CACHE)
 def encode_texts(plan: GeneratePlan, clip: FileRef, cache: Cache) -> FileRef:
@@ -95,12 +109,18 @@ def encode_inputs(plan: GeneratePlan, clip: FileRef, cache: Cache) -> FileRef:
 
 
 @task(cache_policy=NO_CACHE)
-def sample(plan: GeneratePlan, clip: Path, latents: Path, negative: Path, lora: Path, folder: Path,
-           parent_run_id: str | None = None) -> dict[str, Path]:
+def sample(
+    plan: GeneratePlan,
+    clip: Path,
+    latents: Path,
+    negative: Path,
+    lora: Path,
+    folder: Path,
+    parent_run_id: str | None = None,
+) -> dict[str, Path]:
     """Attach the LoRA, denoise (each step reported here and on the run the user started), decode,
     and write the clip and its preview."""
     from lib.validate.generate import generate_sample, write_outputs
-
     from tasks.training import run_and_parent_logger
 
     parent = ParentRun(parent_run_id)
@@ -113,7 +133,9 @@ def sample(plan: GeneratePlan, clip: Path, latents: Path, negative: Path, lora: 
         progress.update(done)
         for artifact_id in artifacts:
             update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / total)
+
     with progress:
-        produced = generate_sample(model_cache.for_plan(plan), plan, str(clip), str(latents),
-                                   encoding.load_prompt(negative), lora, on_step)
+        produced = generate_sample(
+            model_cache.for_plan(plan), plan, str(clip), str(latents), encoding.load_prompt(negative), lora, on_step
+        )
     return write_outputs(produced, folder)

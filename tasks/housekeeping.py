@@ -1,4 +1,5 @@
 """Housekeeping task: remove staging folders that killed or failed runs left behind."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,7 +20,7 @@ def run_is_alive(run_id: str) -> bool:
     try:
         flow_run_id = uuid.UUID(run_id)
     except ValueError:
-        return False   # not a flow run id: a local run, protected by its owner process only
+        return False  # not a flow run id: a local run, protected by its owner process only
     try:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run_id)
@@ -39,6 +40,10 @@ def sweep_stale_runs(cache: Cache, location: bool = True) -> list[str]:
         get_run_logger().warning("Housekeeping skipped this time: %s: %s", type(error).__name__, error)
         return []
     if removed:
-        get_run_logger().info("Removed the staging folders of %d finished run(s) older than %s: %s",
-                              len(removed), housekeeping.stale_after_text(), ", ".join(removed))
+        get_run_logger().info(
+            "Removed the staging folders of %d finished run(s) older than %s: %s",
+            len(removed),
+            housekeeping.stale_after_text(),
+            ", ".join(removed),
+        )
     return removed

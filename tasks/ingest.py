@@ -5,6 +5,7 @@ computed before. Every step that makes something reads it back from there (the a
 extracted folder, each triplet's check and conform outcome, keyed by content and an explicit code
 version), so a cleaned cache folder means recomputing, never a record pointing at missing files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,18 +13,23 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from lib.ingest import archive, conform, dataset, debug_dataset, report
+
 from lib.core import storage
 from lib.core.cache import Cache
+from lib.core.storage import FileRef
+from lib.ingest import archive, conform, dataset, debug_dataset, report
 from lib.ingest.conform import ConformSettings, TripletCheck, TripletResult
 from lib.ingest.dataset import Rejection, Triplet
-from lib.core.storage import FileRef
 from tasks.retries import on_last_attempt, retry_transient
 from tasks.secrets import resolve_url
 
 
-@task(retries=storage.download_attempts() - 1, retry_delay_seconds=storage.retry_delays(),
-      retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@task(
+    retries=storage.download_attempts() - 1,
+    retry_delay_seconds=storage.retry_delays(),
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
 def fetch_training_data(url: str, cache_root: Path) -> FileRef:
     """`url` may be `secret://NAME` (tasks/secrets.py): resolved here, so no task or flow
     parameter ever holds the real URL. The last attempt's error says how many were made."""
@@ -52,17 +58,28 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
 
 
 @task(cache_policy=NO_CACHE)
-def build_report(results: list[TripletResult], rejections: list[Rejection], warnings: list[str],
-                 errors: list[dict], report_path: Path | None) -> dict:
+def build_report(
+    results: list[TripletResult],
+    rejections: list[Rejection],
+    warnings: list[str],
+    errors: list[dict],
+    report_path: Path | None,
+) -> dict:
     document = report.build_report(results, rejections, warnings, errors)
     if report_path is not None:
         report.write_report(document, report_path)
     rejected = [row for row in report.table_rows(document) if row["status"] == "rejected"]
-    create_table_artifact(key="dataset-report", table=report.table_rows(document),
-                          description=f"{document['accepted']} accepted, {document['rejected']} rejected")
+    create_table_artifact(
+        key="dataset-report",
+        table=report.table_rows(document),
+        description=f"{document['accepted']} accepted, {document['rejected']} rejected",
+    )
     if rejected:
-        create_table_artifact(key="rejected-triplets", table=rejected,
-                              description="Triplets that will not be trained on, with the reason.")
+        create_table_artifact(
+            key="rejected-triplets",
+            table=rejected,
+            description="Triplets that will not be trained on, with the reason.",
+        )
     return document
 
 

@@ -3,6 +3,7 @@
 Mapped tasks run in threads, so loading is serialized: two threads must not build the model
 twice (or race diffusers' lazy imports).
 """
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,9 @@ _lock = threading.Lock()
 _loaded: dict[tuple[str, str | None, str | None, str], object] = {}
 
 
-def components(model: str, source: str | None = None, text_encoder_source: str | None = None,
-               base_precision: str = "bf16"):
+def components(
+    model: str, source: str | None = None, text_encoder_source: str | None = None, base_precision: str = "bf16"
+):
     """The model, opened with no part loaded: each stage acquires the parts it needs and releases
     them (lib.model.lifetime); its ledger records what was resident when."""
     with _lock:
@@ -20,8 +22,9 @@ def components(model: str, source: str | None = None, text_encoder_source: str |
         if key not in _loaded:
             from lib.model import open_model
 
-            _loaded[key] = open_model(model, source=source, text_encoder_source=text_encoder_source,
-                                      base_precision=base_precision)
+            _loaded[key] = open_model(
+                model, source=source, text_encoder_source=text_encoder_source, base_precision=base_precision
+            )
         return _loaded[key]
 
 

@@ -2,6 +2,7 @@
 writes its progress lines and progress artifact to that parent run too, and leaves it a link to
 itself. Without this the user's run sits silent while the work happens in a run with another name.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,9 @@ class ParentRun:
         if self.id is None:
             return None
         with get_client(sync_client=True) as client:
-            created = client.create_artifact(ArtifactCreate(type=kind, data=data, description=description,
-                                                            key=key, flow_run_id=self.id))
+            created = client.create_artifact(
+                ArtifactCreate(type=kind, data=data, description=description, key=key, flow_run_id=self.id)
+            )
         return created.id
 
     def link_child(self) -> None:
@@ -50,7 +52,11 @@ class ParentRun:
         name, run_id = flow_run.get_name(), flow_run.get_id()
         if run_id is None:
             return
-        self.artifact("markdown", f"Training runs on the GPU pool as {ui_link(run_id, name)}: encoding, "
-                                  "training and validation logs are there; progress is mirrored here.",
-                      "The GPU sub-run of this run", key="gpu-run")
+        self.artifact(
+            "markdown",
+            f"Training runs on the GPU pool as {ui_link(run_id, name)}: encoding, "
+            "training and validation logs are there; progress is mirrored here.",
+            "The GPU sub-run of this run",
+            key="gpu-run",
+        )
         self.info(f"GPU sub-run: {name} (its logs hold the details; progress is mirrored here)")

@@ -1,4 +1,5 @@
 """Retry only what can heal (network hiccups, 5xx), never a user's bad input."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

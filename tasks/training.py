@@ -1,4 +1,5 @@
 """GPU-side tasks: latent pre-encoding (cached by content) and LoRA training (with progress)."""
+
 from __future__ import annotations
 
 import os
@@ -10,16 +11,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lib.model import encoding
-
-from lib.train import worker
 from lib.core.cache import Cache
 from lib.core.errors import TrainingDiverged
-from lib.train.lora_io import add_lora, load_lora_state, read_lora
-from lib.model.lifetime import DECODE_PARTS, TEXT_PARTS, acquire, free_device_memory, keep_only, release
 from lib.core.plan import RunPlan, ValidationPlan
 from lib.core.progress import Progress
 from lib.core.storage import FileRef
+from lib.model import encoding
+from lib.model.lifetime import DECODE_PARTS, TEXT_PARTS, acquire, free_device_memory, keep_only, release
+from lib.train import worker
+from lib.train.lora_io import add_lora, load_lora_state, read_lora
 from tasks import model_cache
 from tasks.parent_run import PROGRESS_KEY, ParentRun
 
@@ -57,6 +57,7 @@ def run_and_parent_logger(parent: ParentRun):
     def log(line: str) -> None:
         logger.info(line)
         parent.info(line)
+
     return log
 
 
@@ -75,6 +76,7 @@ def _progress_reporter(total_steps: int, parent: ParentRun):
                 update_progress_artifact(artifact_id=artifact_id, progress=100.0 * step / total_steps)
         if step == total_steps:
             progress.close()
+
     return report
 
 
@@ -88,8 +90,9 @@ def _periodic_validation(job: worker.TrainJob, components):
             return
         path = Path(job.output_dir) / f"validation-step{step:06d}.mp4"
         _render(components, plan, path, logger.info)
-        release(components, *DECODE_PARTS)   # back to training's footprint
+        release(components, *DECODE_PARTS)  # back to training's footprint
         logger.info("validation reel at step %d: %s", step, path)
+
     return maybe_render
 
 
@@ -99,8 +102,7 @@ def train_lora_task(job: worker.TrainJob, gpus: int = 1, parent_run_id: str | No
     periodic = bool(job.plan.validation.every and job.plan.validation.latents)
     if gpus > 1:
         if periodic:
-            get_run_logger().warning("validation_every is not rendered during multi-GPU training; "
-                                     "the final reel is.")
+            get_run_logger().warning("validation_every is not rendered during multi-GPU training; the final reel is.")
         model_cache.forget()  # free this process's copy: every rank loads its own
         free_device_memory()  # and hand its cached CUDA blocks back before the ranks start
         return _train_distributed(job, gpus)
@@ -112,6 +114,7 @@ def train_lora_task(job: worker.TrainJob, gpus: int = 1, parent_run_id: str | No
     def on_step(event: dict) -> None:
         for callback in callbacks:
             callback(event)
+
     return worker.run_job(job, components, on_step).losses
 
 
@@ -120,12 +123,20 @@ def _train_distributed(job: worker.TrainJob, gpus: int) -> list[float]:
     output.mkdir(parents=True, exist_ok=True)
     job_file = output / "train_job.json"
     job_file.write_text(job.model_dump_json())
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "lib.train.worker", str(job_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "lib.train.worker",
+        str(job_file),
+    ]
     completed = subprocess.run(command, env=os.environ.copy())
     if completed.returncode:
         note = output / worker.DIVERGED_NOTE
-        if note.is_file():   # torchrun reports its own exit status, not the worker's
+        if note.is_file():  # torchrun reports its own exit status, not the worker's
             raise TrainingDiverged(note.read_text())
         raise subprocess.CalledProcessError(completed.returncode, command)
     import json
@@ -148,8 +159,16 @@ def _render(components, plan: RunPlan, path: Path, log=None) -> Path:
 
     validation: ValidationPlan = plan.validation
     negative_text = encoding.load_prompt(validation.negative_text.path)
-    with Progress(len(validation.clips), f"validation samples for {path.name}", log=log, unit="sample",
-                  every_s=0) as progress:
-        return render_reel(components, [c.path for c in validation.clips], [f.path for f in validation.latents],
-                           negative_text, validation.sampler, path, plan.conditioning,
-                           on_sample=lambda done: progress.update(done))
+    with Progress(
+        len(validation.clips), f"validation samples for {path.name}", log=log, unit="sample", every_s=0
+    ) as progress:
+        return render_reel(
+            components,
+            [c.path for c in validation.clips],
+            [f.path for f in validation.latents],
+            negative_text,
+            validation.sampler,
+            path,
+            plan.conditioning,
+            on_sample=lambda done: progress.update(done),
+        )

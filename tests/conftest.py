@@ -1,4 +1,5 @@
 """Shared test fixtures. Real media is read from ../shared/media, never copied into the project."""
+
 from __future__ import annotations
 
 import os
@@ -82,7 +83,9 @@ def decodes(monkeypatch) -> dict[str, int]:
         def wrapper(*args, **kwargs):
             counts[name] += 1
             return real(*args, **kwargs)
+
         return wrapper
+
     monkeypatch.setattr(conform, "_check", counted("check", conform._check))
     monkeypatch.setattr(conform, "_conform", counted("conform", conform._conform))
     return counts

@@ -1,5 +1,6 @@
 """Helpers of the e2e stack (tests/e2e_stack.py): free ports, log tails, stopping process groups,
 and building requests as the UI would."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ import pytest
 if TYPE_CHECKING:
     from tests.e2e_stack import Stack
 
-STOP_S = 20               # SIGTERM → SIGKILL grace per process group
-SERVER_START_S = 120      # health check answered (migrations on a fresh SQLite file included)
+STOP_S = 20  # SIGTERM → SIGKILL grace per process group
+SERVER_START_S = 120  # health check answered (migrations on a fresh SQLite file included)
 BUCKET = "av2av"
 BIN = Path(sys.executable).parent
 
@@ -96,9 +97,17 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def tiny_request(stack: Stack, zip_name: str, output: Path, **overrides) -> dict:
-    fields = {"training_data_url": f"{stack.base_url}/{zip_name}", "model": "tiny", "number_of_steps": 100,
-              "rank": 8, "number_of_frames": 9, "resolution": "low", "aspect_ratio": "16:9",
-              "output_url": str(output), "trigger_phrase": "repl4ce"}
+    fields = {
+        "training_data_url": f"{stack.base_url}/{zip_name}",
+        "model": "tiny",
+        "number_of_steps": 100,
+        "rank": 8,
+        "number_of_frames": 9,
+        "resolution": "low",
+        "aspect_ratio": "16:9",
+        "output_url": str(output),
+        "trigger_phrase": "repl4ce",
+    }
     return fields | overrides
 
 
@@ -120,13 +129,19 @@ def _start_s3(stack: Stack) -> None:
     FSSPEC_S3_* settings and the usual AWS variables, as it would a real bucket."""
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    stack.env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                      "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint})
+    stack.env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FSSPEC_S3_ENDPOINT_URL": endpoint,
+        }
+    )
     stack.spawn("s3", "-H", "127.0.0.1", "-p", str(port), program=str(BIN / "moto_server"))
     deadline = time.monotonic() + SERVER_START_S
     while True:
         try:
-            if httpx.put(f"{endpoint}/{BUCKET}", timeout=2).status_code == 200:   # creates the bucket
+            if httpx.put(f"{endpoint}/{BUCKET}", timeout=2).status_code == 200:  # creates the bucket
                 break
         except httpx.HTTPError:
             pass

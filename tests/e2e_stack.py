@@ -10,6 +10,7 @@ Everything started here runs in its own process group and is stopped (and the te
 removed) at the end, failed or not. On failure the tails of the server and worker logs are
 printed (set AV2AV_E2E_KEEP=1 to keep the temp folder for a closer look).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect") if (BIN / "prefect").exists() else (shutil.which("prefect") or "prefect")
 
-CLI_S = 180               # one `prefect work-pool create` / `prefect deploy --all`
-TRAIN_RUN_S = 420         # the whole train-lora run, GPU hand-off included (2 slow cores)
-FAILING_RUN_S = 240       # the invalid-dataset run
+CLI_S = 180  # one `prefect work-pool create` / `prefect deploy --all`
+TRAIN_RUN_S = 420  # the whole train-lora run, GPU hand-off included (2 slow cores)
+FAILING_RUN_S = 240  # the invalid-dataset run
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -60,7 +61,7 @@ class RetryBusy(httpx.HTTPTransport):
             if response.status_code not in (429, 503):
                 return response
             response.close()
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
         return response
 
 
@@ -74,7 +75,7 @@ class Stack:
     http_server: http.server.ThreadingHTTPServer | None = None
     http_thread: threading.Thread | None = None
     client: httpx.Client | None = None
-    s3: object = None   # an s3fs filesystem on the bucket
+    s3: object = None  # an s3fs filesystem on the bucket
 
     @property
     def served(self) -> Path:
@@ -91,8 +92,11 @@ class Stack:
             path = f"{BUCKET}/cache/{prefix}"
             if self.s3.exists(path):
                 self.s3.invalidate_cache()
-                entries |= {key: f"{info['ETag']} {info['LastModified']}"
-                            for key, info in self.s3.find(path, detail=True).items() if not key.endswith(".sha256")}
+                entries |= {
+                    key: f"{info['ETag']} {info['LastModified']}"
+                    for key, info in self.s3.find(path, detail=True).items()
+                    if not key.endswith(".sha256")
+                }
         return entries
 
     @property
@@ -102,14 +106,21 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None,
-              program: str = PREFECT) -> subprocess.Popen:
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None, program: str = PREFECT
+    ) -> subprocess.Popen:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen([program, *args], cwd=ROOT, env=self.env | (env or {}), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [program, *args],
+                cwd=ROOT,
+                env=self.env | (env or {}),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         self.logs[name] = log
         return proc
@@ -120,9 +131,15 @@ class Stack:
         log.parent.mkdir(exist_ok=True)
         self.logs[name] = log
         with open(log, "wb") as out:
-            proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [PREFECT, *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -166,11 +183,13 @@ class Stack:
         return response.json()
 
     def flow_run_logs(self, flow_run_id: str, limit: int = 80) -> str:
-        response = self.client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                          "sort": "TIMESTAMP_DESC", "limit": 200})
+        response = self.client.post(
+            "/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_DESC", "limit": 200},
+        )
         if response.status_code != 200:
             return f"<logs unavailable: {response.status_code}>"
-        newest = response.json()[:limit]   # the API returns at most 200: the newest ones matter here
+        newest = response.json()[:limit]  # the API returns at most 200: the newest ones matter here
         return "\n".join(f"{row['level']:>3} {row['message']}" for row in reversed(newest))
 
     def wait_flow_run(self, flow_run_id: str, timeout: float) -> dict:
@@ -187,14 +206,18 @@ class Stack:
                 if proc is not None and proc.poll() is not None:
                     pytest.fail(f"{name} exited {proc.returncode} while waiting (see its log tail below)")
             time.sleep(1)
-        pytest.fail(f"flow run {flow_run_id} not finished after {timeout}s "
-                    f"(state {run.get('state_type')}/{run.get('state_name')}); its logs:\n"
-                    f"{self.flow_run_logs(flow_run_id)}")
+        pytest.fail(
+            f"flow run {flow_run_id} not finished after {timeout}s "
+            f"(state {run.get('state_type')}/{run.get('state_name')}); its logs:\n"
+            f"{self.flow_run_logs(flow_run_id)}"
+        )
 
     def describe(self, run: dict) -> str:
         state = run.get("state") or {}
-        return (f"flow run {run.get('name')} ended {state.get('type')}/{state.get('name')}: {state.get('message')}\n"
-                f"--- its logs ---\n{self.flow_run_logs(run['id'])}")
+        return (
+            f"flow run {run.get('name')} ended {state.get('type')}/{state.get('name')}: {state.get('message')}\n"
+            f"--- its logs ---\n{self.flow_run_logs(run['id'])}"
+        )
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -225,8 +248,10 @@ def running_stack(request):
         yield stack
     finally:
         if setup_failed or request.session.testsfailed > failed_before:
-            print(f"\n[e2e] {'stack setup' if setup_failed else 'a test'} failed; log tails "
-                  f"(server, pools, deploy, workers with their flow runs' output):\n{stack.log_tails(120)}")
+            print(
+                f"\n[e2e] {'stack setup' if setup_failed else 'a test'} failed; log tails "
+                f"(server, pools, deploy, workers with their flow runs' output):\n{stack.log_tails(120)}"
+            )
         stack.stop()
         if os.environ.get("AV2AV_E2E_KEEP"):
             print(f"[e2e] kept {root}")
@@ -239,23 +264,28 @@ def _start(stack: Stack) -> None:
     root = stack.root
     port = _free_port()
     stack.api = f"http://127.0.0.1:{port}/api"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PREFECT_", "PYTEST_")) and key != "AV2AV_CACHE_DIR"}
-    env.update({
-        "PREFECT_HOME": str(root / "prefect-home"),
-        "PREFECT_API_URL": stack.api,
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        "PREFECT_CLI_COLORS": "false",
-        "PREFECT_CLI_WRAP_LINES": "false",
-        "AV2AV_PROJECT_DIR": str(ROOT),
-        # The only thing the two workers share: the cache location, a bucket (see `_start_s3`).
-        "AV2AV_CACHE_DIR": f"s3://{BUCKET}/cache",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "PYTEST_")) and key != "AV2AV_CACHE_DIR"
+    }
+    env.update(
+        {
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_API_URL": stack.api,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_CLI_COLORS": "false",
+            "PREFECT_CLI_WRAP_LINES": "false",
+            "AV2AV_PROJECT_DIR": str(ROOT),
+            # The only thing the two workers share: the cache location, a bucket (see `_start_s3`).
+            "AV2AV_CACHE_DIR": f"s3://{BUCKET}/cache",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     stack.env = env
     _start_s3(stack)
 
@@ -282,13 +312,25 @@ def _start(stack: Stack) -> None:
     stack.cli("pool-cpu", "work-pool", "create", "cpu", "--type", "process", "--overwrite")
     stack.cli("pool-gpu", "work-pool", "create", "gpu", "--type", "process", "--overwrite")
     # Prefect's own results in the bucket too, as the README's two-machine set-up does.
-    storage = subprocess.run([sys.executable, "tools/result_storage.py"], cwd=ROOT, env=stack.env,
-                             capture_output=True, text=True, timeout=CLI_S)
+    storage = subprocess.run(
+        [sys.executable, "tools/result_storage.py"],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_S,
+    )
     assert storage.returncode == 0, storage.stderr[-3000:]
     stack.env.update(dict(line.split("=", 1) for line in storage.stdout.split()))
-    for pool in ("cpu", "gpu"):   # as on two machines: a local cache folder each
-        stack.spawn(f"worker-{pool}", "worker", "start", "--pool", pool, "--type", "process",
-                    env={"AV2AV_LOCAL_CACHE_DIR": str(stack.local_cache(pool))})
+    for pool in ("cpu", "gpu"):  # as on two machines: a local cache folder each
+        stack.spawn(
+            f"worker-{pool}",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            env={"AV2AV_LOCAL_CACHE_DIR": str(stack.local_cache(pool))},
+        )
     stack.cli("deploy", "--no-prompt", "deploy", "--all")
-
-

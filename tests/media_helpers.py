@@ -1,5 +1,6 @@
 """Test-side media crafting: pair real clips into triplets, mux a tone into silent clips,
 pack per-frame PNG masks into a lossless video mask."""
+
 from __future__ import annotations
 
 import zipfile
@@ -26,7 +27,7 @@ def with_tone(source: Path, destination: Path, frequency_hz: float = 440.0) -> P
             out.mux(packet)
         samples = (0.3 * np.sin(2 * np.pi * frequency_hz * np.arange(int(duration * 48000)) / 48000)).astype(np.float32)
         for start in range(0, len(samples), 1024):
-            chunk = np.ascontiguousarray(np.stack([samples[start:start + 1024]] * 2))
+            chunk = np.ascontiguousarray(np.stack([samples[start : start + 1024]] * 2))
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
             frame.sample_rate, frame.pts = 48000, start
             out.mux(audio_out.encode(frame))

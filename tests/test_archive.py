@@ -1,4 +1,5 @@
 """Safe extraction: one crafted archive per refusal, and the happy path."""
+
 from __future__ import annotations
 
 import stat
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.ingest.archive import ArchiveLimits, safe_extract
 from lib.core.errors import ArchiveError
+from lib.ingest.archive import ArchiveLimits, safe_extract
 
 
 def _zip(path: Path, members: dict[str, bytes], **kwargs) -> Path:
@@ -18,19 +19,27 @@ def _zip(path: Path, members: dict[str, bytes], **kwargs) -> Path:
     return path
 
 
-def _refused(zip_path: Path, tmp_path: Path, limits: ArchiveLimits = ArchiveLimits()) -> ArchiveError:
+def _refused(zip_path: Path, tmp_path: Path, limits: ArchiveLimits | None = None) -> ArchiveError:
     dest = tmp_path / "out"
     with pytest.raises(ArchiveError) as caught:
-        safe_extract(zip_path, dest, limits)
+        safe_extract(zip_path, dest, limits or ArchiveLimits())
     assert not dest.exists(), "a refused archive must leave nothing behind"
     assert list(tmp_path.glob(".out.*")) == [], "no staging folder left behind"
     return caught.value
 
 
 def test_extracts_and_ignores_macos_metadata_and_hidden_files(tmp_path):
-    zip_path = _zip(tmp_path / "ok.zip", {"a/x_start.mp4": b"1", "x_end.mp4": b"2",
-                                         "__MACOSX/a/._x_start.mp4": b"junk", ".DS_Store": b"junk",
-                                         "a/.hidden": b"junk", "folder/": b""})
+    zip_path = _zip(
+        tmp_path / "ok.zip",
+        {
+            "a/x_start.mp4": b"1",
+            "x_end.mp4": b"2",
+            "__MACOSX/a/._x_start.mp4": b"junk",
+            ".DS_Store": b"junk",
+            "a/.hidden": b"junk",
+            "folder/": b"",
+        },
+    )
     names = safe_extract(zip_path, tmp_path / "out")
     assert sorted(names) == ["a/x_start.mp4", "x_end.mp4"]
     assert (tmp_path / "out" / "a" / "x_start.mp4").read_bytes() == b"1"
@@ -95,7 +104,7 @@ def test_lying_declared_size_is_caught_while_streaming(tmp_path):
     raw = bytearray(path.read_bytes())
     # Declare 10 bytes uncompressed (central directory) while the stored data holds 10,000.
     central = raw.find(b"PK\x01\x02")
-    raw[central + 24: central + 28] = (10).to_bytes(4, "little")
+    raw[central + 24 : central + 28] = (10).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     with pytest.raises(ArchiveError):
         safe_extract(path, tmp_path / "out", ArchiveLimits(max_unpacked_bytes=1000))

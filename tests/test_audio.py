@@ -1,4 +1,5 @@
 """lib/media/audio.py against the shared real media (see shared/media/MANIFEST.tsv) and synthetic signals."""
+
 from __future__ import annotations
 
 import csv
@@ -9,11 +10,20 @@ import av
 import numpy as np
 import pytest
 
-from lib.media.audio import (
-    NORMALIZE_PEAK_DBFS, SAMPLE_RATE, SILENCE_DBFS, check_audio, fit_duration, loudness_lufs,
-    peak_db, peak_normalize, place_audio, probe_audio, read_audio,
-)
 from lib.core.errors import MediaError, Reason
+from lib.media.audio import (
+    NORMALIZE_PEAK_DBFS,
+    SAMPLE_RATE,
+    SILENCE_DBFS,
+    check_audio,
+    fit_duration,
+    loudness_lufs,
+    peak_db,
+    peak_normalize,
+    place_audio,
+    probe_audio,
+    read_audio,
+)
 
 try:
     from tests.conftest import MEDIA
@@ -43,8 +53,7 @@ SILENT = {
 LOW_RMS = [name for name in WITH_AUDIO if MANIFEST[name]["audio_rms_dbfs"].startswith("-6")]
 # fire2: the first AAC packet lasts 8471 samples but decodes to 1024, a 155 ms hole in the pts.
 GAPPY = "h264_aac-mono_1280x720_vfr10fps_2.4s_rot180.mp4"
-FIVE_ONE = ["h264_aac-5.1_1920x1080_24fps_2s_rot-90_audiolonger.mp4",
-            "vp9_vorbis-5.1_960x540_60fps_1s.webm"]
+FIVE_ONE = ["h264_aac-5.1_1920x1080_24fps_2s_rot-90_audiolonger.mp4", "vp9_vorbis-5.1_960x540_60fps_1s.webm"]
 
 
 def _video_start(path) -> float:
@@ -67,7 +76,7 @@ def _write_clip(path, audio_start_s: float, duration_s: float = 1.5, rate: int =
         n = round((duration_s - audio_start_s) * rate)
         pcm = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.int16)
         for off in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(pcm[None, off:off + 1024], format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(pcm[None, off : off + 1024], format="s16", layout="mono")
             frame.sample_rate, frame.time_base = rate, Fraction(1, rate)
             frame.pts = round(audio_start_s * rate) + off
             container.mux(audio.encode(frame))
@@ -85,6 +94,7 @@ def _dominant_hz(audio: np.ndarray, sr: int = SR) -> float:
 
 
 # --- probe / check -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", CLIPS)
 def test_probe_matches_manifest(media, name):
@@ -151,14 +161,14 @@ def test_check_audio_ok(media):
 def test_undecodable(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"this is not a video" * 100)
-    for call in (lambda: probe_audio(bad), lambda: check_audio(bad, "target"),
-                 lambda: read_audio(bad, 0.0, 1.0)):
+    for call in (lambda: probe_audio(bad), lambda: check_audio(bad, "target"), lambda: read_audio(bad, 0.0, 1.0)):
         with pytest.raises(MediaError) as err:
             call()
         assert err.value.code == Reason.UNDECODABLE.value and "broken.mp4" in str(err.value)
 
 
 # --- read_audio ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", WITH_AUDIO)
 def test_read_audio_shape(media, name):
@@ -197,16 +207,16 @@ def test_audio_shorter_is_padded(media):
     name = "h264_aac_320x240_60fps_1.2s_audioshorter.mp4"  # audio 0.023 .. 0.766 s, video 1.2 s
     out = read_audio(media / name, _video_start(media / name), 1.2)
     assert out.shape == (2, round(1.2 * SR))
-    assert not out[:, :round(0.023 * SR)].any()        # audio starts 1 AAC frame after the video
-    assert np.abs(out[:, round(0.03 * SR):round(0.7 * SR)]).max() > 0
-    assert not out[:, round(0.767 * SR):].any()        # padding is exact digital silence
+    assert not out[:, : round(0.023 * SR)].any()  # audio starts 1 AAC frame after the video
+    assert np.abs(out[:, round(0.03 * SR) : round(0.7 * SR)]).max() > 0
+    assert not out[:, round(0.767 * SR) :].any()  # padding is exact digital silence
 
 
 def test_audio_shorter_stereo(media):
     name = "h264_aac_576x324_24.006fps_2.9s_audioshorter.mp4"  # audio 2.879 s, video 2.916 s
     out = read_audio(media / name, 0.0, 2.916)
-    assert out.shape == (2, round(2.916 * SR)) and not out[:, round(2.88 * SR):].any()
-    assert np.abs(out[:, -round(0.1 * SR):]).max() > 0
+    assert out.shape == (2, round(2.916 * SR)) and not out[:, round(2.88 * SR) :].any()
+    assert np.abs(out[:, -round(0.1 * SR) :]).max() > 0
 
 
 def test_audio_before_video_is_dropped_and_longer_is_trimmed(media):
@@ -227,8 +237,8 @@ def test_pts_gap_becomes_silence(media):
     info = probe_audio(path)
     assert info.duration_s == pytest.approx(2.4165, abs=1e-3)  # 108544 samples would be 2.261 s
     out = read_audio(path, 0.0, None)
-    assert not out[:, round(0.03 * SR):round(0.17 * SR)].any()
-    assert np.abs(out[:, round(0.18 * SR):round(0.3 * SR)]).max() > 0
+    assert not out[:, round(0.03 * SR) : round(0.17 * SR)].any()
+    assert np.abs(out[:, round(0.18 * SR) : round(0.3 * SR)]).max() > 0
 
 
 def test_audio_start_offset_is_honoured(tmp_path):
@@ -239,7 +249,7 @@ def test_audio_start_offset_is_honoured(tmp_path):
     assert out.shape == (2, 24_000)
     first = np.flatnonzero(np.abs(out[0]) > 1e-4)[0] / SR
     assert first == pytest.approx(0.5, abs=1024 / 48_000)
-    assert np.abs(out[:, round(0.6 * SR):]).max() > 0.4
+    assert np.abs(out[:, round(0.6 * SR) :]).max() > 0.4
 
 
 def test_place_audio_on_arrays():
@@ -254,6 +264,7 @@ def test_place_audio_on_arrays():
 
 
 # --- fit_duration / levels ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("factor", [2.0, 0.5])
 def test_fit_duration_preserve_pitch(factor):

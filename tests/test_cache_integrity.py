@@ -2,6 +2,7 @@
 entry of every kind (check outcome, conform outcome, conformed clip, validation clip, prompt,
 latents, the GPU hand-back) is a miss, announced once, removed from both places and made again,
 giving the very bytes (and the very LoRA) an undamaged run gives."""
+
 from __future__ import annotations
 
 import shutil
@@ -42,8 +43,11 @@ def content(path: Path) -> tuple[dict, dict]:
 
 def same_content(first: Path, second: Path) -> bool:
     (tensors, metadata), (other_tensors, other_metadata) = content(first), content(second)
-    return (metadata == other_metadata and tensors.keys() == other_tensors.keys()
-            and all(torch.equal(tensors[name], other_tensors[name]) for name in tensors))
+    return (
+        metadata == other_metadata
+        and tensors.keys() == other_tensors.keys()
+        and all(torch.equal(tensors[name], other_tensors[name]) for name in tensors)
+    )
 
 
 def _caches(tmp_path: Path, shared: bool) -> Cache:
@@ -59,8 +63,11 @@ def _prepare(triplet, cache: Cache):
 
 
 def _entries(check_entry: str, result) -> dict[str, str]:
-    return {"check": check_entry, "outcome": str(Path(result.clip.entry).with_name("result.json")),
-            "clip": result.clip.entry}
+    return {
+        "check": check_entry,
+        "outcome": str(Path(result.clip.entry).with_name("result.json")),
+        "clip": result.clip.entry,
+    }
 
 
 def _copies(cache: Cache, entry: str) -> list[Path]:
@@ -74,8 +81,9 @@ def _copies(cache: Cache, entry: str) -> list[Path]:
 @pytest.mark.parametrize("shared", [False, True], ids=["folder", "location"])
 @pytest.mark.parametrize("how", DAMAGE)
 @pytest.mark.parametrize("kind, redone", [("check", "check"), ("outcome", "conform"), ("clip", "conform")])
-def test_a_damaged_dataset_entry_is_made_again_with_the_same_bytes(triplet, tmp_path, decodes, capsys,
-                                                                   kind, redone, how, shared):
+def test_a_damaged_dataset_entry_is_made_again_with_the_same_bytes(
+    triplet, tmp_path, decodes, capsys, kind, redone, how, shared
+):
     cache = _caches(tmp_path, shared)
     _, first = _prepare(triplet, cache)
     entry = _entries(conform.check_entry(triplet), first)[kind]
@@ -91,7 +99,7 @@ def test_a_damaged_dataset_entry_is_made_again_with_the_same_bytes(triplet, tmp_
     assert again.status == "accepted" and same_content(cache.path(again.clip.entry), undamaged)
     warnings = [line for line in capsys.readouterr().err.splitlines() if entry in line]
     assert len(warnings) == 1 and "removed and made again" in warnings[0], warnings
-    for copy in _copies(cache, entry):   # republished, with a record that matches
+    for copy in _copies(cache, entry):  # republished, with a record that matches
         assert copy.is_file() and Path(f"{copy}{RECORD_SUFFIX}").is_file()
 
 
@@ -136,7 +144,7 @@ def test_damaged_latents_and_prompts_are_encoded_again_and_train_the_same_lora(t
     prompts = sorted(cache.path("prompts").rglob("*.safetensors"))
     DAMAGE[how](cache.path(latents[0].entry))
     shutil.rmtree(cache.path(latents[1].entry).parent)
-    for prompt in prompts:   # the captions the clips need again
+    for prompt in prompts:  # the captions the clips need again
         DAMAGE[how](prompt)
 
     again = [encode_clip(components, clip, cache) for clip in clips]
@@ -145,8 +153,9 @@ def test_damaged_latents_and_prompts_are_encoded_again_and_train_the_same_lora(t
     settings = TrainSettings(rank=8, steps=3, learning_rate=1e-3, seed=5)
     data = training_data
     reference, _ = train_fresh(data, settings)
-    data_again = type(data)(data.components, data.cache_root, data.clips, again,
-                            [load_example(cache.path(ref.entry)) for ref in again])
+    data_again = type(data)(
+        data.components, data.cache_root, data.clips, again, [load_example(cache.path(ref.entry)) for ref in again]
+    )
     retrained, _ = train_fresh(data_again, settings)
     for name, tensor in lora_state_dict(reference).items():
         assert torch.equal(tensor, lora_state_dict(retrained)[name]), name

@@ -1,4 +1,5 @@
 """`av2av check`: the report, exit codes, report.json and the debug dataset."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ def test_check_prints_report_and_writes_json_and_debug_dataset(sample_zip, tmp_p
 
 def test_none_qualifying_exits_2_with_the_422_message(media, tmp_path, capfd):
     dog = media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4"
-    path = make_zip(tmp_path / "bad.zip", {"dog_start.mp4": dog, "dog_end.mp4": dog,
-                                           "dog_mask.png": media / "masks" / "runningcar_mask_square_432x240.png"})
+    path = make_zip(
+        tmp_path / "bad.zip",
+        {
+            "dog_start.mp4": dog,
+            "dog_end.mp4": dog,
+            "dog_mask.png": media / "masks" / "runningcar_mask_square_432x240.png",
+        },
+    )
     report_path = tmp_path / "report.json"
     assert main(["check", str(path), *FAST, "--report", str(report_path)]) == 2
     captured = capfd.readouterr()
@@ -70,11 +77,16 @@ def test_bad_parameter_exits_2_naming_the_field(sample_zip, capfd):
 
 def test_unavailable_model_exits_2_with_one_line(sample_zip, tmp_path, capfd, monkeypatch):
     monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
-    request = {"training_data_url": str(sample_zip), "model": "ltx-2.3",
-               "model_source": str(tmp_path / "missing" / "ltx-2.3-22b.safetensors")}
+    request = {
+        "training_data_url": str(sample_zip),
+        "model": "ltx-2.3",
+        "model_source": str(tmp_path / "missing" / "ltx-2.3-22b.safetensors"),
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
     assert main(["train", "--config", str(tmp_path / "request.json")]) == 2
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
-    assert lines[-1].startswith("Model unavailable: model_source: no file at") and "ltx-2.3-22b.safetensors" in lines[-1]
+    assert (
+        lines[-1].startswith("Model unavailable: model_source: no file at") and "ltx-2.3-22b.safetensors" in lines[-1]
+    )

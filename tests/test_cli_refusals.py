@@ -1,5 +1,6 @@
 """Every expected refusal through the CLI: its documented exit status, one clear message that
 names the user's file or field, and never a traceback. Also: every --help works."""
+
 from __future__ import annotations
 
 import http.server
@@ -67,23 +68,42 @@ def _request_file(tmp_path: Path, **fields) -> str:
 
 
 def _silent_only(tmp_path: Path, media: Path) -> Path:
-    return make_zip(tmp_path / "silent.zip", {
-        "dog_start.mp4": media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4",
-        "dog_end.mp4": media / "h264_aac_854x480_25fps_9s_editlist.mp4",
-        "dog_mask.png": media / "masks" / "runningcar_mask_square_432x240.png"})
+    return make_zip(
+        tmp_path / "silent.zip",
+        {
+            "dog_start.mp4": media / "h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4",
+            "dog_end.mp4": media / "h264_aac_854x480_25fps_9s_editlist.mp4",
+            "dog_mask.png": media / "masks" / "runningcar_mask_square_432x240.png",
+        },
+    )
 
 
 # (id, argv builder, exit status, text that must appear)
 CASES = [
     ("not-a-zip", lambda t, w, m: ["check", str(_text(t / "holiday.zip"))], 2, "holiday.zip is not a .zip archive"),
-    ("unsafe-path", lambda t, w, m: ["check", str(_zip(t / "a.zip", {"../evil_start.mp4": b"x"}))], 2,
-     "../evil_start.mp4"),
+    (
+        "unsafe-path",
+        lambda t, w, m: ["check", str(_zip(t / "a.zip", {"../evil_start.mp4": b"x"}))],
+        2,
+        "../evil_start.mp4",
+    ),
     ("symlink", lambda t, w, m: ["check", str(_symlink_zip(t / "a.zip"))], 2, "clip_start.mp4"),
     ("encrypted", lambda t, w, m: ["check", str(_encrypted_zip(t / "a.zip"))], 2, "secret_start.mp4"),
-    ("too-many-files", lambda t, w, m: ["check", str(_zip(t / "many.zip", {f"f{i}.txt": b"" for i in range(2001)}))],
-     2, "2001 files"),
-    ("zip-bomb", lambda t, w, m: ["check", str(_zip(t / "bomb.zip", {"bomb_start.mp4": b"\0" * (8 << 20)},
-                                                   compression=zipfile.ZIP_DEFLATED))], 2, "bomb_start.mp4"),
+    (
+        "too-many-files",
+        lambda t, w, m: ["check", str(_zip(t / "many.zip", {f"f{i}.txt": b"" for i in range(2001)}))],
+        2,
+        "2001 files",
+    ),
+    (
+        "zip-bomb",
+        lambda t, w, m: [
+            "check",
+            str(_zip(t / "bomb.zip", {"bomb_start.mp4": b"\0" * (8 << 20)}, compression=zipfile.ZIP_DEFLATED)),
+        ],
+        2,
+        "bomb_start.mp4",
+    ),
     ("frames-out-of-range", lambda t, w, m: ["check", "x.zip", "--frames", "500"], 2, "number_of_frames"),
     ("fps-out-of-range", lambda t, w, m: ["check", "x.zip", "--fps", "5"], 2, "frame_rate"),
     ("unknown-resolution", lambda t, w, m: ["check", "x.zip", "--resolution", "ultra"], 2, "'ultra'"),
@@ -91,20 +111,59 @@ CASES = [
     ("unreachable-url", lambda t, w, m: ["check", "http://127.0.0.1:9/triplets.zip"], 1, "Cannot connect to host"),
     ("http-404", lambda t, w, m: ["check", f"{w}/missing.zip"], 1, "HTTP 404"),
     ("all-rejected", lambda t, w, m: ["check", str(_silent_only(t, m())), *FAST], 2, "dog: silent_audio"),
-    ("bad-rank-in-config", lambda t, w, m: ["train", "--config", _request_file(t, training_data_url="x.zip", rank=12)],
-     2, "rank"),
-    ("config-not-json", lambda t, w, m: ["train", "--config", _request_file(t, raw="{rank: 8")], 2,
-     "Invalid request in"),
+    (
+        "bad-rank-in-config",
+        lambda t, w, m: ["train", "--config", _request_file(t, training_data_url="x.zip", rank=12)],
+        2,
+        "rank",
+    ),
+    (
+        "config-not-json",
+        lambda t, w, m: ["train", "--config", _request_file(t, raw="{rank: 8")],
+        2,
+        "Invalid request in",
+    ),
     ("config-missing", lambda t, w, m: ["train", "--config", str(t / "absent.json")], 2, "absent.json"),
-    ("resume-from-missing", lambda t, w, m: ["train", "--config", _request_file(
-        t, training_data_url="x.zip", model="tiny", resume_from=str(t / "ckpt.safetensors"))], 2, "resume_from"),
-    ("output-url-unwritable", lambda t, w, m: ["train", "--config", _request_file(
-        t, training_data_url="x.zip", model="tiny", output_url=str(_text(t / "results.txt") / "run"))], 2,
-     "cannot write to"),
-    ("output-url-extra-missing", lambda t, w, m: ["train", "--config", _request_file(
-        t, training_data_url="x.zip", model="tiny", output_url="gs://my-bucket/loras")], 2, "av2av-trainer[gcs]"),
-    ("model-unavailable", lambda t, w, m: ["train", "--config", _request_file(
-        t, training_data_url="x.zip", model_source=str(t / "ltx-2.3.safetensors"))], 2, "ltx-2.3.safetensors"),
+    (
+        "resume-from-missing",
+        lambda t, w, m: [
+            "train",
+            "--config",
+            _request_file(t, training_data_url="x.zip", model="tiny", resume_from=str(t / "ckpt.safetensors")),
+        ],
+        2,
+        "resume_from",
+    ),
+    (
+        "output-url-unwritable",
+        lambda t, w, m: [
+            "train",
+            "--config",
+            _request_file(t, training_data_url="x.zip", model="tiny", output_url=str(_text(t / "results.txt") / "run")),
+        ],
+        2,
+        "cannot write to",
+    ),
+    (
+        "output-url-extra-missing",
+        lambda t, w, m: [
+            "train",
+            "--config",
+            _request_file(t, training_data_url="x.zip", model="tiny", output_url="gs://my-bucket/loras"),
+        ],
+        2,
+        "av2av-trainer[gcs]",
+    ),
+    (
+        "model-unavailable",
+        lambda t, w, m: [
+            "train",
+            "--config",
+            _request_file(t, training_data_url="x.zip", model_source=str(t / "ltx-2.3.safetensors")),
+        ],
+        2,
+        "ltx-2.3.safetensors",
+    ),
 ]
 
 
@@ -116,19 +175,19 @@ def _text(path: Path) -> Path:
 @pytest.mark.parametrize("builder, status, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_refusal(builder, status, expected, tmp_path, web, capfd, monkeypatch, request):
     monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
-    monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "1")   # a refused connection is retried otherwise (26 s)
+    monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "1")  # a refused connection is retried otherwise (26 s)
     import time
 
     argv = builder(tmp_path, web, lambda: request.getfixturevalue("media"))
     began = time.monotonic()
     try:
         code = main(argv)
-    except SystemExit as exited:   # argparse refuses a bad choice itself (usage + one error line)
+    except SystemExit as exited:  # argparse refuses a bad choice itself (usage + one error line)
         code = exited.code
     elapsed = time.monotonic() - began
     out, err = capfd.readouterr()
     assert code == status, (out, err)
-    if argv[0] == "train":   # every request check comes before any dataset or model work
+    if argv[0] == "train":  # every request check comes before any dataset or model work
         assert elapsed < 10, f"refused after {elapsed:.1f} s"
     assert "Traceback" not in out + err
     assert expected in out + err, (out, err)
@@ -149,7 +208,7 @@ def test_check_against_a_server_that_never_answers_times_out(capfd, monkeypatch,
     import time
 
     monkeypatch.setenv("AV2AV_READ_TIMEOUT_S", "1")
-    monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "2")   # 2 × 1 s, and a 1 s wait between
+    monkeypatch.setenv("AV2AV_DOWNLOAD_ATTEMPTS", "2")  # 2 × 1 s, and a 1 s wait between
     began = time.monotonic()
     status = main(["check", f"{silent_server}/triplets.zip", *FAST])
     elapsed = time.monotonic() - began

@@ -1,4 +1,5 @@
 """The request model: the spec's names, defaults, ranges and rules."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,18 +26,38 @@ def test_frames_snap_down_to_8k_plus_1(frames, snapped):
     assert request.number_of_frames == snapped == request.validation_number_of_frames
 
 
-@pytest.mark.parametrize("resolution, aspect, bucket", [
-    ("low", "16:9", (512, 288)), ("low", "9:16", (288, 512)), ("medium", "16:9", (768, 448)),
-    ("high", "1:1", (960, 960)), ("high", "9:16", (544, 960))])
+@pytest.mark.parametrize(
+    "resolution, aspect, bucket",
+    [
+        ("low", "16:9", (512, 288)),
+        ("low", "9:16", (288, 512)),
+        ("medium", "16:9", (768, 448)),
+        ("high", "1:1", (960, 960)),
+        ("high", "9:16", (544, 960)),
+    ],
+)
 def test_buckets(resolution, aspect, bucket):
     request = TrainRequest(training_data_url=URL, resolution=resolution, aspect_ratio=aspect)
     assert request.bucket == bucket and all(side % 32 == 0 for side in bucket)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("rank", 12), ("number_of_steps", 99), ("number_of_steps", 20001), ("number_of_frames", 8),
-    ("number_of_frames", 122), ("frame_rate", 61), ("resolution", "ultra"), ("aspect_ratio", "4:3"),
-    ("stg_scale", 3.5), ("split_input_duration_threshold", 0.5), ("model", "sdxl"), ("unknown_field", 1)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rank", 12),
+        ("number_of_steps", 99),
+        ("number_of_steps", 20001),
+        ("number_of_frames", 8),
+        ("number_of_frames", 122),
+        ("frame_rate", 61),
+        ("resolution", "ultra"),
+        ("aspect_ratio", "4:3"),
+        ("stg_scale", 3.5),
+        ("split_input_duration_threshold", 0.5),
+        ("model", "sdxl"),
+        ("unknown_field", 1),
+    ],
+)
 def test_out_of_range_is_refused_naming_the_field(field, value):
     with pytest.raises(ValidationError) as caught:
         TrainRequest(training_data_url=URL, **{field: value})
@@ -81,18 +102,28 @@ def test_run_form_text_renders():
     for name, prop in schema["properties"].items():
         assert "<" not in prop.get("description", "") and ">" not in prop.get("description", ""), name
         assert "extension" not in prop.get("title", "").lower(), name
-        assert "anyOf" not in prop or name == "validation", (name, prop)   # no `str | None` toggles
+        assert "anyOf" not in prop or name == "validation", (name, prop)  # no `str | None` toggles
         if {"minimum", "maximum", "exclusiveMinimum"} & set(prop):
             assert "Range:" in prop["description"], name
     sample = schema["$defs"]["ValidationSample"]["properties"]
     assert all("anyOf" not in prop for prop in sample.values())
-    assert [prop["title"] for prop in sample.values()] == ["Prompt", "Source video URL", "Mask URL",
-                                                            "Reference video URL", "Reference audio URL"]
+    assert [prop["title"] for prop in sample.values()] == [
+        "Prompt",
+        "Source video URL",
+        "Mask URL",
+        "Reference video URL",
+        "Reference audio URL",
+    ]
     # help in the user's words: which fields are ours is for the README, not the form
     assert not [name for name, prop in schema["properties"].items() if "to the spec" in prop["description"].lower()]
     assert schema["properties"]["seed"]["extension"] is True and "extension" not in schema["properties"]["rank"]
-    assert list(schema["properties"])[:5] == ["training_data_url", "trigger_phrase", "model", "model_source",
-                                              "output_url"]   # a trial run's first choices come first
+    assert list(schema["properties"])[:5] == [
+        "training_data_url",
+        "trigger_phrase",
+        "model",
+        "model_source",
+        "output_url",
+    ]  # a trial run's first choices come first
 
 
 def test_a_location_whose_package_is_missing_is_refused_naming_the_extra(monkeypatch):
@@ -102,6 +133,9 @@ def test_a_location_whose_package_is_missing_is_refused_naming_the_extra(monkeyp
 
     real = importlib.util.find_spec
     monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "gcsfs" else real(name))
-    with pytest.raises(ValidationError, match=r"gs:// needs the gcsfs package on this machine: "
-                                              r"pip install 'av2av-trainer\[gcs\]'"):
+    with pytest.raises(
+        ValidationError,
+        match=r"gs:// needs the gcsfs package on this machine: "
+        r"pip install 'av2av-trainer\[gcs\]'",
+    ):
         TrainRequest(training_data_url="x.zip", output_url="gs://bucket/loras")

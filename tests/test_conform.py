@@ -1,5 +1,6 @@
 """Conforming real triplets from ../shared/media: accepted ones have aligned frames, masks and
 audio; rejected ones carry the right reason."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,18 +8,27 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet
-from lib.ingest.dataset import Triplet
 from lib.core.cache import Cache
 from lib.core.storage import FileRef
+from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet
+from lib.ingest.dataset import Triplet
 from tests.media_helpers import with_tone
 
 LOW_16_9 = dict(width=512, height=288)
 
 
 def settings(**overrides) -> ConformSettings:
-    fields = dict(number_of_frames=17, frame_rate=24, auto_scale_input=False, audio_normalize=True,
-                  audio_preserve_pitch=True, trigger_phrase="") | LOW_16_9
+    fields = (
+        dict(
+            number_of_frames=17,
+            frame_rate=24,
+            auto_scale_input=False,
+            audio_normalize=True,
+            audio_preserve_pitch=True,
+            trigger_phrase="",
+        )
+        | LOW_16_9
+    )
     return ConformSettings(**(fields | overrides))
 
 
@@ -77,26 +87,35 @@ def test_audio_shorter_than_video_is_padded_with_silence(tmp_path, media):
     target_audio = load_file(result.clip.path)["target_audio"]
     assert target_audio.shape == (2, round(25 / 24 * 16000))
     assert np.abs(target_audio[:, : int(0.7 * 16000)]).max() > 0.1
-    assert not target_audio[:, int(0.8 * 16000):].any()
+    assert not target_audio[:, int(0.8 * 16000) :].any()
 
 
-@pytest.mark.parametrize("clip, reason", [
-    ("h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4", "silent_audio"),
-    ("vp9_opus-silent_1280x720_14.985fps_4.9s_noduration.webm", "silent_audio"),
-    ("h264_noaudio_640x360-sar2to1_30fps_5s.mp4", "no_audio"),
-    ("vp9_noaudio_161x121_29.97fps_1s.webm", "no_audio"),
-    ("hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov", "too_short"),
-])
+@pytest.mark.parametrize(
+    "clip, reason",
+    [
+        ("h264_aac-silent_1280x720_29.97fps_9.7s_dog.mp4", "silent_audio"),
+        ("vp9_opus-silent_1280x720_14.985fps_4.9s_noduration.webm", "silent_audio"),
+        ("h264_noaudio_640x360-sar2to1_30fps_5s.mp4", "no_audio"),
+        ("vp9_noaudio_161x121_29.97fps_1s.webm", "no_audio"),
+        ("hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov", "too_short"),
+    ],
+)
 def test_rejections_carry_their_reason(tmp_path, media, car, clip, reason):
     result = run(tmp_path, media / clip, car, media / "masks" / "runningcar_mask_square_432x240.png")
     assert (result.status, result.reason) == ("rejected", reason), result.message
-    assert clip in result.message   # the user's own file, by name
+    assert clip in result.message  # the user's own file, by name
 
 
 def test_auto_scale_stretches_a_short_clip(tmp_path, media, car):
     short = media / "hevc10_aac_1920x1080_60fps_0.1s_rot-90_iphone.mov"
-    result = run(tmp_path, short, car, media / "masks" / "runningcar_mask_square_432x240.png",
-                 number_of_frames=9, auto_scale_input=True)
+    result = run(
+        tmp_path,
+        short,
+        car,
+        media / "masks" / "runningcar_mask_square_432x240.png",
+        number_of_frames=9,
+        auto_scale_input=True,
+    )
     assert result.status == "accepted" and result.stretched, result.message
     clip = load_file(result.clip.path)
     assert clip["reference"].shape[0] == 9 and clip["reference_audio"].shape == (2, round(9 / 24 * 16000))

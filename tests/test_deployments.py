@@ -1,4 +1,5 @@
 """Deployments: the UI form comes from the request model; the nightly schedule skips unchanged data."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,17 @@ def test_form_schema_is_the_request_model():
     assert (fields["number_of_frames"]["minimum"], fields["number_of_frames"]["maximum"]) == (9, 121)
     assert schema["definitions"]["TrainRequest"]["additionalProperties"] is False
     assert "nightly" in schema["properties"]["skip_if_unchanged"]["description"]
+
+
+def test_user_facing_forms_title_every_plain_parameter_in_words():
+    """Prefect titles a parameter by its Python name; the forms a user fills show words instead."""
+    from flows.generate import generate
+    from flows.retrain_batch import retrain_batch
+
+    for flow_fn in (train_lora, retrain_batch, generate):
+        for name, field in parameter_schema(flow_fn).model_dump()["properties"].items():
+            assert field.get("title") and "_" not in field["title"], (flow_fn.name, name, field.get("title"))
+            assert field.get("description"), (flow_fn.name, name)
 
 
 def test_prefect_yaml_deployments():
@@ -68,13 +80,28 @@ def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
         trainings.append(len(clips))
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")
-        return {"files": {"lora.safetensors": staging / "lora.safetensors"}, "final_loss": 1.0, "steps": 100, "previews": []}
+        return {
+            "files": {"lora.safetensors": staging / "lora.safetensors"},
+            "final_loss": 1.0,
+            "steps": 100,
+            "previews": [],
+        }
 
     monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
     parameters = _deployments()["retrain-nightly"]["parameters"]
-    request = TrainRequest(**(parameters["request"] | {
-        "training_data_url": str(sample_zip), "model": "tiny", "number_of_frames": 9, "resolution": "low",
-        "aspect_ratio": "16:9", "output_url": str(tmp_path / "nightly")}))
+    request = TrainRequest(
+        **(
+            parameters["request"]
+            | {
+                "training_data_url": str(sample_zip),
+                "model": "tiny",
+                "number_of_frames": 9,
+                "resolution": "low",
+                "aspect_ratio": "16:9",
+                "output_url": str(tmp_path / "nightly"),
+            }
+        )
+    )
     first = train_lora(request, skip_if_unchanged=parameters["skip_if_unchanged"], return_state=True)
     assert first.is_completed() and trainings == [3]
     result = json.loads((tmp_path / "nightly" / "result.json").read_text())

@@ -1,5 +1,6 @@
 """A run whose loss or LoRA stops being finite ends at once as TrainingDiverged: it says at which
 step and what to try, keeps the LoRA as it was before the bad step, uploads nothing, bills 0."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,6 +28,7 @@ def poison_step(monkeypatch, at_call: int, value: float = float("nan")) -> None:
             loss = loss * value
             parts = {**parts, "loss": loss.item()}
         return loss, parts
+
     monkeypatch.setattr(training, "training_step", poisoned)
 
 
@@ -39,6 +41,7 @@ def test_a_non_finite_loss_stops_training_at_that_step_with_the_lora_untouched(t
     def snapshot(event: dict) -> None:
         if event["step"] == 2:
             after_step_2.update({name: tensor.clone() for name, tensor in lora_state_dict(healthy).items()})
+
     training.train(healthy, training_data.examples, settings, on_step=snapshot)
     poison_step(monkeypatch, at_call=3, value=value)
     transformer = fresh_transformer(training_data)

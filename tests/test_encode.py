@@ -1,4 +1,5 @@
 """Behaviour of lib.media.encode: round trips through lib.media.video and plain PyAV decoding."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_leftover_check_sees_an_interrupted_write(tmp_path):
 
     with pytest.raises(RuntimeError), atomic_file(tmp_path / "clip.mp4") as partial:
         Path(partial).write_bytes(b"half")
-        Path(partial).rename(tmp_path / ".clip.mp4.kept.partial")   # what a killed process would leave
+        Path(partial).rename(tmp_path / ".clip.mp4.kept.partial")  # what a killed process would leave
         raise RuntimeError("interrupted")
     assert _leftovers(tmp_path) == [".clip.mp4.kept.partial"]
 
@@ -139,19 +140,22 @@ def test_write_wav_round_trips(tmp_path):
 def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"old")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="no-such-codec"):
         write_video(path, _gradient_frames(2, 16, 16), 10, codec="no-such-codec")
     assert path.read_bytes() == b"old"
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"frames": np.zeros((2, 8, 8, 3), np.float32)},
-    {"frames": np.zeros((0, 8, 8, 3), np.uint8)},
-    {"frames": np.zeros((2, 8, 8, 4), np.uint8)},
-    {"audio": np.zeros((2, 100), np.float32)},              # sample_rate missing
-    {"audio": np.zeros(100, np.float32), "sample_rate": 8000},  # not (channels, samples)
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"frames": np.zeros((2, 8, 8, 3), np.float32)},
+        {"frames": np.zeros((0, 8, 8, 3), np.uint8)},
+        {"frames": np.zeros((2, 8, 8, 4), np.uint8)},
+        {"audio": np.zeros((2, 100), np.float32)},  # sample_rate missing
+        {"audio": np.zeros(100, np.float32), "sample_rate": 8000},  # not (channels, samples)
+    ],
+)
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     arguments = {"frames": np.zeros((2, 8, 8, 3), np.uint8), "fps": 10} | kwargs
     with pytest.raises(ValueError):

@@ -1,5 +1,6 @@
 """Fetching training data through fsspec: http(s), file://, plain paths, memory://; failures
 classified so that only transient ones are retried."""
+
 from __future__ import annotations
 
 import hashlib

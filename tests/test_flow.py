@@ -1,4 +1,5 @@
 """The `train-lora` flow on the Prefect test harness: caching by file content."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
     deadline = time.monotonic() + 15
     while True:
         with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+            )
         recorded = len(runs) >= expected and all(run.state is not None for run in runs)
         if recorded or time.monotonic() > deadline:
             return {run.name: run.state.name if run.state else "no state yet" for run in runs}
@@ -32,8 +34,14 @@ def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
 
 
 def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
-    fields = dict(training_data_url=str(zip_path), number_of_frames=17, resolution="low",
-                  aspect_ratio="16:9", model="tiny", output_url=str(tmp_path / "out"))
+    fields = dict(
+        training_data_url=str(zip_path),
+        number_of_frames=17,
+        resolution="low",
+        aspect_ratio="16:9",
+        model="tiny",
+        output_url=str(tmp_path / "out"),
+    )
     return TrainRequest(**(fields | overrides))
 
 
@@ -107,18 +115,19 @@ def test_unavailable_model_ends_the_run_before_the_dataset_is_fetched(sample_zip
 
     monkeypatch.setattr(module.ingest, "fetch_training_data", no_fetch)
     monkeypatch.delenv("AV2AV_MODEL_SOURCE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))   # nothing downloaded, no network
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))  # nothing downloaded, no network
     began = time.monotonic()
     state = train_lora(_request(sample_zip, tmp_path, model="ltx-2.3"), return_state=True)
     assert time.monotonic() - began < 30
     assert state.is_failed() and state.name == "ModelUnavailable"
     assert "diffusers/LTX-2.3-Diffusers" in state.message and "model_source" in state.message
-    assert not (tmp_path / "out" / "result.json").exists()   # nothing uploaded, billed 0
+    assert not (tmp_path / "out" / "result.json").exists()  # nothing uploaded, billed 0
 
 
 @pytest.mark.parametrize("output_url, text", [("{tmp}/a_file/out", "cannot write to")], ids=["under-a-file"])
-def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(sample_zip, tmp_path, monkeypatch,
-                                                                       output_url, text):
+def test_unusable_output_url_is_refused_before_the_dataset_is_fetched(
+    sample_zip, tmp_path, monkeypatch, output_url, text
+):
     # (a scheme whose package is missing never gets this far: the request refuses it, test_config)
     import time
 

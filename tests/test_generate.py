@@ -1,5 +1,6 @@
 """`generate`'s refusals, fast: the request model, the LoRA file checks (header only, no model),
 the inputs' rules (shared with validation samples) and the inference memory plan."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,18 @@ from lib.train.lora_file import inspect_lora
 from lib.train.lora_io import lora_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
-INFO = {"base_model": "LTX-2.3 (tiny random test preset)", "trigger_phrase": "repl4ce",
-        "reference_audio_positions": "before", "reference_downscale": 2, "base_precision": "bf16"}
+INFO = {
+    "base_model": "LTX-2.3 (tiny random test preset)",
+    "trigger_phrase": "repl4ce",
+    "reference_audio_positions": "before",
+    "reference_downscale": 2,
+    "base_precision": "bf16",
+}
 
 
-def _lora(path: Path, width: int = 16, rank: int = 4, module: str = "transformer_blocks.0.attn1",
-          info: dict | None = INFO) -> Path:
+def _lora(
+    path: Path, width: int = 16, rank: int = 4, module: str = "transformer_blocks.0.attn1", info: dict | None = INFO
+) -> Path:
     """A LoRA file in save_lora's layout: q/k/v of one attention, `width` wide."""
     tensors = {}
     for projection in ("to_q", "to_k", "to_v"):
@@ -39,10 +46,17 @@ def _lora(path: Path, width: int = 16, rank: int = 4, module: str = "transformer
 
 
 def _request(tmp_path: Path, **fields) -> GenerateRequest:
-    defaults = dict(lora_url=str(tmp_path / "lora.safetensors"), model="tiny", prompt="a square",
-                    video_url=str(tmp_path / "source.mp4"), mask_url=str(tmp_path / "mask.png"),
-                    reference_video_url=str(tmp_path / "reference.mp4"), number_of_frames=9, resolution="low",
-                    aspect_ratio="1:1")
+    defaults = dict(
+        lora_url=str(tmp_path / "lora.safetensors"),
+        model="tiny",
+        prompt="a square",
+        video_url=str(tmp_path / "source.mp4"),
+        mask_url=str(tmp_path / "mask.png"),
+        reference_video_url=str(tmp_path / "reference.mp4"),
+        number_of_frames=9,
+        resolution="low",
+        aspect_ratio="1:1",
+    )
     return GenerateRequest(**(defaults | fields))
 
 
@@ -51,14 +65,19 @@ def test_request_model_is_the_single_source():
     assert request.number_of_frames == 89 and request.steps == 30 and request.sampler().video_guidance == 3.0
     with pytest.raises(ValidationError, match="lora_scale"):
         GenerateRequest(lora_url="l", video_url="v", mask_url="m", reference_video_url="r", lora_scale=5)
-    with pytest.raises(ValidationError, match="reference_audio_positions"):   # read from the LoRA, never entered
-        GenerateRequest(lora_url="l", video_url="v", mask_url="m", reference_video_url="r",
-                        reference_audio_positions="before")
+    with pytest.raises(ValidationError, match="reference_audio_positions"):  # read from the LoRA, never entered
+        GenerateRequest(
+            lora_url="l", video_url="v", mask_url="m", reference_video_url="r", reference_audio_positions="before"
+        )
     table = generate_parameter_table()
     assert all(f"| `{name}` |" in table for name in GenerateRequest.model_fields)
     schema = GenerateRequest.model_json_schema()
     assert schema["additionalProperties"] is False and set(schema["required"]) == {
-        "lora_url", "video_url", "mask_url", "reference_video_url"}
+        "lora_url",
+        "video_url",
+        "mask_url",
+        "reference_video_url",
+    }
     assert all(prop.get("title") and prop.get("description") for prop in schema["properties"].values())
 
 
@@ -84,8 +103,12 @@ def test_trigger_phrase_is_prepended_as_training_does_unless_written():
 
 def test_conventions_come_from_the_file(tmp_path):
     lora = inspect_lora(_lora(tmp_path / "lora.safetensors"), "lora.safetensors", "tiny", "abc")
-    assert (lora.rank, lora.reference_audio_positions, lora.reference_downscale, lora.trigger_phrase) == \
-        (4, "before", 2, "repl4ce")
+    assert (lora.rank, lora.reference_audio_positions, lora.reference_downscale, lora.trigger_phrase) == (
+        4,
+        "before",
+        2,
+        "repl4ce",
+    )
     plan = plan_generation(_request(tmp_path, prompt="a cat"), lora, "lora.safetensors")
     assert plan.conditioning.reference_audio_positions == "before" and plan.conditioning.reference_downscale == 2
     assert plan.prompt == "repl4ce a cat"
@@ -93,21 +116,31 @@ def test_conventions_come_from_the_file(tmp_path):
 
 def test_config_json_beside_the_file_stands_in_for_metadata(tmp_path):
     path = _lora(tmp_path / "lora.safetensors", info=None)
-    config = {"rank": 4, "alpha": 4, "base_model": INFO["base_model"], "trigger_phrase": "x",
-              "reference_audio_positions": "aligned", "reference_downscale_factor": 1}
+    config = {
+        "rank": 4,
+        "alpha": 4,
+        "base_model": INFO["base_model"],
+        "trigger_phrase": "x",
+        "reference_audio_positions": "aligned",
+        "reference_downscale_factor": 1,
+    }
     lora = inspect_lora(path, "lora.safetensors", "tiny", "abc", lambda: config)
     assert lora.read_from == "config.json" and lora.reference_audio_positions == "aligned"
     with pytest.raises(InvalidRequest, match="lora_url: .*no training conventions"):
         inspect_lora(path, "lora.safetensors", "tiny", "abc", lambda: None)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: _lora(p, width=32), "32-wide video stream.*16 wide"),
-    (lambda p: _lora(p, module="single_transformer_blocks.0.attn"), "not a module of .*another base"),
-    (lambda p: _lora(p, module="transformer_blocks.7.attn1"), "not a module of .*2 blocks"),
-    (lambda p: p.write_bytes(b"\x00" * 4096) and p, "not a safetensors file"),
-    (lambda p: save_file({"weight": torch.zeros(2)}, str(p)) or p, "holds no LoRA weights"),
-], ids=["other-width", "other-base", "too-many-blocks", "not-safetensors", "not-a-lora"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: _lora(p, width=32), "32-wide video stream.*16 wide"),
+        (lambda p: _lora(p, module="single_transformer_blocks.0.attn"), "not a module of .*another base"),
+        (lambda p: _lora(p, module="transformer_blocks.7.attn1"), "not a module of .*2 blocks"),
+        (lambda p: p.write_bytes(b"\x00" * 4096) and p, "not a safetensors file"),
+        (lambda p: save_file({"weight": torch.zeros(2)}, str(p)) or p, "holds no LoRA weights"),
+    ],
+    ids=["other-width", "other-base", "too-many-blocks", "not-safetensors", "not-a-lora"],
+)
 def test_a_lora_that_cannot_fit_is_refused_naming_lora_url(tmp_path, make, message):
     path = make(tmp_path / "lora.safetensors")
     with pytest.raises(InvalidRequest, match=message) as caught:
@@ -124,10 +157,19 @@ def test_cli_refuses_a_lora_of_another_width_with_exit_2_in_seconds(tmp_path):
     _lora(tmp_path / "lora.safetensors", width=32)
     (tmp_path / "generate.json").write_text(_request(tmp_path).model_dump_json())
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--config", str(tmp_path / "generate.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "AV2AV_CACHE_DIR": str(tmp_path / "cache"),
-                               "AV2AV_LOCAL_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "generate", "--config", str(tmp_path / "generate.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "AV2AV_CACHE_DIR": str(tmp_path / "cache"),
+            "AV2AV_LOCAL_CACHE_DIR": str(tmp_path / "cache"),
+            "HOME": str(tmp_path),
+        },
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -161,8 +203,11 @@ def test_a_mask_that_selects_nothing_is_refused_like_validation(inputs, tmp_path
 
 
 def test_a_source_longer_than_the_window_is_refused_naming_its_duration(inputs, tmp_path):
-    with pytest.raises(InvalidGenerateInput, match=r"too_long: video 'long.mp4' lasts 2.00 s \(48 frames at 24 fps\)"
-                       r".*set number_of_frames=41"):
+    with pytest.raises(
+        InvalidGenerateInput,
+        match=r"too_long: video 'long.mp4' lasts 2.00 s \(48 frames at 24 fps\)"
+        r".*set number_of_frames=41",
+    ):
         prepare_inputs(_request(inputs, video_url=str(inputs / "long.mp4")), "p", Cache.at(tmp_path))
 
 
@@ -174,8 +219,15 @@ def test_a_missing_input_is_a_422_naming_the_file(inputs, tmp_path):
 def test_the_inference_plan_holds_each_part_only_while_needed():
     from lib.validate.inference_memory import GB, plan_generate_memory
 
-    request = GenerateRequest(lora_url="l", video_url="v", mask_url="m", reference_video_url="r", model="tiny",
-                              resolution="low", number_of_frames=17)
+    request = GenerateRequest(
+        lora_url="l",
+        video_url="v",
+        mask_url="m",
+        reference_video_url="r",
+        model="tiny",
+        resolution="low",
+        number_of_frames=17,
+    )
     plan = plan_generate_memory(request, rank=8, reference_downscale=2, device="cuda", gpu_memory=1)
     stages = {row.name: row.stages for row in plan.rows}
     assert stages["text_encoder"] == ("text",) and stages["transformer"] == ("sample",)
@@ -203,10 +255,13 @@ def test_weights_the_header_check_lets_through_are_refused_before_denoising(tmp_
     from lib.model import build_tiny
     from lib.validate.generate import attach_lora
 
-    key = "diffusion_model.transformer_blocks.0.attn2.to_k"   # its input is the text width, not the stream's
+    key = "diffusion_model.transformer_blocks.0.attn2.to_k"  # its input is the text width, not the stream's
     path = tmp_path / "lora.safetensors"
-    save_file({f"{key}.lora_A.weight": torch.zeros(4, 99), f"{key}.lora_B.weight": torch.zeros(16, 4)}, str(path),
-              metadata=lora_metadata(4, INFO | {"reference_downscale": 1}))
+    save_file(
+        {f"{key}.lora_A.weight": torch.zeros(4, 99), f"{key}.lora_B.weight": torch.zeros(16, 4)},
+        str(path),
+        metadata=lora_metadata(4, INFO | {"reference_downscale": 1}),
+    )
     lora = inspect_lora(path, "lora.safetensors", "tiny", "abc")
     plan = plan_generation(_request(tmp_path), lora, "lora.safetensors")
     with pytest.raises(InvalidRequest, match="^lora_url: lora.safetensors does not fit tiny's transformer"):
@@ -223,4 +278,4 @@ def test_lora_scale_scales_the_attached_lora(tmp_path):
         transformer = build_tiny().transformer
         attach_lora(transformer, path, plan_generation(_request(tmp_path, lora_scale=scale), lora, "lora.safetensors"))
         layer = transformer.get_submodule("transformer_blocks.0.attn1.to_q")
-        assert layer.scaling["default"] == scale   # alpha = rank: the scale is the multiplier
+        assert layer.scaling["default"] == scale  # alpha = rank: the scale is the multiplier

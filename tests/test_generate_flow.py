@@ -2,6 +2,7 @@
 mp4 (one video and one audio stream, the requested frames and size), the kept region faithful to
 the source, bit-identical reruns, and with an fp32 LoRA file exactly the training run's final
 validation sample (one sampler, not two)."""
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def rendered(monkeypatch) -> list[np.ndarray]:
         sample = real(*args, **kwargs)
         frames.append(sample["generated"])
         return sample
+
     monkeypatch.setattr(lib.validate.preview, "render_sample", recording)
     monkeypatch.setattr(lib.validate.generate, "render_sample", recording)
     return frames
@@ -48,7 +50,7 @@ def _frames(path) -> list[np.ndarray]:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if error == 0 else 10 * np.log10(255.0 ** 2 / error)
+    return float("inf") if error == 0 else 10 * np.log10(255.0**2 / error)
 
 
 def test_sample_train_generate(tmp_path, rendered, capsys):
@@ -57,13 +59,19 @@ def test_sample_train_generate(tmp_path, rendered, capsys):
     request |= {"lora_dtype": "fp32", "output_url": str(tmp_path / "run")}
     (tmp_path / "request.json").write_text(json.dumps(request))
     sample = request["validation"][0]
-    generate = {"lora_url": str(tmp_path / "run" / "lora.safetensors"), "model": "tiny", **sample,
-                "number_of_frames": request["validation_number_of_frames"], "resolution": "low",
-                "aspect_ratio": "16:9", "steps": request["validation_steps"], "seed": request["seed"] if "seed" in
-                request else 0}
+    generate = {
+        "lora_url": str(tmp_path / "run" / "lora.safetensors"),
+        "model": "tiny",
+        **sample,
+        "number_of_frames": request["validation_number_of_frames"],
+        "resolution": "low",
+        "aspect_ratio": "16:9",
+        "steps": request["validation_steps"],
+        "seed": request["seed"] if "seed" in request else 0,
+    }
     with torch_threads(1):
         assert main(["train", "--config", str(tmp_path / "request.json")]) == 0
-        validation = rendered[-1]   # the training run's final validation sample
+        validation = rendered[-1]  # the training run's final validation sample
         for run in ("first", "second"):
             (tmp_path / f"{run}.json").write_text(json.dumps(generate | {"output_url": str(tmp_path / run)}))
             assert main(["generate", "--config", str(tmp_path / f"{run}.json")]) == 0, capsys.readouterr().err
@@ -71,16 +79,20 @@ def test_sample_train_generate(tmp_path, rendered, capsys):
     result = json.loads((first / "result.json").read_text())
     assert set(result["outputs"]) == {"generated.mp4", "preview.mp4"}
     assert result["lora"]["sha256"] == sha256_file(tmp_path / "run" / "lora.safetensors")
-    assert result["conventions"] == {"reference_audio_positions": "aligned", "reference_downscale_factor": 1,
-                                     "trigger_phrase": "repl4ce", "read_from": "metadata"}
+    assert result["conventions"] == {
+        "reference_audio_positions": "aligned",
+        "reference_downscale_factor": 1,
+        "trigger_phrase": "repl4ce",
+        "read_from": "metadata",
+    }
     assert result["settings"]["steps"] == 8 and result["prompt_used"] == sample["prompt"]
 
     frames = _frames(first / "generated.mp4")
     assert len(frames) == 17 and frames[0].shape == (288, 512, 3)
     preview = _frames(first / "preview.mp4")
-    assert len(preview) == 17 and preview[0].shape == (288, 4 * 512, 3)   # source · mask · reference · generated
+    assert len(preview) == 17 and preview[0].shape == (288, 4 * 512, 3)  # source · mask · reference · generated
 
-    clip = prepare_inputs(GenerateRequest(**generate), sample["prompt"], Cache.current())   # the cached conform
+    clip = prepare_inputs(GenerateRequest(**generate), sample["prompt"], Cache.current())  # the cached conform
     from safetensors.numpy import load_file
 
     conformed = load_file(clip.path)

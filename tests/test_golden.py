@@ -5,6 +5,7 @@ After an intended change, refresh them with
     AV2AV_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 and commit tests/golden.json with the change that moved them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,17 @@ def test_sampler_output(training_data):
 
     components = training_data.components
     negative = encode_prompts(components, ["worst quality"])
-    video, audio = sample(components.transformer, components.scheduler, training_data.examples[0], negative,
-                          SamplerSettings(steps=3, seed=0))
-    summary = [video.double().sum().item(), video.double().abs().sum().item(),
-               audio.double().sum().item(), audio.double().abs().sum().item()]
+    video, audio = sample(
+        components.transformer,
+        components.scheduler,
+        training_data.examples[0],
+        negative,
+        SamplerSettings(steps=3, seed=0),
+    )
+    summary = [
+        video.double().sum().item(),
+        video.double().abs().sum().item(),
+        audio.double().sum().item(),
+        audio.double().abs().sum().item(),
+    ]
     _check("sampler_3steps_sums", summary, rtol=1e-4)

@@ -1,5 +1,6 @@
 """The run the user watches says what its GPU half waits for: a busy GPU (runs ahead of it) or no
 GPU worker at all, within seconds, instead of a silent page."""
+
 from __future__ import annotations
 
 import time
@@ -26,13 +27,14 @@ def test_a_run_waiting_for_a_busy_gpu_says_so_within_seconds(monkeypatch):
 
     deployment_id = probe.to_deployment(name="no-worker").apply()
     assert deployment_id
-    run_deployment("gpu-wait-probe/no-worker", flow_run_name="ahead", timeout=0)   # takes the only slot
+    run_deployment("gpu-wait-probe/no-worker", flow_run_name="ahead", timeout=0)  # takes the only slot
     monkeypatch.setattr(gpu_wait, "POLL_S", 0.2)
     lines: list[str] = []
 
     def log(line: str) -> None:
         lines.append(line)
         raise Heard
+
     began = time.monotonic()
     with pytest.raises(Heard):
         gpu_wait.run_on_gpu_pool("gpu-wait-probe/no-worker", {}, "mine", log)

@@ -1,4 +1,5 @@
 """House rule: lib/ does the work and never imports Prefect; only the lib/model/ package builds LTX parts."""
+
 from __future__ import annotations
 
 import ast
@@ -19,15 +20,19 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_lib_never_imports_prefect():
-    offenders = [p.name for p in (ROOT / "lib").rglob("*.py")
-                 if any(name == "prefect" or name.startswith("prefect.") for name in _imports(p))]
+    offenders = [
+        p.name
+        for p in (ROOT / "lib").rglob("*.py")
+        if any(name == "prefect" or name.startswith("prefect.") for name in _imports(p))
+    ]
     assert offenders == []
 
 
 def test_only_model_module_touches_ltx_classes():
     model_package = ROOT / "lib" / "model"
-    offenders = [p.name for p in (ROOT / "lib").rglob("*.py") if model_package not in p.parents
-                 and "LTX2" in p.read_text()]
+    offenders = [
+        p.name for p in (ROOT / "lib").rglob("*.py") if model_package not in p.parents and "LTX2" in p.read_text()
+    ]
     assert offenders == []
 
 
@@ -39,7 +44,7 @@ def test_stages_import_only_core_media_and_the_stages_before_them():
     no stage reaches sideways or forward into another's internals."""
     offenders = []
     for index, stage in enumerate(STAGE_ORDER):
-        allowed = {"core", "media", *STAGE_ORDER[:index + 1]}
+        allowed = {"core", "media", *STAGE_ORDER[: index + 1]}
         for path in (ROOT / "lib" / stage).rglob("*.py"):
             for name in _imports(path):
                 parts = name.split(".")
@@ -50,5 +55,6 @@ def test_stages_import_only_core_media_and_the_stages_before_them():
 
 def test_lib_is_only_stage_packages():
     loose = sorted(p.name for p in (ROOT / "lib").glob("*.py") if p.name != "__init__.py")
-    assert loose == [] and {p.name for p in (ROOT / "lib").iterdir() if p.is_dir() and p.name != "__pycache__"} \
-        == set(STAGE_ORDER)
+    assert loose == [] and {p.name for p in (ROOT / "lib").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(
+        STAGE_ORDER
+    )

@@ -1,4 +1,5 @@
 """Mask normalization: image and video masks → bool (N, H, W) at the target's frame count."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_longer_h264_mask_video_is_trimmed_and_binarized(media):
 
 # --- pixels -> latent tokens: Lightricks' area rule ----------------------------------------------
 
+
 def _lightricks_cells(mask: np.ndarray) -> np.ndarray:
     """ltx-trainer's compute_video_masks, restated: 32x32 avg_pool2d per frame, max over the frames
     of a latent, > 0.5 (frames grouped as the VAE encodes them: 0 alone, then 8 at a time)."""
@@ -67,9 +69,9 @@ def test_a_token_is_regenerated_when_more_than_half_its_cell_is_white_in_any_of_
     from lib.media.masks import token_mask
 
     mask = np.zeros((17, 64, 96), dtype=bool)
-    mask[0, :20, :32] = True          # 62.5 % of cell (0, 0) in frame 0 -> latent 0
-    mask[0, 32:44, 32:64] = True      # 37.5 % of cell (1, 1): kept (any-pixel rule would regenerate it)
-    mask[5, :, 64:] = True            # a single frame of latent 1 fully white at column 2
+    mask[0, :20, :32] = True  # 62.5 % of cell (0, 0) in frame 0 -> latent 0
+    mask[0, 32:44, 32:64] = True  # 37.5 % of cell (1, 1): kept (any-pixel rule would regenerate it)
+    mask[5, :, 64:] = True  # a single frame of latent 1 fully white at column 2
     tokens = token_mask(mask)
     assert tokens.shape == (3, 2, 3)
     assert tokens[0].tolist() == [[True, False, False], [False, False, False]]
@@ -91,9 +93,9 @@ def test_a_mask_whose_white_fills_no_half_cell_selects_nothing():
     from lib.ingest.conform import refuse_empty_mask
 
     speck = np.zeros((9, 288, 512), dtype=bool)
-    speck[:, 100:110, 200:210] = True   # 100 pixels: under half of any 32x32 cell
+    speck[:, 100:110, 200:210] = True  # 100 pixels: under half of any 32x32 cell
     with pytest.raises(MediaError, match="'clip_mask.png' selects nothing .* more than half WHITE") as refused:
         refuse_empty_mask("", "/tmp/x/clip_mask.png", speck)
     assert refused.value.code == "mask_selects_nothing"
     speck[:, 96:128, 192:224] = True
-    refuse_empty_mask("", "/tmp/x/clip_mask.png", speck)   # one full cell: accepted
+    refuse_empty_mask("", "/tmp/x/clip_mask.png", speck)  # one full cell: accepted

@@ -1,5 +1,6 @@
 """Fitting the real model in 24-32 GB: component lifetime (the ledger), a quantized frozen base,
 the 8-bit optimizer, and the memory plan (`av2av plan`, the refusal before any GPU work)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,8 @@ import torch
 
 from lib.core.config import TrainRequest
 from lib.core.errors import InvalidRequest
-from lib.train.lora_io import read_lora, save_lora
 from lib.model import build_tiny, load_model, to_pipeline
+from lib.train.lora_io import read_lora, save_lora
 from lib.train.training import TrainSettings, train
 from tests.training_fixtures import evaluation_loss, fixed_inputs, single_thread, training_data
 
@@ -26,18 +27,27 @@ QUANTIZED_WEIGHT = {"int8": "Int8Tensor", "fp8": "Float8Tensor", "nf4": "Params4
 
 
 @pytest.mark.usefixtures("prefect_harness", "single_thread")
-def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a_time(training_data, tmp_path,
-                                                                                       monkeypatch):
+def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a_time(
+    training_data, tmp_path, monkeypatch
+):
     import lib.train.training
     from flows.train_lora_gpu import train_lora_gpu
-    from lib.model import resident
     from lib.core.plan import plan_run
+    from lib.model import resident
     from tasks import model_cache
 
-    shutil.copytree(training_data.cache_root / "conformed", tmp_path / "conformed")   # clips only: encode afresh
+    shutil.copytree(training_data.cache_root / "conformed", tmp_path / "conformed")  # clips only: encode afresh
     monkeypatch.setenv("AV2AV_CACHE_DIR", str(tmp_path))
-    request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17, resolution="low",
-                           aspect_ratio="16:9", number_of_steps=100, validation_steps=2, reference_downscale=1)
+    request = TrainRequest(
+        training_data_url="unused.zip",
+        model="tiny",
+        number_of_frames=17,
+        resolution="low",
+        aspect_ratio="16:9",
+        number_of_steps=100,
+        validation_steps=2,
+        reference_downscale=1,
+    )
     plan = plan_run(request, [training_data.clips[0]])
     plan = plan.model_copy(update={"train": dataclasses.replace(plan.train, steps=3)})
     seen, original_step = [], lib.train.training.training_step
@@ -46,6 +56,7 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
         components = model_cache.for_plan(plan)
         seen.append((set(resident(components)), components.ledger))
         return original_step(*args, **kwargs)
+
     monkeypatch.setattr(lib.train.training, "training_step", recording_step)
     model_cache.forget()
     state = train_lora_gpu(plan, training_data.clips, "ledger", str(tmp_path), return_state=True)
@@ -60,7 +71,7 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
     order = [(event, part) for _, event, part, _ in ledger.events if event in ("load", "release")]
     assert order.index(("release", "text_encoder")) < order.index(("load", "vae")), order
     assert order.index(("release", "vae")) < order.index(("load", "transformer")), order
-    assert ("load", "vocoder") in order[order.index(("load", "transformer")):], "decoders back for validation"
+    assert ("load", "vocoder") in order[order.index(("load", "transformer")) :], "decoders back for validation"
     assert (tmp_path / "runs" / "ledger" / "gpu" / "validation.mp4").is_file()
 
 
@@ -91,15 +102,16 @@ def test_quantized_base_trains_and_its_lora_loads_into_the_unquantized_pipeline(
         base = build_tiny().transformer(**inputs.kwargs)[0]
     effect, mismatch = (loaded - base).abs().max().item(), (loaded - trained).abs().max().item()
     print(f"{precision}: LoRA effect {effect:.3g}; unquantized-with-LoRA vs quantized-trained {mismatch:.3g}")
-    assert effect > 1e-2 and mismatch < effect   # the LoRA changes the output; the base's rounding is smaller
+    assert effect > 1e-2 and mismatch < effect  # the LoRA changes the output; the base's rounding is smaller
 
 
 @pytest.mark.usefixtures("single_thread")
 def test_adamw8bit_keeps_8bit_state_trains_and_resumes_from_its_checkpoint(training_data, tmp_path, monkeypatch):
-    import lib.train.training
     from safetensors import safe_open
 
-    monkeypatch.setattr(lib.train.training, "MIN_8BIT_SIZE", 0)   # the tiny LoRA's tensors are under the 4096 default
+    import lib.train.training
+
+    monkeypatch.setattr(lib.train.training, "MIN_8BIT_SIZE", 0)  # the tiny LoRA's tensors are under the 4096 default
     settings = TrainSettings(rank=8, steps=12, learning_rate=1e-2, optimizer="adamw8bit", checkpoint_every=6)
     transformer = copy.deepcopy(training_data.components.transformer)
     before = evaluation_loss(transformer, training_data.examples)
@@ -107,10 +119,14 @@ def test_adamw8bit_keeps_8bit_state_trains_and_resumes_from_its_checkpoint(train
     assert evaluation_loss(transformer, training_data.examples) < 0.95 * before
     with safe_open(result.checkpoints[0], framework="pt") as handle:
         dtypes = {handle.get_tensor(k).dtype for k in handle.keys() if k.startswith("optim.")}
-    assert torch.uint8 in dtypes, dtypes   # the 8-bit moments
-    resumed = train(copy.deepcopy(training_data.components.transformer), training_data.examples, settings,
-                    resume_from=result.checkpoints[0])
-    assert resumed.losses == result.losses   # the nested 8-bit state came back exactly
+    assert torch.uint8 in dtypes, dtypes  # the 8-bit moments
+    resumed = train(
+        copy.deepcopy(training_data.components.transformer),
+        training_data.examples,
+        settings,
+        resume_from=result.checkpoints[0],
+    )
+    assert resumed.losses == result.losses  # the nested 8-bit state came back exactly
 
 
 def test_fp8_on_a_gpu_older_than_ada_is_refused_naming_what_it_needs(monkeypatch):
@@ -122,14 +138,16 @@ def test_fp8_on_a_gpu_older_than_ada_is_refused_naming_what_it_needs(monkeypatch
         check_base_precision("fp8", "cuda")
     assert "base_precision: fp8" in str(refused.value) and "8.9" in str(refused.value)
     assert "A100" in str(refused.value) and "H100" in str(refused.value) and "int8 or nf4" in str(refused.value)
-    check_base_precision("int8", "cuda")   # int8 runs there
+    check_base_precision("int8", "cuda")  # int8 runs there
 
 
 def test_plan_counts_the_real_architecture_and_orders_the_precisions():
     from lib.train.memory_plan import GB, plan_memory
 
-    plans = {p: plan_memory(TrainRequest(training_data_url="x.zip", base_precision=p), "cuda", suggest=False)
-             for p in ("bf16", "int8", "fp8", "nf4")}
+    plans = {
+        p: plan_memory(TrainRequest(training_data_url="x.zip", base_precision=p), "cuda", suggest=False)
+        for p in ("bf16", "int8", "fp8", "nf4")
+    }
     rows = {row.name: row for row in plans["bf16"].rows}
     assert round(rows["transformer"].parameters / 1e9, 2) == 18.99
     assert round(rows["connectors"].parameters / 1e9, 2) == 3.17
@@ -145,8 +163,12 @@ def test_plan_counts_the_real_architecture_and_orders_the_precisions():
 def test_plan_is_within_20_percent_of_a_real_tiny_training_steps_peak_rss():
     """bench/gpu.py --preset tiny: the project's training loop on CPU, each precision in its own
     process; peak RSS growth over the step vs what the plan predicts for it."""
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--preset", "tiny", "--precisions",
-                          "bf16", "int8"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--preset", "tiny", "--precisions", "bf16", "int8"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     print(json.dumps(report["results"]))
@@ -165,7 +187,7 @@ def test_train_lora_refuses_a_request_over_the_declared_gpu_memory_before_any_wo
     state = train_lora(request, return_state=True)
     assert state.is_failed() and state.name == "InvalidRequest", state.message
     assert "24 GB" in state.message and "Settings that fit: base_precision=nf4" in state.message, state.message
-    assert not (tmp_path / "out").exists()   # nothing written, nothing billed
+    assert not (tmp_path / "out").exists()  # nothing written, nothing billed
 
 
 def test_av2av_plan_exit_status_table_and_json(tmp_path, capsys):
@@ -200,7 +222,7 @@ def test_fused_norms_match_diffusers_bit_for_bit_in_the_inputs_dtype_under_cudas
     with cuda_emulation(fused_kernel=False), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         expected, got = stock(hidden), fused(hidden)
         plain = torch.nn.RMSNorm(256, eps=1e-6, elementwise_affine=False)(hidden)
-    assert plain.dtype == (torch.float32 if autocast else dtype)   # the emulated policy is live
+    assert plain.dtype == (torch.float32 if autocast else dtype)  # the emulated policy is live
     assert expected.dtype == got.dtype == dtype
     assert torch.equal(got, expected)
 
@@ -210,12 +232,13 @@ def test_the_meta_count_keeps_what_a_fused_norm_keeps_under_cuda_autocast():
     input and an fp32 rstd per row and returns bf16; torch's RMSNorm there gets an fp32 copy of
     its input (kept) and returns fp32."""
     from lib.model.parts import FusedRMSNorm
-    from lib.train.footprint import _Step, _Saved
+    from lib.train.footprint import _Saved, _Step
 
     rows, width = 96, 512
-    for norm, kept, out_dtype in ((FusedRMSNorm(torch.Size([width]), 1e-6), rows * 4, torch.bfloat16),
-                                  (torch.nn.RMSNorm(width, elementwise_affine=False), rows * (width + 1) * 4,
-                                   torch.float32)):
+    for norm, kept, out_dtype in (
+        (FusedRMSNorm(torch.Size([width]), 1e-6), rows * 4, torch.bfloat16),
+        (torch.nn.RMSNorm(width, elementwise_affine=False), rows * (width + 1) * 4, torch.float32),
+    ):
         with torch.device("meta"):
             model = torch.nn.Sequential(torch.nn.Linear(width, width), norm).to(torch.bfloat16)
             hidden = torch.empty(1, rows, width, dtype=torch.bfloat16, requires_grad=True)

@@ -1,5 +1,6 @@
 """Activation offloading (lib/train/offload.py): the residual stream that gradient checkpointing
 keeps per block moves to host memory, and training is bit-for-bit the same."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,7 @@ STEPS = 3
 def _run(data, offload: bool):
     settings = TrainSettings(rank=8, steps=STEPS, learning_rate=1e-2, seed=5, offload_activations=offload)
     trainer = setup(fresh_transformer(data), settings)
-    if not offload:   # the same checkpointed step, on CPU, without moving anything
+    if not offload:  # the same checkpointed step, on CPU, without moving anything
         trainer.transformer.enable_gradient_checkpointing()
     for _ in range(STEPS):
         step(trainer, data.examples)
@@ -38,10 +39,10 @@ def test_offloading_moves_each_blocks_residual_stream_and_trains_bit_for_bit_the
     assert moved.offload.offloaded_tensors == STEPS * 2 * (layers - 1)
     example = training_data.examples[0]
     video_tokens = example.video_mask.numel() + example.reference_video[0].numel()
-    audio_tokens = 2 * example.target_audio.shape[1]    # reference and target audio
+    audio_tokens = 2 * example.target_audio.shape[1]  # reference and target audio
     width = config.num_attention_heads * config.attention_head_dim
     audio_width = config.audio_num_attention_heads * config.audio_attention_head_dim
-    per_block = (video_tokens * width + audio_tokens * audio_width) * 4   # fp32 on CPU
+    per_block = (video_tokens * width + audio_tokens * audio_width) * 4  # fp32 on CPU
     assert moved.offload.offloaded_bytes == STEPS * (layers - 1) * per_block
 
 
@@ -56,15 +57,25 @@ def test_the_plans_host_memory_is_what_offloading_moves_per_step(training_data):
     from lib.core.config import TrainRequest
     from lib.train.memory_plan import latent_shapes, plan_memory
 
-    request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17, resolution="low",
-                           aspect_ratio="16:9", reference_downscale=1, offload_activations="on")
+    request = TrainRequest(
+        training_data_url="unused.zip",
+        model="tiny",
+        number_of_frames=17,
+        resolution="low",
+        aspect_ratio="16:9",
+        reference_downscale=1,
+        offload_activations="on",
+    )
     example = training_data.examples[0]
     target, reference, audio = latent_shapes(request)
-    assert (target, reference, audio) == (tuple(example.target_video.shape[1:]),
-                                          tuple(example.reference_video.shape[1:]), example.target_audio.shape[1])
+    assert (target, reference, audio) == (
+        tuple(example.target_video.shape[1:]),
+        tuple(example.reference_video.shape[1:]),
+        example.target_audio.shape[1],
+    )
     plan = plan_memory(request, "cuda", suggest=False)
     trainer, _ = _run(training_data, offload=True)
-    assert plan.offload_activations and plan.host_bytes * 2 == trainer.offload.offloaded_bytes // STEPS   # bf16 vs fp32
+    assert plan.offload_activations and plan.host_bytes * 2 == trainer.offload.offloaded_bytes // STEPS  # bf16 vs fp32
 
 
 def test_auto_offloads_only_when_the_plan_needs_it_to_fit_the_gpu():
@@ -79,7 +90,7 @@ def test_auto_offloads_only_when_the_plan_needs_it_to_fit_the_gpu():
     # CUDA autocast), so from the first block on the residual stream, and what offloading moves, is fp32
     assert tight.offload_activations and 6.4 < tight.host_bytes / GB < 7.0
     assert 3.0 < (roomy.peak - tight.peak) / GB < tight.host_bytes / GB
-    assert roomy.offloaded_peak == tight.peak   # `av2av plan` shows what offloading would reach
+    assert roomy.offloaded_peak == tight.peak  # `av2av plan` shows what offloading would reach
     off = auto.model_copy(update={"offload_activations": "off"})
     refused = plan_memory(off, "cuda", 32)
     assert refused.peak == roomy.peak and not refused.fits
@@ -89,4 +100,4 @@ def test_auto_offloads_only_when_the_plan_needs_it_to_fit_the_gpu():
     assert not plan_run(auto, plan_offloads=offload_decision(roomy)).train.offload_activations
     assert not plan_run(off, plan_offloads=True).train.offload_activations
     assert plan_run(auto.model_copy(update={"offload_activations": "on"})).train.offload_activations
-    assert parameters_key(off) == parameters_key(auto)   # bit-identical results: the same run
+    assert parameters_key(off) == parameters_key(auto)  # bit-identical results: the same run

@@ -1,4 +1,5 @@
 """The real model's code path: a bf16 base with fp32 LoRA weights, on the tiny preset on CPU."""
+
 from __future__ import annotations
 
 import copy
@@ -10,10 +11,10 @@ import torch
 from safetensors import safe_open
 
 from lib.core.config import TrainRequest, ValidationSample
-from lib.train.lora_io import add_lora, read_lora, save_lora
 from lib.model import load_model, to_pipeline
-from lib.train.training import TrainSettings, optimizer_step, train, training_step
 from lib.model.conditioning import build_inputs
+from lib.train.lora_io import add_lora, read_lora, save_lora
+from lib.train.training import TrainSettings, optimizer_step, train, training_step
 from tests.training_fixtures import CPU, fixed_draw, fixed_inputs, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
@@ -38,8 +39,9 @@ def test_lora_weights_and_optimizer_state_are_fp32_on_a_bf16_base(bf16, training
                 parameter.fill_(0.1)
     optimizer = torch.optim.AdamW(list(lora.values()), lr=2e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loss, _ = training_step(transformer, transformer, training_data.examples, torch.Generator().manual_seed(0), CPU,
-                            dtype=torch.bfloat16)
+    loss, _ = training_step(
+        transformer, transformer, training_data.examples, torch.Generator().manual_seed(0), CPU, dtype=torch.bfloat16
+    )
     optimizer_step(loss, list(lora.values()), optimizer, scheduler, grad_clip=1.0)
     lora_b = {name: p for name, p in lora.items() if ".lora_B." in name}
     assert all((p != 0.1).all() for p in lora_b.values()), "a lora_B element did not move"
@@ -54,8 +56,10 @@ def test_training_keeps_lora_fp32_and_the_file_is_bf16(bf16, training_data, tmp_
 
     def inspect(event):
         dtypes.update(p.dtype for name, p in transformer.named_parameters() if "lora_" in name)
-    result = train(transformer, training_data.examples, TrainSettings(rank=8, steps=6, learning_rate=1e-2),
-                   on_step=inspect)
+
+    result = train(
+        transformer, training_data.examples, TrainSettings(rank=8, steps=6, learning_rate=1e-2), on_step=inspect
+    )
     assert dtypes == {torch.float32} and len(result.losses) == 6
     path = save_lora(transformer, tmp_path / "lora.safetensors", 8, {"base_model": "tiny"})
     tensors, _ = read_lora(path)
@@ -76,10 +80,12 @@ def test_training_keeps_lora_fp32_and_the_file_is_bf16(bf16, training_data, tmp_
     for got, want, untrained in zip(loaded, trained, base):
         scale = want.float().abs().max().item()
         error = (got - want.float()).abs().max().item()
-        print(f"bf16 LoRA in fp32 pipeline vs trained bf16 model: max error {error:.3g} (scale {scale:.3g}); "
-              f"LoRA effect {(got - untrained).abs().max().item():.3g}")
-        assert error <= 0.03 * scale                      # bf16: 8 bits of mantissa, through 2 blocks
-        assert (got - untrained).abs().max().item() > 3 * error   # the LoRA's effect is well above that
+        print(
+            f"bf16 LoRA in fp32 pipeline vs trained bf16 model: max error {error:.3g} (scale {scale:.3g}); "
+            f"LoRA effect {(got - untrained).abs().max().item():.3g}"
+        )
+        assert error <= 0.03 * scale  # bf16: 8 bits of mantissa, through 2 blocks
+        assert (got - untrained).abs().max().item() > 3 * error  # the LoRA's effect is well above that
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -88,21 +94,35 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     import dataclasses
 
     from flows.train_lora_gpu import files_to_upload, train_lora_gpu
-    from lib.core.plan import plan_run, validation_conform_settings
-    from lib.media.synthetic import make_box_mask, make_clip
     from lib.core.cache import Cache
+    from lib.core.plan import plan_run, validation_conform_settings
     from lib.ingest.validation import prepare_samples
+    from lib.media.synthetic import make_box_mask, make_clip
 
     monkeypatch.setenv("AV2AV_COMPUTE_DTYPE", "bf16")
-    cache = Cache.at(training_data.cache_root)   # where the training clips are
+    cache = Cache.at(training_data.cache_root)  # where the training clips are
     monkeypatch.setenv("AV2AV_CACHE_DIR", cache.location)
-    sample = ValidationSample(prompt="a square", video_url=str(make_clip(tmp_path / "s.mp4", 0.5, seed=1)),
-                              mask_url=str(make_box_mask(tmp_path / "m.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
-                              reference_video_url=str(make_clip(tmp_path / "r.mp4", 0.5, seed=2)))
-    request = TrainRequest(training_data_url="unused.zip", model="tiny", number_of_frames=17, resolution="low",
-                           aspect_ratio="16:9", validation=[sample], validation_number_of_frames=9,
-                           validation_resolution="low", validation_aspect_ratio="16:9", validation_every=2,
-                           validation_steps=2, reference_audio_positions="before", checkpoint_every=2)
+    sample = ValidationSample(
+        prompt="a square",
+        video_url=str(make_clip(tmp_path / "s.mp4", 0.5, seed=1)),
+        mask_url=str(make_box_mask(tmp_path / "m.png", (320, 180), (0.3, 0.3, 0.7, 0.7))),
+        reference_video_url=str(make_clip(tmp_path / "r.mp4", 0.5, seed=2)),
+    )
+    request = TrainRequest(
+        training_data_url="unused.zip",
+        model="tiny",
+        number_of_frames=17,
+        resolution="low",
+        aspect_ratio="16:9",
+        validation=[sample],
+        validation_number_of_frames=9,
+        validation_resolution="low",
+        validation_aspect_ratio="16:9",
+        validation_every=2,
+        validation_steps=2,
+        reference_audio_positions="before",
+        checkpoint_every=2,
+    )
     validation_clips = prepare_samples(request.validation, validation_conform_settings(request), cache)
     plan = plan_run(request, validation_clips)
     plan = plan.model_copy(update={"train": dataclasses.replace(plan.train, steps=4, warmup_steps=0)})
@@ -114,10 +134,12 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     assert result["steps"] == 4
     kept = sorted(p.name for p in Path(result["checkpoints_kept_in"]).iterdir())
     assert kept == ["checkpoint-000002.safetensors", "checkpoint-000004.safetensors"]
-    assert not str(result["checkpoints_kept_in"]).startswith(str(output))   # outlives the staging folder
+    assert not str(result["checkpoints_kept_in"]).startswith(str(output))  # outlives the staging folder
     checkpoints = sorted(Path(result["checkpoints_kept_in"]).iterdir())
     assert set(files_to_upload(output, checkpoints, upload_checkpoints=True)) == set(result["files"]) | {
-        "checkpoints/checkpoint-000002.safetensors", "checkpoints/checkpoint-000004.safetensors"}
+        "checkpoints/checkpoint-000002.safetensors",
+        "checkpoints/checkpoint-000004.safetensors",
+    }
     with safe_open(str(output / "lora.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}

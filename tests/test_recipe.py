@@ -1,12 +1,13 @@
 """The LTX-2 recipe: noise levels as ltx-trainer draws them, and the validation sampler's guidance
 terms with the pipeline's defaults."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lib.train import training
 from lib.model import build_tiny
+from lib.train import training
 from lib.validate.sampling import SamplerSettings, sample
 from tests.training_fixtures import synthetic_example
 
@@ -71,6 +72,7 @@ def test_each_modality_draws_with_its_own_token_count(monkeypatch):
 
 # --- the sampler ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sampler_case():
     components = build_tiny()
@@ -86,26 +88,36 @@ def _run(sampler_case, **settings):
     original = transformer.forward
 
     def counting(*args, **kwargs):
-        calls.append("stg" if kwargs.get("spatio_temporal_guidance_blocks") else
-                     "modality" if kwargs.get("isolate_modalities") else "plain")
+        calls.append(
+            "stg"
+            if kwargs.get("spatio_temporal_guidance_blocks")
+            else "modality"
+            if kwargs.get("isolate_modalities")
+            else "plain"
+        )
         return original(*args, **kwargs)
 
     transformer.forward = counting
     try:
-        video, audio = sample(transformer, components.scheduler, example, negative, SamplerSettings(steps=3, **settings))
+        video, audio = sample(
+            transformer, components.scheduler, example, negative, SamplerSettings(steps=3, **settings)
+        )
     finally:
         transformer.forward = original
     return video, audio, calls
 
 
-@pytest.mark.parametrize("settings, per_step", [
-    ({}, ["plain", "plain", "stg", "modality"]),                       # the pipeline's defaults
-    ({"modality_scale": 1.0}, ["plain", "plain", "stg"]),
-    ({"stg_scale": 0.0}, ["plain", "plain", "modality"]),
-    ({"video_guidance": 1.0, "audio_guidance": 1.0}, ["plain", "stg", "modality"]),
-    ({"video_guidance": 1.0, "audio_guidance": 1.0, "stg_scale": 0.0, "modality_scale": 1.0}, ["plain"]),
-    ({"guidance_rescale": 0.0}, ["plain", "plain", "stg", "modality"]),   # rescale costs no call
-])
+@pytest.mark.parametrize(
+    "settings, per_step",
+    [
+        ({}, ["plain", "plain", "stg", "modality"]),  # the pipeline's defaults
+        ({"modality_scale": 1.0}, ["plain", "plain", "stg"]),
+        ({"stg_scale": 0.0}, ["plain", "plain", "modality"]),
+        ({"video_guidance": 1.0, "audio_guidance": 1.0}, ["plain", "stg", "modality"]),
+        ({"video_guidance": 1.0, "audio_guidance": 1.0, "stg_scale": 0.0, "modality_scale": 1.0}, ["plain"]),
+        ({"guidance_rescale": 0.0}, ["plain", "plain", "stg", "modality"]),  # rescale costs no call
+    ],
+)
 def test_transformer_calls_per_step(sampler_case, settings, per_step):
     _, _, calls = _run(sampler_case, **settings)
     assert calls == per_step * 3
@@ -117,29 +129,33 @@ def test_modality_isolation_and_rescale_change_the_output(sampler_case, change):
     video, audio, _ = _run(sampler_case)
     again_video, again_audio, _ = _run(sampler_case)
     other_video, other_audio, _ = _run(sampler_case, **change)
-    assert torch.equal(video, again_video) and torch.equal(audio, again_audio)   # seeded
+    assert torch.equal(video, again_video) and torch.equal(audio, again_audio)  # seeded
     assert not torch.allclose(video, other_video) and not torch.allclose(audio, other_audio)
 
 
 @pytest.mark.parametrize("positions, downscale", [("aligned", 2), ("before", 1)])
 def test_reference_conventions_are_recorded_in_config_json(positions, downscale):
     from lib.core.config import TrainRequest
-    from lib.publish.outputs import config_document
     from lib.core.plan import plan_run
+    from lib.publish.outputs import config_document
 
-    request = TrainRequest(training_data_url="x.zip", reference_audio_positions=positions,
-                           reference_downscale=downscale)
+    request = TrainRequest(
+        training_data_url="x.zip", reference_audio_positions=positions, reference_downscale=downscale
+    )
     plan = plan_run(request)
     document = config_document(request, plan)
     assert document["reference_audio_positions"] == positions
     assert document["reference_downscale_factor"] == downscale
     assert document["conditioning"]["reference_audio"]["positions"] == positions
     assert document["conditioning"]["token_order"] == "reference first, then target"
-    assert plan.lora_info["reference_audio_positions"] == positions and plan.lora_info["reference_downscale"] == downscale
+    assert (
+        plan.lora_info["reference_audio_positions"] == positions and plan.lora_info["reference_downscale"] == downscale
+    )
     assert document["lora_dtype"] == "bf16" and document["validation_sampler"]["guidance_rescale"] == 0.7
 
 
 # --- the optimizer and the inference schedule ------------------------------------------------
+
 
 def test_optimizer_follows_ltx_trainer_decay_and_linear_schedule_and_config_json_says_so():
     from lib.core.config import TrainRequest
@@ -183,10 +199,20 @@ def test_inference_schedule_uses_the_same_unclamped_shift_as_training(tokens):
 
 # --- the reference's scale: only exact integer factors, as Lightricks' code ------------------
 
-@pytest.mark.parametrize("resolution, aspect, factor", [
-    ("low", "1:1", 2), ("medium", "16:9", 2), ("medium", "9:16", 2), ("high", "1:1", 2),
-    ("low", "16:9", 1), ("low", "9:16", 1), ("high", "16:9", 1), ("high", "9:16", 1),
-])
+
+@pytest.mark.parametrize(
+    "resolution, aspect, factor",
+    [
+        ("low", "1:1", 2),
+        ("medium", "16:9", 2),
+        ("medium", "9:16", 2),
+        ("high", "1:1", 2),
+        ("low", "16:9", 1),
+        ("low", "9:16", 1),
+        ("high", "16:9", 1),
+        ("high", "9:16", 1),
+    ],
+)
 def test_reference_downscale_is_exact_or_falls_back_to_1_and_the_outputs_record_it(resolution, aspect, factor):
     from lib.core.config import TrainRequest
     from lib.core.plan import plan_run
@@ -202,7 +228,7 @@ def test_reference_downscale_is_exact_or_falls_back_to_1_and_the_outputs_record_
     width, height = request.bucket
     assert reference_size(height, width, factor) == (height // factor, width // factor)
     assert (request.reference_downscale_note() is None) == (factor == 2)
-    from lib.train.memory_plan import latent_shapes   # the memory plan counts the reference actually encoded
+    from lib.train.memory_plan import latent_shapes  # the memory plan counts the reference actually encoded
 
     target, reference, _ = latent_shapes(request)
     assert reference == (target[0], target[1] // factor, target[2] // factor)
@@ -231,5 +257,10 @@ def test_a_validation_bucket_that_cannot_hold_the_trained_reference_scale_is_ref
     with pytest.raises(ValidationError, match="validation_resolution='high' with validation_aspect_ratio='16:9'"):
         TrainRequest(training_data_url="x.zip", validation=[sample], validation_aspect_ratio="16:9")
     # a training bucket that falls back to 1 lets any validation bucket through
-    TrainRequest(training_data_url="x.zip", validation=[sample], validation_aspect_ratio="16:9",
-                 resolution="low", aspect_ratio="16:9")
+    TrainRequest(
+        training_data_url="x.zip",
+        validation=[sample],
+        validation_aspect_ratio="16:9",
+        resolution="low",
+        aspect_ratio="16:9",
+    )

@@ -1,5 +1,6 @@
 """Downloads that a real deployment meets: presigned URLs (their secret never shown, their HTTP
 status named), plain HTTP servers without range support, and one request per attempt."""
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,9 @@ def files(tmp_path):
     """(base URL, served folder, the list of (method, path, Range header) the server saw)."""
     root, requests = tmp_path / "served", []
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_Files, requests=requests, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Files, requests=requests, directory=str(root))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root, requests
     server.shutdown()
@@ -83,22 +85,32 @@ def _leaks(*texts: str) -> list[str]:
 
 # -- the one redaction rule ---------------------------------------------------------------------
 
+
 def test_redaction_keeps_scheme_host_and_path_only():
-    assert redact_url(f"https://bucket.s3.amazonaws.com/data/anna.zip{QUERY}#part") == \
-        "https://bucket.s3.amazonaws.com/data/anna.zip"
+    assert (
+        redact_url(f"https://bucket.s3.amazonaws.com/data/anna.zip{QUERY}#part")
+        == "https://bucket.s3.amazonaws.com/data/anna.zip"
+    )
     assert redact_url("https://user:pa55@example.com:8443/a.zip?x=1") == "https://example.com:8443/a.zip"
     assert redact_url("s3://bucket/key.zip?versionId=abc") == "s3://bucket/key.zip"
     assert redact_url("/data/odd?name.zip") == "/data/odd?name.zip", "a local path is not a URL"
     assert redact_url("diffusers/LTX-2.3-Diffusers") == "diffusers/LTX-2.3-Diffusers"
     text = f"Could not download 'https://h/a.zip{QUERY}': see https://u:p@h/b?c=d, then file:///x/y"
     assert redact_text(text) == "Could not download 'https://h/a.zip': see https://h/b then file:///x/y"
-    document = {"training_data_url": f"https://h/a.zip{QUERY}", "rank": 8,
-                "validation": [{"video_url": f"https://h/v.mp4{QUERY}", "prompt": "a cat"}]}
-    assert redact_json(document) == {"training_data_url": "https://h/a.zip", "rank": 8,
-                                     "validation": [{"video_url": "https://h/v.mp4", "prompt": "a cat"}]}
+    document = {
+        "training_data_url": f"https://h/a.zip{QUERY}",
+        "rank": 8,
+        "validation": [{"video_url": f"https://h/v.mp4{QUERY}", "prompt": "a cat"}],
+    }
+    assert redact_json(document) == {
+        "training_data_url": "https://h/a.zip",
+        "rank": 8,
+        "validation": [{"video_url": "https://h/v.mp4", "prompt": "a cat"}],
+    }
 
 
 # -- presigned URLs: the real status, no secret -------------------------------------------------
+
 
 def test_presigned_url_403_names_the_status_and_hides_the_secret(files, tmp_path, debug_logs):
     """Before: `FileNotFoundError: … The URL contains glob characters: you maybe needed to pass
@@ -110,7 +122,7 @@ def test_presigned_url_403_names_the_status_and_hides_the_secret(files, tmp_path
     assert not isinstance(error, TransientDownloadError), "a 403 is not retried"
     assert "HTTP 403 Forbidden" in error.message and "glob" not in error.message, error.message
     assert f"{base}/forbidden/anna.zip" in error.message
-    shown = "".join(traceback.format_exception(error))   # what a log with a traceback would hold
+    shown = "".join(traceback.format_exception(error))  # what a log with a traceback would hold
     assert _leaks(error.message, str(error), repr(error), shown, debug_logs.text) == []
     assert list((tmp_path / "dl").iterdir()) == [], "no partial file left"
 
@@ -143,6 +155,7 @@ def test_check_cli_never_shows_a_presigned_urls_secret(files, sample_zip, tmp_pa
 
 # -- servers without range support --------------------------------------------------------------
 
+
 def _padded_sample(sample_zip, destination, padding_bytes: int):
     """The sample dataset plus a stored (incompressible) extra member: larger than fsspec's 5 MB
     read-ahead block, so a range-reading client must ask for a second range."""
@@ -171,6 +184,7 @@ def test_a_server_without_range_support_is_fetched_and_checked(files, sample_zip
 
 # -- one request per attempt, the same last message everywhere ----------------------------------
 
+
 def test_each_attempt_is_one_request_and_the_last_message_counts_them(files, tmp_path, monkeypatch):
     """A server answering 503: before, every attempt sent a HEAD and then a GET (and each waited
     out its own read time-out on a silent server)."""
@@ -180,8 +194,10 @@ def test_each_attempt_is_one_request_and_the_last_message_counts_them(files, tmp
     with pytest.raises(TransientDownloadError) as caught:
         fetch_with_retries(f"{base}/busy/anna.zip{QUERY}", tmp_path)
     assert [method for method, _, _ in requests] == ["GET"] * 3
-    assert caught.value.message == (f"Could not download {base}/busy/anna.zip: HTTP 503 Service Unavailable "
-                                    "(after 3 attempt(s), $AV2AV_DOWNLOAD_ATTEMPTS)")
+    assert caught.value.message == (
+        f"Could not download {base}/busy/anna.zip: HTTP 503 Service Unavailable "
+        "(after 3 attempt(s), $AV2AV_DOWNLOAD_ATTEMPTS)"
+    )
 
 
 @pytest.fixture
@@ -198,6 +214,7 @@ def counting_silent_server():
                 accepted.append(listener.accept())
             except OSError:
                 return
+
     threading.Thread(target=serve, daemon=True).start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
     listener.close()
@@ -227,20 +244,29 @@ def test_the_flows_last_download_message_counts_the_attempts(files, sample_zip, 
 
     base, _, requests = files
     monkeypatch.setattr(ingest, "fetch_training_data", ingest.fetch_training_data.with_options(retry_delay_seconds=0))
-    request = {"training_data_url": f"{base}/busy/anna.zip{QUERY}", "model": "tiny", "number_of_frames": 9,
-               "resolution": "low", "aspect_ratio": "16:9", "output_url": str(tmp_path / "out")}
+    request = {
+        "training_data_url": f"{base}/busy/anna.zip{QUERY}",
+        "model": "tiny",
+        "number_of_frames": 9,
+        "resolution": "low",
+        "aspect_ratio": "16:9",
+        "output_url": str(tmp_path / "out"),
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
     assert main(["train", "--config", str(tmp_path / "request.json")]) == 1
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     attempts = download_attempts()
-    assert lines[-1] == (f"Download failed: Could not download {base}/busy/anna.zip: HTTP 503 Service Unavailable "
-                         f"(after {attempts} attempt(s), $AV2AV_DOWNLOAD_ATTEMPTS)"), lines
+    assert lines[-1] == (
+        f"Download failed: Could not download {base}/busy/anna.zip: HTTP 503 Service Unavailable "
+        f"(after {attempts} attempt(s), $AV2AV_DOWNLOAD_ATTEMPTS)"
+    ), lines
     assert [method for method, _, _ in requests] == ["GET"] * attempts
     assert _leaks(err) == []
 
 
 # -- the train-lora flow: outputs, logs and stored parameters -----------------------------------
+
 
 def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_path, debug_logs):
     """The dataset's presigned URL given as `secret://NAME` (a Prefect Secret block), validation
@@ -249,8 +275,7 @@ def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_pat
     Python's http.server (no range support)."""
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, \
-        LogFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
     from flows.train_lora import train_lora
     from lib.core.config import TrainRequest
@@ -263,13 +288,28 @@ def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_pat
     make_clip(root / "r.mp4", 0.5, seed=6)
     Secret(value=f"{base}/sample.zip{QUERY}").save("av2av-test-presigned-data", overwrite=True)
     validation_query = f"?X-Amz-Signature={SECRET}v"
-    sample = {"prompt": "repl4ce", "video_url": f"{base}/s.mp4{validation_query}",
-              "mask_url": f"{base}/m.png{validation_query}", "reference_video_url": f"{base}/r.mp4{validation_query}"}
+    sample = {
+        "prompt": "repl4ce",
+        "video_url": f"{base}/s.mp4{validation_query}",
+        "mask_url": f"{base}/m.png{validation_query}",
+        "reference_video_url": f"{base}/r.mp4{validation_query}",
+    }
     out = tmp_path / "out"
-    request = TrainRequest(training_data_url="secret://av2av-test-presigned-data", model="tiny", number_of_steps=100,
-                           rank=8, number_of_frames=9, resolution="low", aspect_ratio="16:9", output_url=str(out),
-                           validation=[sample], validation_number_of_frames=9, validation_resolution="low",
-                           validation_aspect_ratio="16:9", validation_steps=2)
+    request = TrainRequest(
+        training_data_url="secret://av2av-test-presigned-data",
+        model="tiny",
+        number_of_steps=100,
+        rank=8,
+        number_of_frames=9,
+        resolution="low",
+        aspect_ratio="16:9",
+        output_url=str(out),
+        validation=[sample],
+        validation_number_of_frames=9,
+        validation_resolution="low",
+        validation_aspect_ratio="16:9",
+        validation_steps=2,
+    )
     state = train_lora(request, return_state=True)
     assert state.is_completed(), state.message
     assert ("GET", f"/sample.zip{QUERY}", None) in requests, "the Secret's URL was fetched as given"
@@ -280,9 +320,15 @@ def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_pat
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
-        artifacts = [str(a.data) for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))]
+        logs = [
+            log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        ]
+        artifacts = [
+            str(a.data)
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+        ]
     assert _leaks(*texts, *logs, *artifacts, debug_logs.text, run.name) == []
     parameters = json.dumps(run.parameters)
     assert "secret://av2av-test-presigned-data" in parameters and TOKEN not in parameters
@@ -291,5 +337,6 @@ def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_pat
 def test_an_unknown_secret_name_is_refused_naming_the_field(capfd):
     assert main(["check", "secret://av2av-test-no-such-block", *FAST]) == 1
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
-    assert lines[-1].startswith("Download failed: training_data_url: secret://av2av-test-no-such-block names no "
-                                "readable Prefect Secret block"), lines
+    assert lines[-1].startswith(
+        "Download failed: training_data_url: secret://av2av-test-no-such-block names no readable Prefect Secret block"
+    ), lines

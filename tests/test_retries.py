@@ -1,4 +1,5 @@
 """Retries heal network hiccups only: a 503 is retried, a 404 or a bad archive never is."""
+
 from __future__ import annotations
 
 import http.server

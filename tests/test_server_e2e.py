@@ -5,6 +5,7 @@ started through the REST API as a user (or the UI) would. The CPU flow must hand
 The two workers are set up as on two machines: each has its own local cache folder, and the only
 thing they share is the cache location, a bucket on a real S3 API (moto's server, on loopback).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from lib.core.cache import RECORD_SUFFIX
-
 from tests.e2e_helpers import BUCKET, resolve, tiny_request
 from tests.e2e_stack import FAILING_RUN_S, ROOT, TRAIN_RUN_S, Stack
 
@@ -46,8 +46,11 @@ def test_deployments_and_parameter_schema(stack):
     assert request_schema.get("additionalProperties") is False  # extra="forbid"
     properties = request_schema["properties"]
     assert {"training_data_url", "rank", "number_of_steps", "resolution", "validation", "output_url"} <= set(properties)
-    missing = {name: sorted({"title", "description"} - set(prop)) for name, prop in properties.items()
-               if not {"title", "description"} <= set(prop)}
+    missing = {
+        name: sorted({"title", "description"} - set(prop))
+        for name, prop in properties.items()
+        if not {"title", "description"} <= set(prop)
+    }
     assert not missing, f"request fields without title/description: {missing}"
     assert properties["training_data_url"]["title"] == "Training data URL"
     assert request_schema["required"] == ["training_data_url"]
@@ -60,13 +63,17 @@ def test_deployments_and_parameter_schema(stack):
     assert {"video_url", "mask_url", "reference_video_url"} <= set(sample["required"])
 
 
-@pytest.mark.parametrize("overrides", [{"rank": 12}, {"number_of_steps": 5}, {"resolution": "ultra"},
-                                       {"no_such_field": 1}], ids=["rank", "steps", "resolution", "extra-field"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"rank": 12}, {"number_of_steps": 5}, {"resolution": "ultra"}, {"no_such_field": 1}],
+    ids=["rank", "steps", "resolution", "extra-field"],
+)
 def test_invalid_parameters_refused_by_server(stack, overrides, tmp_path):
     train = stack.deployment("train-lora", "train-lora")
     before = len(stack.flow_runs(deployments={"id": {"any_": [train["id"]]}}))
-    response = stack.create_flow_run(train["id"], {"request": tiny_request(stack, "sample.zip", tmp_path / "out",
-                                                                            **overrides)})
+    response = stack.create_flow_run(
+        train["id"], {"request": tiny_request(stack, "sample.zip", tmp_path / "out", **overrides)}
+    )
     # Prefect answers a schema violation with 409 Conflict, "Error creating flow run: <jsonschema message>".
     assert response.status_code == 409, (response.status_code, response.text)
     assert "Error creating flow run" in response.json()["detail"], response.text
@@ -77,9 +84,13 @@ def test_schema_bypass_still_fails_in_the_flow(stack, tmp_path):
     """create_flow_run accepts `enforce_parameter_schema: false` from any caller; the flow's own
     pydantic validation must then refuse the request (Failed, before any work is done)."""
     train = stack.deployment("train-lora", "train-lora")
-    response = stack.client.post(f"/deployments/{train['id']}/create_flow_run", json={
-        "parameters": {"request": tiny_request(stack, "sample.zip", tmp_path / "out", rank=12)},
-        "enforce_parameter_schema": False})
+    response = stack.client.post(
+        f"/deployments/{train['id']}/create_flow_run",
+        json={
+            "parameters": {"request": tiny_request(stack, "sample.zip", tmp_path / "out", rank=12)},
+            "enforce_parameter_schema": False,
+        },
+    )
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], FAILING_RUN_S)
     assert run["state_type"] == "FAILED", stack.describe(run)
@@ -87,28 +98,44 @@ def test_schema_bypass_still_fails_in_the_flow(stack, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-VALIDATION_FIELDS = dict(validation_number_of_frames=9, validation_resolution="low", validation_aspect_ratio="16:9",
-                         validation_steps=4)
-CACHED = ("checks", "conformed", "validation", "latents")   # what a rerun with the same data must reuse
+VALIDATION_FIELDS = dict(
+    validation_number_of_frames=9, validation_resolution="low", validation_aspect_ratio="16:9", validation_steps=4
+)
+CACHED = ("checks", "conformed", "validation", "latents")  # what a rerun with the same data must reuse
 
 
 def _validation(stack: Stack) -> list[dict]:
-    return [{"prompt": "repl4ce the square", "video_url": f"{stack.base_url}/val_source.mp4",
-             "mask_url": f"{stack.base_url}/val_mask.png", "reference_video_url": f"{stack.base_url}/val_reference.mp4"}]
+    return [
+        {
+            "prompt": "repl4ce the square",
+            "video_url": f"{stack.base_url}/val_source.mp4",
+            "mask_url": f"{stack.base_url}/val_mask.png",
+            "reference_video_url": f"{stack.base_url}/val_reference.mp4",
+        }
+    ]
 
 
 def _files_under(folder: Path, part: str) -> list[str]:
     """Cache entries (not their .sha256 checksum records) under `part`."""
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
-                  if path.is_file() and part in path.parts and path.suffix != RECORD_SUFFIX)
+    return sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and part in path.parts and path.suffix != RECORD_SUFFIX
+    )
 
 
 def _train_into_bucket(stack: Stack, name: str) -> tuple[dict, dict]:
     """One train-lora run through the REST API with its outputs in the bucket: (run, result.json)."""
     train = stack.deployment("train-lora", "train-lora")
     started = time.monotonic()
-    response = stack.create_flow_run(train["id"], {"request": tiny_request(
-        stack, "sample.zip", f"s3://{BUCKET}/outputs/{name}", validation=_validation(stack), **VALIDATION_FIELDS)})
+    response = stack.create_flow_run(
+        train["id"],
+        {
+            "request": tiny_request(
+                stack, "sample.zip", f"s3://{BUCKET}/outputs/{name}", validation=_validation(stack), **VALIDATION_FIELDS
+            )
+        },
+    )
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], TRAIN_RUN_S)
     print(f"\n[e2e] train-lora run {run['name']} ({name}): {run['state_type']} after {time.monotonic() - started:.1f}s")
@@ -137,8 +164,9 @@ def test_train_lora_runs_on_both_pools(stack):
 
     with safe_open(str(downloaded / "lora.safetensors"), framework="pt") as lora:
         keys = list(lora.keys())
-    assert keys and all(k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
-                        for k in keys), keys[:10]
+    assert keys and all(
+        k.startswith("diffusion_model.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys
+    ), keys[:10]
     import av
 
     with av.open(str(downloaded / "validation.mp4")) as reel:
@@ -149,7 +177,9 @@ def test_train_lora_runs_on_both_pools(stack):
 
     # The heavy half ran as its own deployment run, on the gpu pool, in another process,
     # as a child of this run (run_deployment links it through a task run of the parent).
-    gpu_runs = stack.flow_runs(deployments={"id": {"any_": [gpu["id"]]}}, flow_runs={"name": {"any_": [f"{run['name']}-gpu"]}})
+    gpu_runs = stack.flow_runs(
+        deployments={"id": {"any_": [gpu["id"]]}}, flow_runs={"name": {"any_": [f"{run['name']}-gpu"]}}
+    )
     assert [r["state_type"] for r in gpu_runs] == ["COMPLETED"], [(r["name"], r["state_name"]) for r in gpu_runs]
     gpu_run = gpu_runs[0]
     assert gpu_run["work_pool_name"] == "gpu"
@@ -171,15 +201,20 @@ def test_train_lora_runs_on_both_pools(stack):
         assert (gpu_cache / clip["entry"]).is_file(), f"the GPU worker fetched {clip['entry']} from the bucket"
     assert len(_files_under(gpu_cache, "latents")) == 3 and not _files_under(cpu_cache, "latents")
     assert len(stack.bucket_entries("latents")) == 3
-    assert not stack.bucket_entries("runs") and not _files_under(cpu_cache, "runs") and \
-        not _files_under(gpu_cache, "runs")
+    assert (
+        not stack.bucket_entries("runs") and not _files_under(cpu_cache, "runs") and not _files_under(gpu_cache, "runs")
+    )
     assert stack.bucket_entries("prefect-results"), "Prefect's results are kept in the bucket as well"
 
     # The run the user started shows the work: the GPU run is named after it and linked from it,
     # and the training progress (log lines and the progress artifact) is mirrored onto it.
     assert gpu_run["name"] == f"{run['name']}-gpu"
-    artifacts = {a["key"]: a for a in stack.client.post("/artifacts/filter", json={
-        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()}
+    artifacts = {
+        a["key"]: a
+        for a in stack.client.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+        ).json()
+    }
     assert gpu_run["name"] in artifacts["gpu-run"]["data"]
     assert artifacts["training-progress"]["data"] == 100.0
     outputs = artifacts["training-outputs"]["data"]
@@ -192,13 +227,15 @@ def test_rerun_after_cleaning_both_local_caches_reuses_the_bucket(stack):
     """Both machines lose their local cache folder between two runs with the same data: the second
     run completes, refetching from the bucket; no cache entry is recomputed or rewritten."""
     before = stack.bucket_entries(*CACHED)
-    assert len(before) >= 3 + 4 + 1 + 3, sorted(before)   # checks (3 triplets), 2 clips + outcomes, 1 validation clip, latents
+    assert len(before) >= 3 + 4 + 1 + 3, sorted(
+        before
+    )  # checks (3 triplets), 2 clips + outcomes, 1 validation clip, latents
     for pool in ("cpu", "gpu"):
         shutil.rmtree(stack.local_cache(pool))
     run, result = _train_into_bucket(stack, "again")
     assert result["steps"] == 100 and result["accepted_triplets"] == 2
     assert stack.bucket_entries(*CACHED) == before, "every check, clip and latent came from the bucket"
-    assert len(_files_under(stack.local_cache("gpu"), "latents")) == 3   # refetched, not re-encoded
+    assert len(_files_under(stack.local_cache("gpu"), "latents")) == 3  # refetched, not re-encoded
     assert not stack.bucket_entries("runs")
 
 
@@ -246,11 +283,15 @@ def _assert_one_clear_line(stack: Stack, run: dict) -> None:
     assert f"{run['state_name']}: " in logs, logs
 
 
-@pytest.mark.parametrize("zip_name, overrides, state_name, text", [
-    ("missing.zip", {}, "DownloadFailed", "HTTP 404"),
-    ("sample.zip", {"model": "ltx-2.3"}, "ModelUnavailable", "diffusers/LTX-2.3-Diffusers"),
-    ("sample.zip", {"resume_from": "/nowhere/checkpoint.safetensors"}, "InvalidRequest", "resume_from"),
-], ids=["http-404", "model-unavailable", "resume-from-missing"])
+@pytest.mark.parametrize(
+    "zip_name, overrides, state_name, text",
+    [
+        ("missing.zip", {}, "DownloadFailed", "HTTP 404"),
+        ("sample.zip", {"model": "ltx-2.3"}, "ModelUnavailable", "diffusers/LTX-2.3-Diffusers"),
+        ("sample.zip", {"resume_from": "/nowhere/checkpoint.safetensors"}, "InvalidRequest", "resume_from"),
+    ],
+    ids=["http-404", "model-unavailable", "resume-from-missing"],
+)
 def test_refusals_end_named_with_one_clear_line(stack, zip_name, overrides, state_name, text):
     output = stack.root / "outputs" / state_name
     train = stack.deployment("train-lora", "train-lora")
@@ -270,9 +311,15 @@ def test_readme_python_snippet_runs_verbatim(stack):
     `export PREFECT_API_URL=...` the README asks for)."""
     readme = (ROOT / "README.md").read_text()
     snippet = readme.split("From Python:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    completed = subprocess.run([sys.executable, "-c", snippet], cwd=stack.root, env=stack.env,
-                               capture_output=True, text=True, timeout=FAILING_RUN_S)
+    completed = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=stack.root,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=FAILING_RUN_S,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Traceback" not in completed.stdout + completed.stderr
     name, state_name, *_ = completed.stdout.split()
-    assert state_name == "ModelUnavailable", completed.stdout   # no LTX-2.3 weights here, as expected
+    assert state_name == "ModelUnavailable", completed.stdout  # no LTX-2.3 weights here, as expected

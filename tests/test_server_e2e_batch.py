@@ -3,6 +3,7 @@ first run counts cache entries from an empty bucket): a manifest of three LoRAs 
 with a bad request) served over loopback; the changed entries train as `train-lora` runs through
 the deployment (CPU pool, then the GPU pool, one GPU run at a time); a rerun skips what did not
 change; changing one dataset retrains exactly that one."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from tests.e2e_stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-BATCH_RUN_S = 900   # two tiny trainings, one GPU at a time, on 2 slow cores
+BATCH_RUN_S = 900  # two tiny trainings, one GPU at a time, on 2 slow cores
 
 
 def _manifest(stack: Stack) -> str:
@@ -23,13 +24,23 @@ def _manifest(stack: Stack) -> str:
 
     make_sample_zip(stack.served / "batch_anna.zip", triplets=2, include_bad=False)
     make_sample_zip(stack.served / "batch_smoke.zip", triplets=2, include_bad=False, duration_s=1.2)
-    defaults = {"model": "tiny", "number_of_steps": 100, "rank": 8, "number_of_frames": 9, "resolution": "low",
-                "aspect_ratio": "16:9", "trigger_phrase": "repl4ce"}
-    entries = [{"name": "anna", "request": {"training_data_url": f"{stack.base_url}/batch_anna.zip"}},
-               {"name": "smoke", "request": {"training_data_url": f"{stack.base_url}/batch_smoke.zip"}},
-               {"name": "broken", "request": {"training_data_url": f"{stack.base_url}/batch_anna.zip", "rank": 12}}]
-    (stack.served / "manifest.json").write_text(json.dumps(
-        {"output_url": f"s3://{BUCKET}/batch", "defaults": defaults, "entries": entries}))
+    defaults = {
+        "model": "tiny",
+        "number_of_steps": 100,
+        "rank": 8,
+        "number_of_frames": 9,
+        "resolution": "low",
+        "aspect_ratio": "16:9",
+        "trigger_phrase": "repl4ce",
+    }
+    entries = [
+        {"name": "anna", "request": {"training_data_url": f"{stack.base_url}/batch_anna.zip"}},
+        {"name": "smoke", "request": {"training_data_url": f"{stack.base_url}/batch_smoke.zip"}},
+        {"name": "broken", "request": {"training_data_url": f"{stack.base_url}/batch_anna.zip", "rank": 12}},
+    ]
+    (stack.served / "manifest.json").write_text(
+        json.dumps({"output_url": f"s3://{BUCKET}/batch", "defaults": defaults, "entries": entries})
+    )
     return f"{stack.base_url}/manifest.json"
 
 
@@ -43,8 +54,10 @@ def _run_batch(stack: Stack, manifest_url: str) -> tuple[dict, dict[str, dict]]:
     assert response.status_code == 201, response.text
     run = stack.wait_flow_run(response.json()["id"], BATCH_RUN_S)
     print(f"\n[e2e] retrain-batch run {run['name']}: {run['state_type']} after {time.monotonic() - started:.1f}s")
-    artifacts = stack.client.post("/artifacts/filter", json={"artifacts": {
-        "flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["batch-summary"]}}}).json()
+    artifacts = stack.client.post(
+        "/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["batch-summary"]}}},
+    ).json()
     assert len(artifacts) == 1, stack.describe(run)
     data = artifacts[0]["data"]
     rows = json.loads(data) if isinstance(data, str) else data
@@ -83,16 +96,22 @@ def test_batch_trains_changed_entries_only(stack):
     print(f"[e2e] GPU runs {first[0]:%H:%M:%S}-{first[1]:%H:%M:%S} and {second[0]:%H:%M:%S}-{second[1]:%H:%M:%S}")
 
     runs_before = {r["id"] for r in _train_runs(stack)}
-    run, rows = _run_batch(stack, manifest_url)          # nothing changed
+    run, rows = _run_batch(stack, manifest_url)  # nothing changed
     assert {e: r["status"] for e, r in rows.items()} == {
-        "anna": "skipped-unchanged", "smoke": "skipped-unchanged", "broken": "invalid"}
+        "anna": "skipped-unchanged",
+        "smoke": "skipped-unchanged",
+        "broken": "invalid",
+    }
     assert sum(r["billing_units"] for r in rows.values()) == 0
     assert {r["id"] for r in _train_runs(stack)} == runs_before, "nothing trained"
 
     from lib.media.synthetic import make_sample_zip
 
-    make_sample_zip(stack.served / "batch_smoke.zip", triplets=3, include_bad=False)   # new data for one
+    make_sample_zip(stack.served / "batch_smoke.zip", triplets=3, include_bad=False)  # new data for one
     run, rows = _run_batch(stack, manifest_url)
-    assert {e: r["status"] for e, r in rows.items()} == {"anna": "skipped-unchanged", "smoke": "trained",
-                                                        "broken": "invalid"}
+    assert {e: r["status"] for e, r in rows.items()} == {
+        "anna": "skipped-unchanged",
+        "smoke": "trained",
+        "broken": "invalid",
+    }
     assert [r["name"] for r in _train_runs(stack) if r["id"] not in runs_before] == [f"nightly-smoke-{today}"]

@@ -3,6 +3,7 @@
 Two synthetic triplets are conformed (17 frames, 512x288) and encoded once per session
 (tests/training_fixtures.py); every test trains a deep copy of the same base transformer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +15,28 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lib.model.conditioning import (REFERENCE_AUDIO_GAP_S, TIMESTEP_SCALE, ConditioningSettings, build_inputs,
-                              masked_loss, pack_audio, pack_video, predict)
+from lib.model.conditioning import (
+    REFERENCE_AUDIO_GAP_S,
+    TIMESTEP_SCALE,
+    ConditioningSettings,
+    build_inputs,
+    masked_loss,
+    pack_audio,
+    pack_video,
+    predict,
+)
 from lib.train.lora_io import PREFIX, TARGET_MODULES, read_lora, save_lora
 from lib.train.training import TrainSettings, train, training_step
-from tests.training_fixtures import (train_fresh, CPU, evaluation_loss, fixed_draw, fixed_inputs, fresh_transformer,
-                                     single_thread, training_data)
+from tests.training_fixtures import (
+    CPU,
+    evaluation_loss,
+    fixed_draw,
+    fixed_inputs,
+    fresh_transformer,
+    single_thread,
+    train_fresh,
+    training_data,
+)
 
 __all__ = ["single_thread", "training_data"]  # fixtures, imported so pytest finds them here
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -28,27 +45,33 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def _targeted_linear_names(transformer) -> list[str]:
     """Linear modules peft's suffix rule selects for TARGET_MODULES (name == t or ends with '.t')."""
-    return [name for name, module in transformer.named_modules()
-            if isinstance(module, torch.nn.Linear)
-            and any(name == target or name.endswith(f".{target}") for target in TARGET_MODULES)]
+    return [
+        name
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and any(name == target or name.endswith(f".{target}") for target in TARGET_MODULES)
+    ]
 
 
 # --- 1. overfitting -------------------------------------------------------------------------
 
+
 def test_overfits_two_triplets(training_data):
     transformer = fresh_transformer(training_data)
     before = evaluation_loss(transformer, training_data.examples)
-    result = train(transformer, training_data.examples,
-                   TrainSettings(rank=32, learning_rate=1e-2, steps=120, seed=0))
+    result = train(transformer, training_data.examples, TrainSettings(rank=32, learning_rate=1e-2, steps=120, seed=0))
     after = evaluation_loss(transformer, training_data.examples)
     drop = 1 - after / before
-    print(f"fixed-draw loss {before:.3f} -> {after:.3f} ({100 * drop:.1f} % drop); "
-          f"training loss first 10 {sum(result.losses[:10]) / 10:.3f}, last 10 {sum(result.losses[-10:]) / 10:.3f}")
+    print(
+        f"fixed-draw loss {before:.3f} -> {after:.3f} ({100 * drop:.1f} % drop); "
+        f"training loss first 10 {sum(result.losses[:10]) / 10:.3f}, last 10 {sum(result.losses[-10:]) / 10:.3f}"
+    )
     assert len(result.losses) == 120 and all(map(math.isfinite, result.losses))
     assert drop >= 0.5, (before, after)
 
 
 # --- 2. masking -----------------------------------------------------------------------------
+
 
 class _LeafOutputs:
     """Stands in for the model in `predict`: runs the transformer, returns its FULL outputs
@@ -76,12 +99,12 @@ def test_loss_gradient_is_zero_at_kept_and_reference_tokens(training_data):
         loss.backward()
         video_grad, audio_grad = recorder.video.grad[0], recorder.audio.grad[0]
         assert video_grad.shape[0] == 2 * video_tokens and audio_grad.shape[0] == 2 * audio_tokens
-        target_grad = video_grad[video_tokens:]                           # [reference | target]
-        assert torch.count_nonzero(video_grad[:video_tokens]) == 0        # reference video
-        assert torch.count_nonzero(target_grad[~regenerated]) == 0        # kept target video
-        assert (target_grad[regenerated].abs().sum(dim=1) > 0).all()      # every regenerated token
-        assert torch.count_nonzero(audio_grad[:audio_tokens]) == 0        # reference audio
-        assert (audio_grad[audio_tokens:].abs().sum(dim=1) > 0).all()     # every target audio token
+        target_grad = video_grad[video_tokens:]  # [reference | target]
+        assert torch.count_nonzero(video_grad[:video_tokens]) == 0  # reference video
+        assert torch.count_nonzero(target_grad[~regenerated]) == 0  # kept target video
+        assert (target_grad[regenerated].abs().sum(dim=1) > 0).all()  # every regenerated token
+        assert torch.count_nonzero(audio_grad[:audio_tokens]) == 0  # reference audio
+        assert (audio_grad[audio_tokens:].abs().sum(dim=1) > 0).all()  # every target audio token
 
 
 def test_kept_region_targets_carry_no_loss(training_data):
@@ -108,6 +131,7 @@ def test_kept_region_targets_carry_no_loss(training_data):
 
     def ignoring_mask(inputs):
         return dataclasses.replace(inputs, video_mask=torch.ones_like(inputs.video_mask))
+
     assert masked_loss(video, audio, ignoring_mask(changed))[0] != masked_loss(video, audio, ignoring_mask(original))[0]
 
     regenerated_shift = example.target_video + 3.0 * example.video_mask[None].float()
@@ -123,15 +147,18 @@ def test_reference_conditions_the_prediction(training_data):
     with torch.no_grad():
         video, audio = predict(base, build_inputs(base, first, *draw))
         again_video, again_audio = predict(base, build_inputs(base, first, *draw))
-        swapped_video, _ = predict(base, build_inputs(
-            base, dataclasses.replace(first, reference_video=second.reference_video), *draw))
-        _, swapped_audio = predict(base, build_inputs(
-            base, dataclasses.replace(first, reference_audio=second.reference_audio), *draw))
+        swapped_video, _ = predict(
+            base, build_inputs(base, dataclasses.replace(first, reference_video=second.reference_video), *draw)
+        )
+        _, swapped_audio = predict(
+            base, build_inputs(base, dataclasses.replace(first, reference_audio=second.reference_audio), *draw)
+        )
     assert torch.equal(video, again_video) and torch.equal(audio, again_audio)
     video_change = (swapped_video - video).abs().max().item()
     audio_change = (swapped_audio - audio).abs().max().item()
-    print(f"max change at target tokens: reference video swap {video_change:.3g}, "
-          f"reference audio swap {audio_change:.3g}")
+    print(
+        f"max change at target tokens: reference video swap {video_change:.3g}, reference audio swap {audio_change:.3g}"
+    )
     assert video_change > 1e-3 and audio_change > 1e-3
 
 
@@ -197,7 +224,9 @@ def test_model_inputs_layout(training_data):
     assert torch.equal(audio_coords[na:], target_audio_coords) and torch.equal(audio_coords[:na], target_audio_coords)
 
     # "before": strictly before the target, ending GAP seconds before 0, same spacing
-    before = build_inputs(base, example, *draw, conditioning=ConditioningSettings("before")).kwargs["audio_coords"][0, 0]
+    before = build_inputs(base, example, *draw, conditioning=ConditioningSettings("before")).kwargs["audio_coords"][
+        0, 0
+    ]
     assert torch.equal(before[na:], target_audio_coords)
     assert (before[:na] < 0).all()
     assert before[:na, 1].max().item() == pytest.approx(-REFERENCE_AUDIO_GAP_S, abs=1e-6)
@@ -216,13 +245,14 @@ def test_half_resolution_reference_covers_the_target_frame(training_data):
         inputs = build_inputs(base, example, *draw)
         tokens[name] = inputs.kwargs["hidden_states"].shape[1] - inputs.video_tokens
         coords = inputs.kwargs["video_coords"][0]
-        reference, target = coords[:, : tokens[name]], coords[:, tokens[name]:]
+        reference, target = coords[:, : tokens[name]], coords[:, tokens[name] :]
         assert reference[1:].max() == target[1:].max() and reference[1:].min() == target[1:].min()
-        assert torch.equal(reference[0].unique(), target[0].unique())   # same frames in time
+        assert torch.equal(reference[0].unique(), target[0].unique())  # same frames in time
     assert tokens["half"] * 4 == tokens["full"] == 3 * 8 * 8
 
 
 # --- 3. reproducibility ---------------------------------------------------------------------
+
 
 def _trained_lora_bytes(data, seed: int, path: Path, global_seed: int) -> bytes:
     torch.manual_seed(global_seed)  # the run must not depend on the global RNG
@@ -245,13 +275,19 @@ def test_same_seed_same_lora_bytes(training_data, tmp_path):
 
 # --- 4. the LoRA file -----------------------------------------------------------------------
 
+
 def test_lora_file_loads_into_diffusers_pipeline(training_data, tmp_path):
     from lib.model import build_tiny, to_pipeline
 
     rank = 8
     transformer, _ = train_fresh(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))
-    path = save_lora(transformer, tmp_path / "lora.safetensors", rank, {"base_model": "tiny", "trigger_phrase": "x"},
-                     dtype=torch.float32)
+    path = save_lora(
+        transformer,
+        tmp_path / "lora.safetensors",
+        rank,
+        {"base_model": "tiny", "trigger_phrase": "x"},
+        dtype=torch.float32,
+    )
 
     tensors, info = read_lora(path)
     targeted = _targeted_linear_names(training_data.components.transformer)
@@ -275,7 +311,9 @@ def test_lora_file_loads_into_diffusers_pipeline(training_data, tmp_path):
             base = training_data.components.transformer(**inputs.kwargs)
         loaded_diff = max((a - b).abs().max().item() for a, b in zip(trained, loaded))
         base_diff = min((a - b).abs().max().item() for a, b in zip(trained, base))
-        print(f"max |diffusers-loaded - peft| = {loaded_diff:.3g}; min over modalities of "
-              f"max |peft - base| = {base_diff:.3g}")
+        print(
+            f"max |diffusers-loaded - peft| = {loaded_diff:.3g}; min over modalities of "
+            f"max |peft - base| = {base_diff:.3g}"
+        )
         assert loaded_diff <= 1e-5
         assert base_diff > 1e-3

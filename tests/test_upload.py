@@ -1,5 +1,6 @@
 """Publishing outputs through fsspec: everything lands, result.json last and truthful; a failing
 filesystem leaves no result.json."""
+
 from __future__ import annotations
 
 import errno
@@ -10,15 +11,19 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from lib.core.storage import sha256_file
 from lib.core.errors import TransientUploadError, UploadError
+from lib.core.storage import sha256_file
 from lib.publish.upload import RESULT_NAME, upload_outputs
 
 
 @pytest.fixture
 def files(tmp_path):
     made = {}
-    for name, data in {"lora.safetensors": b"\x01" * 1000, "config.json": b"{}", "validation.mp4": b"\x00" * 5000}.items():
+    for name, data in {
+        "lora.safetensors": b"\x01" * 1000,
+        "config.json": b"{}",
+        "validation.mp4": b"\x00" * 5000,
+    }.items():
         (tmp_path / name).write_bytes(data)
         made[name] = tmp_path / name
     return made
@@ -57,8 +62,9 @@ class FlakyMemory(MemoryFileSystem):
         return super().mv(path1, path2, **kwargs)
 
 
-@pytest.mark.parametrize("failure, kind", [(ConnectionResetError("reset"), TransientUploadError),
-                                           (PermissionError("denied"), UploadError)])
+@pytest.mark.parametrize(
+    "failure, kind", [(ConnectionResetError("reset"), TransientUploadError), (PermissionError("denied"), UploadError)]
+)
 def test_failing_filesystem_leaves_no_result(files, failure, kind):
     fsspec.register_implementation("flaky", FlakyMemory, clobber=True)
     FlakyMemory.failure = failure
@@ -96,15 +102,17 @@ def test_a_failed_rerun_removes_the_earlier_result_and_leaves_nothing_of_its_own
     FullDisk.full = False
     upload_outputs(files, "fulldisk://runs/nightly", {"billing_units": 100, "night": 1})
     assert RESULT_NAME in [Path(name).name for name in FullDisk().ls("fulldisk://runs/nightly", detail=False)]
-    FullDisk.full = True   # the next night
+    FullDisk.full = True  # the next night
     with pytest.raises(UploadError) as caught:
         upload_outputs(files, "fulldisk://runs/nightly", {"billing_units": 100, "night": 2})
-    assert caught.value.message == ("Could not upload the outputs to fulldisk://runs/nightly: the location is full "
-                                    "(No space left on device; the outputs need 0.0 MB). Nothing of this attempt is "
-                                    "left there.")
+    assert caught.value.message == (
+        "Could not upload the outputs to fulldisk://runs/nightly: the location is full "
+        "(No space left on device; the outputs need 0.0 MB). Nothing of this attempt is "
+        "left there."
+    )
     left = {Path(name).name for name in FullDisk().ls("fulldisk://runs/nightly", detail=False)}
-    assert RESULT_NAME not in left   # no stale result.json describing files that are not there
-    assert left == {"validation.mp4"}   # last night's, untouched; tonight's lora and config were removed
+    assert RESULT_NAME not in left  # no stale result.json describing files that are not there
+    assert left == {"validation.mp4"}  # last night's, untouched; tonight's lora and config were removed
 
 
 def test_an_upload_cut_short_is_caught_by_its_size(files):

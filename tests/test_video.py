@@ -1,4 +1,5 @@
 """Behaviour of lib.media.video on the real quirky media and on synthetic clips with known content."""
+
 from __future__ import annotations
 
 import math
@@ -7,27 +8,43 @@ import av
 import numpy as np
 import pytest
 
-from lib.media.encode import write_wav
 from lib.core.errors import MediaError
+from lib.media.encode import write_wav
 from lib.media.video import (
-    frame_times, probe, read_frames,
+    frame_times,
+    probe,
+    read_frames,
 )
-
-from tests.media_helpers import (IPHONE, BUNNY_ROT, ROT90, ROT180_VFR, TRANSPOSE, SAR_2_1, EDIT_LIST, SCREENREC, HEVC_FULL_RANGE, AV1_10BIT, first_coded_frame)
-
+from tests.media_helpers import (
+    AV1_10BIT,
+    BUNNY_ROT,
+    EDIT_LIST,
+    HEVC_FULL_RANGE,
+    IPHONE,
+    ROT90,
+    ROT180_VFR,
+    SAR_2_1,
+    SCREENREC,
+    TRANSPOSE,
+    first_coded_frame,
+)
 
 # --- geometry and orientation of the real files -------------------------------------------
 
-@pytest.mark.parametrize("name, width, height, rotation, mirrored", [
-    (BUNNY_ROT, 1080, 1920, 90, False),      # ffprobe rotation -90 -> 90 deg clockwise
-    (IPHONE, 1080, 1920, 90, False),
-    (ROT90, 720, 1280, 270, False),          # ffprobe rotation +90 -> 90 deg counter-clockwise
-    (ROT180_VFR, 1280, 720, 180, False),
-    (TRANSPOSE, 720, 1080, 90, True),        # matrix [[0,1],[1,0]]
-    (SAR_2_1, 1280, 360, 0, False),
-    (EDIT_LIST, 853, 480, 0, False),         # SAR 1280:1281
-    ("vp9_noaudio_161x121_29.97fps_1s.webm", 161, 121, 0, False),
-])
+
+@pytest.mark.parametrize(
+    "name, width, height, rotation, mirrored",
+    [
+        (BUNNY_ROT, 1080, 1920, 90, False),  # ffprobe rotation -90 -> 90 deg clockwise
+        (IPHONE, 1080, 1920, 90, False),
+        (ROT90, 720, 1280, 270, False),  # ffprobe rotation +90 -> 90 deg counter-clockwise
+        (ROT180_VFR, 1280, 720, 180, False),
+        (TRANSPOSE, 720, 1080, 90, True),  # matrix [[0,1],[1,0]]
+        (SAR_2_1, 1280, 360, 0, False),
+        (EDIT_LIST, 853, 480, 0, False),  # SAR 1280:1281
+        ("vp9_noaudio_161x121_29.97fps_1s.webm", 161, 121, 0, False),
+    ],
+)
 def test_display_geometry(media, name, width, height, rotation, mirrored):
     info = probe(media / name)
     assert (info.display_width, info.display_height) == (width, height)
@@ -36,12 +53,15 @@ def test_display_geometry(media, name, width, height, rotation, mirrored):
     assert frames.shape == (1, height, width, 3) and frames.dtype == np.uint8
 
 
-@pytest.mark.parametrize("name, orient", [
-    (IPHONE, lambda a: np.rot90(a, -1)),
-    (ROT90, lambda a: np.rot90(a, 1)),
-    (ROT180_VFR, lambda a: a[::-1, ::-1]),
-    (TRANSPOSE, lambda a: a.transpose(1, 0, 2)),
-])
+@pytest.mark.parametrize(
+    "name, orient",
+    [
+        (IPHONE, lambda a: np.rot90(a, -1)),
+        (ROT90, lambda a: np.rot90(a, 1)),
+        (ROT180_VFR, lambda a: a[::-1, ::-1]),
+        (TRANSPOSE, lambda a: a.transpose(1, 0, 2)),
+    ],
+)
 def test_display_frame_is_the_coded_frame_oriented_like_ffmpeg(media, name, orient):
     coded = first_coded_frame(media / name)
     shown = read_frames(media / name, np.zeros(1), None).frames[0].astype(int)
@@ -59,11 +79,21 @@ def test_iphone_portrait_clip_is_upright(media):
     assert (top[..., 2] - top[..., 0]).mean() > 30  # blue sky
 
 
-@pytest.mark.parametrize("degrees, hflip, vflip", [
-    (0, False, False), (0, True, False), (0, False, True), (90, False, False),
-    (90, True, False), (180, False, False), (180, False, True), (270, False, False),
-    (270, True, False), (-90, False, True),
-])
+@pytest.mark.parametrize(
+    "degrees, hflip, vflip",
+    [
+        (0, False, False),
+        (0, True, False),
+        (0, False, True),
+        (90, False, False),
+        (90, True, False),
+        (180, False, False),
+        (180, False, True),
+        (270, False, False),
+        (270, True, False),
+        (-90, False, True),
+    ],
+)
 def test_synthetic_display_matrix(tmp_path, degrees, hflip, vflip):
     # PyAV documents set_display_rotation as: rotate counter-clockwise, then mirror; that is
     # also what ffmpeg -autorotate shows. A lossless asymmetric pattern pins the direction.
@@ -93,6 +123,7 @@ def test_sar_is_corrected_by_stretching_width(media):
 
 # --- pixel formats --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", [IPHONE, AV1_10BIT])
 def test_ten_bit_decodes_to_sane_uint8(media, name):
     frames = read_frames(media / name, frame_times(3, 30), (128, 128)).frames
@@ -113,6 +144,7 @@ def test_full_range_is_not_crushed(media):
 
 
 # --- failures ---------------------------------------------------------------------------------------
+
 
 def test_still_image_is_not_a_video(media):
     with pytest.raises(MediaError) as error:
@@ -147,8 +179,13 @@ def test_corrupt_stream_is_undecodable(media, tmp_path):
 
 
 def test_durations_of_real_files(media):
-    cases = {SCREENREC: 8.726, ROT180_VFR: 2.38, AV1_10BIT: 4.238, "mpeg4_mp3_960x400_23.976fps_4.1s.avi": 4.087,
-             "vp8_vorbis_1280x720_24fps_1s.webm": 1.0}
+    cases = {
+        SCREENREC: 8.726,
+        ROT180_VFR: 2.38,
+        AV1_10BIT: 4.238,
+        "mpeg4_mp3_960x400_23.976fps_4.1s.avi": 4.087,
+        "vp8_vorbis_1280x720_24fps_1s.webm": 1.0,
+    }
     for name, seconds in cases.items():
         assert probe(media / name).duration_s == pytest.approx(seconds, abs=0.01), name
     assert math.isclose(probe(media / SAR_2_1).avg_fps, 30)

@@ -1,20 +1,36 @@
 """Picking frames by presentation time: VFR, unsorted and out-of-range times, edit lists, container
 timestamps, and stopping early (lib/media/video.py)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from lib.media.encode import write_video
 from lib.media.video import (
-    frame_times, iter_display_frames, probe, read_frames, stretched_frame_times,
+    frame_times,
+    iter_display_frames,
+    probe,
+    read_frames,
+    stretched_frame_times,
+)
+from tests.media_helpers import (
+    BUNNY_ROT,
+    EDIT_LIST,
+    HEVC_FULL_RANGE,
+    IPHONE,
+    MASK_VIDEO,
+    MKV_MS,
+    NO_DURATION,
+    ROT180_VFR,
+    SCREENREC,
+    TRANSPOSE,
+    expected_indices,
+    presentation_times,
 )
 
-from tests.media_helpers import (IPHONE, BUNNY_ROT, ROT180_VFR, TRANSPOSE, EDIT_LIST, SCREENREC, HEVC_FULL_RANGE, NO_DURATION, MKV_MS, MASK_VIDEO, expected_indices, presentation_times)
-
-
 # --- time-based picking -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, seconds", [(ROT180_VFR, 2.4), (SCREENREC, 2.0)])
 def test_vfr_frames_are_picked_by_presentation_time(media, name, seconds):
@@ -22,16 +38,16 @@ def test_vfr_frames_are_picked_by_presentation_time(media, name, seconds):
     sampled = read_frames(media / name, times, (64, 64))
     assert np.all(np.diff(sampled.source_indices) >= 0)
     assert len(np.unique(sampled.source_indices)) < len(times)  # sparse source -> repeats
-    np.testing.assert_array_equal(sampled.source_indices,
-                                  expected_indices(presentation_times(media / name), times))
+    np.testing.assert_array_equal(sampled.source_indices, expected_indices(presentation_times(media / name), times))
 
 
 def test_times_need_not_be_sorted(media):
     times = np.array([0.5, 0.0, 0.25, 0.5, -1.0])
     sampled = read_frames(media / ROT180_VFR, times, (32, 32))
-    np.testing.assert_array_equal(sampled.source_indices,
-                                  expected_indices(presentation_times(media / ROT180_VFR), times))
-    assert sampled.source_indices[1] == sampled.source_indices[4] == 0   # before the first frame: the first
+    np.testing.assert_array_equal(
+        sampled.source_indices, expected_indices(presentation_times(media / ROT180_VFR), times)
+    )
+    assert sampled.source_indices[1] == sampled.source_indices[4] == 0  # before the first frame: the first
     np.testing.assert_array_equal(sampled.frames[0], sampled.frames[3])
 
 
@@ -89,19 +105,22 @@ def _index_clip(n: int, height: int = 48, width: int = 64) -> np.ndarray:
     return frames
 
 
-@pytest.mark.parametrize("codec, suffix, fps, read_fps", [
-    ("ffv1", ".mkv", 25.0, 24.0),
-    ("h264", ".mp4", 30.0, 24.0),
-    # Matroska rounds pts to whole ms; sampling at the source rate must still give every frame once.
-    ("ffv1", ".mkv", 30000 / 1001, 30000 / 1001),
-])
+@pytest.mark.parametrize(
+    "codec, suffix, fps, read_fps",
+    [
+        ("ffv1", ".mkv", 25.0, 24.0),
+        ("h264", ".mp4", 30.0, 24.0),
+        # Matroska rounds pts to whole ms; sampling at the source rate must still give every frame once.
+        ("ffv1", ".mkv", 30000 / 1001, 30000 / 1001),
+    ],
+)
 def test_synthetic_clip_sampled_by_time(tmp_path, codec, suffix, fps, read_fps):
     source = _index_clip(30)
     path = tmp_path / f"index{suffix}"
     write_video(path, source, fps, codec=codec)
     times = frame_times(int(30 / fps * read_fps), read_fps)
     sampled = read_frames(path, times, None)
-    expected = np.minimum(np.floor(times * fps + 0.5 + 1e-6).astype(np.int64), len(source) - 1)   # nearest frame
+    expected = np.minimum(np.floor(times * fps + 0.5 + 1e-6).astype(np.int64), len(source) - 1)  # nearest frame
     np.testing.assert_array_equal(sampled.source_indices, expected)
     error = np.abs(sampled.frames.astype(int) - source[expected]).max()
     assert error == 0 if codec == "ffv1" else error <= 4

@@ -3,6 +3,7 @@
 
 Tests must never mutate `TrainingData.components`: train on `fresh_transformer(data)`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.model.conditioning import Example, ModelInputs, build_inputs, pack_audio
-from lib.model import Components
 from lib.core.cache import Cache
 from lib.core.storage import FileRef
+from lib.model import Components
+from lib.model.conditioning import Example, ModelInputs, build_inputs, pack_audio
 
 CPU = torch.device("cpu")
 FRAMES, WIDTH, HEIGHT = 17, 512, 288
@@ -24,10 +25,10 @@ FRAMES, WIDTH, HEIGHT = 17, 512, 288
 
 @dataclass
 class TrainingData:
-    components: Components          # the base tiny model (no LoRA); read-only for tests
-    cache_root: Path                # holds conformed/ and latents/
-    clips: list[FileRef]            # conformed clips (encode_clip's input)
-    latents: list[FileRef]          # their cached latent files
+    components: Components  # the base tiny model (no LoRA); read-only for tests
+    cache_root: Path  # holds conformed/ and latents/
+    clips: list[FileRef]  # conformed clips (encode_clip's input)
+    latents: list[FileRef]  # their cached latent files
     examples: list[Example]
 
 
@@ -41,8 +42,15 @@ def conform_sample_triplets(folder: Path, count: int = 2) -> tuple[Path, list[Fi
     zip_path = make_sample_zip(folder / "sample.zip", triplets=count, include_bad=False)
     names = safe_extract(zip_path, folder / "extracted")
     triplets = triplets_from_manifest(match_triplets(names).manifest, folder / "extracted")
-    settings = ConformSettings(number_of_frames=FRAMES, frame_rate=24, width=WIDTH, height=HEIGHT,
-                               auto_scale_input=False, audio_normalize=True, audio_preserve_pitch=True)
+    settings = ConformSettings(
+        number_of_frames=FRAMES,
+        frame_rate=24,
+        width=WIDTH,
+        height=HEIGHT,
+        auto_scale_input=False,
+        audio_normalize=True,
+        audio_preserve_pitch=True,
+    )
     cache_root = folder / "cache"
     results = [conform_triplet(t, check_triplet(t), settings, Cache.at(cache_root)) for t in triplets]
     assert [r.status for r in results] == ["accepted"] * count, [r.message for r in results]
@@ -69,15 +77,20 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def training_data(tmp_path_factory) -> TrainingData:
-    from lib.model.encoding import encode_clip, load_example
     from lib.model import build_tiny
+    from lib.model.encoding import encode_clip, load_example
 
     cache_root, clips = conform_sample_triplets(tmp_path_factory.mktemp("training-data"))
     components = build_tiny()
     with torch_threads(1):
         latents = [encode_clip(components, clip, Cache.at(cache_root)) for clip in clips]
-    return TrainingData(components=components, cache_root=cache_root, clips=clips, latents=latents,
-                        examples=[load_example(ref.path) for ref in latents])
+    return TrainingData(
+        components=components,
+        cache_root=cache_root,
+        clips=clips,
+        latents=latents,
+        examples=[load_example(ref.path) for ref in latents],
+    )
 
 
 def fresh_transformer(data: TrainingData):
@@ -85,8 +98,9 @@ def fresh_transformer(data: TrainingData):
     return copy.deepcopy(data.components.transformer)
 
 
-def fixed_draw(example: Example, seed: int = 0, video_sigma: float = 0.7,
-               audio_sigma: float = 0.6) -> tuple[torch.Tensor, ...]:
+def fixed_draw(
+    example: Example, seed: int = 0, video_sigma: float = 0.7, audio_sigma: float = 0.6
+) -> tuple[torch.Tensor, ...]:
     """Noise levels and noise for one example, independent of any training generator."""
     generator = torch.Generator().manual_seed(seed)
     tokens = example.video_mask.numel()
@@ -105,13 +119,19 @@ def evaluation_loss(transformer, examples: list[Example], draws: int = 16, seed:
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        losses = [training_step(transformer, transformer, examples, generator, CPU)[0].item()
-                  for _ in range(draws)]
+        losses = [training_step(transformer, transformer, examples, generator, CPU)[0].item() for _ in range(draws)]
     return sum(losses) / len(losses)
 
 
-def synthetic_example(components: Components, frames: int = 2, height: int = 2, width: int = 3,
-                      audio_latents: int = 5, seed: int = 0, reference_scale: int = 1) -> Example:
+def synthetic_example(
+    components: Components,
+    frames: int = 2,
+    height: int = 2,
+    width: int = 3,
+    audio_latents: int = 5,
+    seed: int = 0,
+    reference_scale: int = 1,
+) -> Example:
     """A random-latent example with the preset's shapes (no encoding), for forward-pass checks."""
     from lib.model import model_spec
 
@@ -123,15 +143,21 @@ def synthetic_example(components: Components, frames: int = 2, height: int = 2, 
     length, width_text = spec["max_sequence_length"], components.transformer.config.cross_attention_dim
     mask = torch.zeros(frames, height, width, dtype=torch.bool)
     mask[:, : max(1, height // 2)] = True
-    return Example(target_video=torch.randn(video_shape, generator=generator),
-                   reference_video=torch.randn(reference_shape, generator=generator),
-                   target_audio=torch.randn(audio_shape, generator=generator),
-                   reference_audio=torch.randn(audio_shape, generator=generator), video_mask=mask,
-                   text={"encoder_hidden_states": torch.randn(1, length, width_text, generator=generator),
-                         "audio_encoder_hidden_states": torch.randn(
-                             1, length, components.transformer.config.audio_cross_attention_dim, generator=generator),
-                         "encoder_attention_mask": torch.ones(1, length, dtype=torch.int64)},
-                   frame_rate=24.0)
+    return Example(
+        target_video=torch.randn(video_shape, generator=generator),
+        reference_video=torch.randn(reference_shape, generator=generator),
+        target_audio=torch.randn(audio_shape, generator=generator),
+        reference_audio=torch.randn(audio_shape, generator=generator),
+        video_mask=mask,
+        text={
+            "encoder_hidden_states": torch.randn(1, length, width_text, generator=generator),
+            "audio_encoder_hidden_states": torch.randn(
+                1, length, components.transformer.config.audio_cross_attention_dim, generator=generator
+            ),
+            "encoder_attention_mask": torch.ones(1, length, dtype=torch.int64),
+        },
+        frame_rate=24.0,
+    )
 
 
 def train_fresh(data: TrainingData, settings, **kwargs):

@@ -6,6 +6,7 @@ authority on data (lib/core/cache.py); this only concerns what Prefect itself ke
 
     AV2AV_CACHE_DIR=s3://my-bucket/av2av PREFECT_API_URL=... .venv/bin/python tools/result_storage.py
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ def main() -> int:
 
     location = os.environ.get("AV2AV_CACHE_DIR", "")
     if "://" not in location:
-        print("AV2AV_CACHE_DIR is not a URL: one machine keeps Prefect's results on its own disk already.",
-              file=sys.stderr)
+        print(
+            "AV2AV_CACHE_DIR is not a URL: one machine keeps Prefect's results on its own disk already.",
+            file=sys.stderr,
+        )
         return 2
     basepath = posixpath.join(location.rstrip("/"), "prefect-results")
     RemoteFileSystem(basepath=basepath).save(BLOCK_NAME, overwrite=True)

@@ -12,6 +12,7 @@ It starts three runs through the deployments at once (tiny model, 100 steps, low
 a training run, one whose training_data_url is not a zip, and a retrain-batch of a two-entry
 manifest (one entry trains, one is invalid), then waits for each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,27 @@ from pathlib import Path
 
 API = "http://127.0.0.1:4200/api"
 UI = "http://127.0.0.1:4200"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WIDTH = 1280
 SMALL = {"model": "tiny", "number_of_steps": 100, "resolution": "low", "aspect_ratio": "16:9", "number_of_frames": 17}
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def call(method: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(f"{API}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{API}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
 
@@ -42,8 +54,11 @@ def deployment(name: str) -> dict:
 
 
 def start(deployment_name: str, parameters: dict, run_name: str) -> dict:
-    return call("POST", f"/deployments/{deployment(deployment_name)['id']}/create_flow_run",
-                {"parameters": parameters, "name": run_name})
+    return call(
+        "POST",
+        f"/deployments/{deployment(deployment_name)['id']}/create_flow_run",
+        {"parameters": parameters, "name": run_name},
+    )
 
 
 def demo_request(demo: Path) -> dict:
@@ -54,12 +69,22 @@ def demo_request(demo: Path) -> dict:
 def batch_manifest(demo: Path) -> Path:
     """Two tiny entries: one trains, one is invalid (rank 12 is not a rank)."""
     manifest = demo / "ui-batch.yaml"
-    manifest.write_text(json.dumps({
-        "output_url": str(demo / "ui-batch"),
-        "defaults": SMALL | {"trigger_phrase": "repl4ce", "learning_rate": 0.001},
-        "entries": [{"name": "voice-demo", "request": {"training_data_url": str(demo / "sample_dataset.zip")}},
-                    {"name": "smoke-fx", "request": {"training_data_url": str(demo / "sample_dataset.zip"),
-                                                     "rank": 12}}]}, indent=2))
+    manifest.write_text(
+        json.dumps(
+            {
+                "output_url": str(demo / "ui-batch"),
+                "defaults": SMALL | {"trigger_phrase": "repl4ce", "learning_rate": 0.001},
+                "entries": [
+                    {"name": "voice-demo", "request": {"training_data_url": str(demo / "sample_dataset.zip")}},
+                    {
+                        "name": "smoke-fx",
+                        "request": {"training_data_url": str(demo / "sample_dataset.zip"), "rank": 12},
+                    },
+                ],
+            },
+            indent=2,
+        )
+    )
     return manifest
 
 
@@ -100,17 +125,26 @@ def main() -> int:
 
     stamp = time.strftime("%H%M%S")
     run = start("train-lora/train-lora", {"request": demo_request(demo)}, f"ui-demo-{stamp}")
-    failed = start("train-lora/train-lora", {"request": demo_request(demo) | {
-        "training_data_url": str(demo / "request.json"), "validation": [], "output_url": str(demo / "ui-failed")}},
-        f"ui-not-a-zip-{stamp}")
-    batch = start("retrain-batch/retrain-batch-nightly", {"manifest_url": str(batch_manifest(demo)),
-                                                         "run_name_prefix": "ui"}, f"ui-batch-{stamp}")
+    failed = start(
+        "train-lora/train-lora",
+        {
+            "request": demo_request(demo)
+            | {"training_data_url": str(demo / "request.json"), "validation": [], "output_url": str(demo / "ui-failed")}
+        },
+        f"ui-not-a-zip-{stamp}",
+    )
+    batch = start(
+        "retrain-batch/retrain-batch-nightly",
+        {"manifest_url": str(batch_manifest(demo)), "run_name_prefix": "ui"},
+        f"ui-batch-{stamp}",
+    )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": WIDTH, "height": 900})
 
-        def shot(url: str, name: str, height: int = 900, settle_s: float = 4.0, newest: bool = False,
-                 width: int = WIDTH) -> None:
+        def shot(
+            url: str, name: str, height: int = 900, settle_s: float = 4.0, newest: bool = False, width: int = WIDTH
+        ) -> None:
             # The UI scrolls inside its own container: a taller viewport shows more of the page, and
             # `newest` scrolls it to the end of a run's logs (the lines that say what happened).
             page.set_viewport_size({"width": width, "height": height})
@@ -122,14 +156,16 @@ def main() -> int:
                 page.mouse.wheel(0, 50_000)
                 time.sleep(1)
             page.screenshot(path=str(args.out / name))
-            page.goto("about:blank")   # a live run page keeps the browser busy while the script waits
+            page.goto("about:blank")  # a live run page keeps the browser busy while the script waits
             print(args.out / name, flush=True)
 
-        shot(f"{UI}/deployments/deployment/{deployment('train-lora/train-lora')['id']}/run", "run-form.png",
-             height=1400)
+        shot(
+            f"{UI}/deployments/deployment/{deployment('train-lora/train-lora')['id']}/run", "run-form.png", height=1400
+        )
         wait(run["id"], lambda r: ended(r) or any("training:" in line for line in _logs(r["id"])))
-        shot(f"{UI}/runs/flow-run/{run['id']}", "running-run.png", height=1000, settle_s=2,
-             newest=True)
+        # the page's head (state badge, timeline), then its newest log lines
+        shot(f"{UI}/runs/flow-run/{run['id']}", "running-run.png", height=900, settle_s=2)
+        shot(f"{UI}/runs/flow-run/{run['id']}", "running-run-log.png", height=1000, settle_s=2, newest=True)
         print("run ended", wait(run["id"], ended)["state_name"], flush=True)
         outputs = artifact_id(run["id"], "training-outputs")
         if outputs:
@@ -139,8 +175,9 @@ def main() -> int:
         print("batch ended", wait(batch["id"], ended)["state_name"], flush=True)
         summary = artifact_id(batch["id"], "batch-summary")
         if summary:
-            shot(f"{UI}/artifacts/artifact/{summary}", "batch-summary.png", height=480,
-                 width=1920)   # the table scrolls sideways: wide enough for its message column
+            shot(
+                f"{UI}/artifacts/artifact/{summary}", "batch-summary.png", height=480, width=1920
+            )  # the table scrolls sideways: wide enough for its message column
         browser.close()
     return 0
 

@@ -11,6 +11,7 @@ the others still run.
       - name: smoke-fx
         request: {training_data_url: "https://example.com/smoke.zip", rank: 16}
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,11 @@ class Planned(BaseModel):
 
 
 def _explain(error: ValidationError) -> str:
-    return redact_text("; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
-                                 for e in error.errors()))
+    return redact_text(
+        "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
+        )
+    )
 
 
 def parse_manifest(text: str, source: str) -> Manifest:
@@ -100,7 +104,7 @@ class EntryOutcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     entry: str
-    status: str            # trained | skipped-unchanged | invalid | failed
+    status: str  # trained | skipped-unchanged | invalid | failed
     child_run: str = ""
     billing_units: int = 0
     output: str = ""

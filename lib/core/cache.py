@@ -17,6 +17,7 @@ Every entry has a checksum record beside it (`<entry>.sha256`: digest and size, 
 entry), and nothing is read that does not match it: a damaged, truncated or unrecorded entry is a
 miss, announced once, removed here and at the location, and made again by whoever wanted it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -35,7 +36,16 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.core.errors import CacheMiss, CacheUnavailable, MissingExtra
 from lib.core.progress import announce
-from lib.core.storage import CACHE_ENV, LOCAL_CACHE_ENV, FileRef, atomic_file, describe_cause, open_fs, probe_writable, work_dir
+from lib.core.storage import (
+    CACHE_ENV,
+    LOCAL_CACHE_ENV,
+    FileRef,
+    atomic_file,
+    describe_cause,
+    open_fs,
+    probe_writable,
+    work_dir,
+)
 
 LOCATION_ENV = CACHE_ENV
 
@@ -93,7 +103,7 @@ def damage(path: Path) -> str | None:
         return None
     if file_sha256(path) != digest:
         return "does not match its checksum"
-    write_record(path, digest)   # hashed now: the next read of this unchanged copy needs no hash
+    write_record(path, digest)  # hashed now: the next read of this unchanged copy needs no hash
     return None
 
 
@@ -156,7 +166,7 @@ class Cache(BaseModel):
             partial = f"{target}.{uuid.uuid4().hex}.partial"
             fs.put_file(source, partial)
             fs.mv(partial, target)
-        else:   # object stores make an object visible only once it is complete
+        else:  # object stores make an object visible only once it is complete
             fs.put_file(source, target)
 
     @contextmanager
@@ -178,9 +188,11 @@ class Cache(BaseModel):
             if error.errno != errno.ENOSPC:
                 raise
             free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-            raise CacheUnavailable(f"The cache folder {self.local} is full (No space left on device, {free / 1e6:.0f} "
-                                   f"MB free) while writing '{entry}'; free some space there or point "
-                                   f"{LOCAL_CACHE_ENV} (or {LOCATION_ENV}) at a larger disk, then start the run again.") from None
+            raise CacheUnavailable(
+                f"The cache folder {self.local} is full (No space left on device, {free / 1e6:.0f} "
+                f"MB free) while writing '{entry}'; free some space there or point "
+                f"{LOCAL_CACHE_ENV} (or {LOCATION_ENV}) at a larger disk, then start the run again."
+            ) from None
 
     def share(self, source: Path, entry: str) -> FileRef:
         """Hand a local file to another worker: published as `entry` when the cache is shared;
@@ -250,8 +262,10 @@ class Cache(BaseModel):
         """The local path of `entry` (downloaded if needed); CacheMiss when it is nowhere."""
         path = self.fetch(entry)
         if path is None:
-            raise CacheMiss(f"'{entry}' is not in the cache at {self.location} (nor in {self.local}); "
-                            "was the cache emptied while the run was going? Start the run again.")
+            raise CacheMiss(
+                f"'{entry}' is not in the cache at {self.location} (nor in {self.local}); "
+                "was the cache emptied while the run was going? Start the run again."
+            )
         return path
 
     def remove(self, prefix: str) -> None:
@@ -272,7 +286,9 @@ def check_cache_location(cache: Cache) -> None:
         probe_writable(cache.location)
     except MissingExtra as error:
         raise CacheUnavailable(f"{LOCATION_ENV}: {error}.") from error
-    except Exception as error:   # every backend raises its own types
-        raise CacheUnavailable(f"{LOCATION_ENV}: cannot write to the cache location {cache.location}: "
-                               f"{describe_cause(error, cache.location)}. Fix the worker's {LOCATION_ENV} "
-                               "(or its credentials) and start the run again.") from error
+    except Exception as error:  # every backend raises its own types
+        raise CacheUnavailable(
+            f"{LOCATION_ENV}: cannot write to the cache location {cache.location}: "
+            f"{describe_cause(error, cache.location)}. Fix the worker's {LOCATION_ENV} "
+            "(or its credentials) and start the run again."
+        ) from error

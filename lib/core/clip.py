@@ -7,6 +7,7 @@ and the GPU side, which encodes it (lib.model.encoding) and renders validation p
 - `target_audio`, `reference_audio`: float32 (2, S) at 16 kHz;
 - metadata (strings): name, caption, frame_rate, sample_rate.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,7 @@ from lib.core.storage import FileRef
 CLIP_ARRAYS = ("target", "reference", "mask", "target_audio", "reference_audio")
 
 
-def save_clip(cache: Cache, entry: str, arrays: dict[str, np.ndarray], metadata: dict[str, str],
-              key: str) -> FileRef:
+def save_clip(cache: Cache, entry: str, arrays: dict[str, np.ndarray], metadata: dict[str, str], key: str) -> FileRef:
     """Write atomically, then publish to the cache location. The ref's hash is the content key
     (inputs + recipe): it names these bytes as well as their sha256 would, without reading them back."""
     missing = set(CLIP_ARRAYS) - set(arrays)

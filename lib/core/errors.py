@@ -2,6 +2,7 @@
 
 `code` values are stable and documented in the README (reason codes of the report).
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -141,5 +142,7 @@ class MissingExtra(ImportError):
 
     def __init__(self, url: str, error: ImportError, extras: dict[str, str]):
         protocol = url.split("://", 1)[0]
-        super().__init__(f"{url} needs a package this worker lacks ({error}); install it with "
-                         f"pip install 'av2av-trainer[{extras.get(protocol, protocol)}]'")
+        super().__init__(
+            f"{url} needs a package this worker lacks ({error}); install it with "
+            f"pip install 'av2av-trainer[{extras.get(protocol, protocol)}]'"
+        )

@@ -4,6 +4,7 @@ that was killed or failed leaves them behind; the next run removes them once the
 the grace period (AV2AV_STALE_AFTER_H, 24 h by default) and their run is over: never while the
 process that owns them is alive on this host, nor while Prefect says the run is still going.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ STALE_AFTER_ENV = "AV2AV_STALE_AFTER_H"
 DEFAULT_STALE_AFTER_H = 24.0
 OWNER = "owner.json"
 RUNS = "runs"
-GPU_RESULT = "gpu_result.json"   # the GPU flow's result, for a CPU flow in another process
+GPU_RESULT = "gpu_result.json"  # the GPU flow's result, for a CPU flow in another process
 
 
 def run_entry(run_id: str) -> str:
@@ -47,8 +48,9 @@ def mark_owner(folder: Path, run_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     owner = folder / OWNER
     if not owner.exists():
-        owner.write_text(json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                                     "started": time.time()}))
+        owner.write_text(
+            json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+        )
 
 
 def _process_alive(folder: Path) -> bool:
@@ -67,7 +69,7 @@ def _owner_alive(marker: Path) -> bool:
         os.kill(int(owner["pid"]), 0)
     except (ProcessLookupError, KeyError, ValueError, TypeError):
         return False
-    except PermissionError:   # someone else's live process
+    except PermissionError:  # someone else's live process
         return True
     return True
 

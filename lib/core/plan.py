@@ -4,6 +4,7 @@ The request (lib/core/config.py) holds what a user chooses; the plan holds what 
 conform, training, conditioning, sampler and output settings, the warmup rule and sampler steps —
 so the CPU flow, the GPU flow, the torchrun workers and the outputs never re-derive them.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -15,7 +16,7 @@ from lib.core.config import TrainRequest
 from lib.core.settings import ConditioningSettings, ConformSettings, SamplerSettings, TrainSettings
 from lib.core.storage import FileRef
 
-WARMUP_FRACTION, WARMUP_MAX_STEPS = 0.1, 100   # linear warmup over min(100, 10 % of the steps)
+WARMUP_FRACTION, WARMUP_MAX_STEPS = 0.1, 100  # linear warmup over min(100, 10 % of the steps)
 
 
 class ValidationPlan(BaseModel):
@@ -23,12 +24,12 @@ class ValidationPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    clips: list[FileRef] = []       # conformed validation samples
-    latents: list[FileRef] = []     # their cached latents, filled in on the GPU side
-    negative_text: FileRef | None = None   # the negative prompt's text inputs, filled in on the GPU side
+    clips: list[FileRef] = []  # conformed validation samples
+    latents: list[FileRef] = []  # their cached latents, filled in on the GPU side
+    negative_text: FileRef | None = None  # the negative prompt's text inputs, filled in on the GPU side
     negative_prompt: str
     sampler: SamplerSettings
-    every: int | None = None        # also render every N training steps
+    every: int | None = None  # also render every N training steps
 
 
 class RunPlan(BaseModel):
@@ -44,7 +45,7 @@ class RunPlan(BaseModel):
     conditioning: ConditioningSettings
     validation: ValidationPlan
     lora_dtype: Literal["bf16", "fp32"]
-    lora_info: dict                 # recorded in the LoRA file's metadata
+    lora_info: dict  # recorded in the LoRA file's metadata
     upload_checkpoints: bool
     resume_from: str | None
 
@@ -59,41 +60,78 @@ def base_model_name(model: str) -> str:
 
 def conform_settings(request: TrainRequest) -> ConformSettings:
     width, height = request.bucket
-    return ConformSettings(number_of_frames=request.number_of_frames, frame_rate=request.frame_rate,
-                           width=width, height=height, auto_scale_input=request.auto_scale_input,
-                           audio_normalize=request.audio_normalize, audio_preserve_pitch=request.audio_preserve_pitch,
-                           trigger_phrase=request.trigger_phrase)
+    return ConformSettings(
+        number_of_frames=request.number_of_frames,
+        frame_rate=request.frame_rate,
+        width=width,
+        height=height,
+        auto_scale_input=request.auto_scale_input,
+        audio_normalize=request.audio_normalize,
+        audio_preserve_pitch=request.audio_preserve_pitch,
+        trigger_phrase=request.trigger_phrase,
+    )
 
 
 def validation_conform_settings(request: TrainRequest) -> ConformSettings:
     width, height = request.validation_bucket
-    return ConformSettings(number_of_frames=request.validation_number_of_frames,
-                           frame_rate=request.validation_frame_rate, width=width, height=height,
-                           auto_scale_input=request.auto_scale_input, audio_normalize=request.audio_normalize,
-                           audio_preserve_pitch=request.audio_preserve_pitch)
+    return ConformSettings(
+        number_of_frames=request.validation_number_of_frames,
+        frame_rate=request.validation_frame_rate,
+        width=width,
+        height=height,
+        auto_scale_input=request.auto_scale_input,
+        audio_normalize=request.audio_normalize,
+        audio_preserve_pitch=request.audio_preserve_pitch,
+    )
 
 
 def plan_run(request: TrainRequest, validation_clips: list[FileRef] = (), plan_offloads: bool = False) -> RunPlan:
     """The run's settings. `plan_offloads`: the memory plan needs activation offloading to fit the
     GPU pool (MemoryPlan.offload_activations), which the request's "auto" follows."""
     offload = request.offload_activations == "on" or (request.offload_activations == "auto" and plan_offloads)
-    conditioning = ConditioningSettings(reference_audio_positions=request.reference_audio_positions,
-                                        reference_downscale=request.reference_downscale_factor)
-    train = TrainSettings(rank=request.rank, steps=request.number_of_steps, learning_rate=request.learning_rate,
-                          seed=request.seed, warmup_steps=warmup_steps(request.number_of_steps),
-                          checkpoint_every=request.checkpoint_every, optimizer=request.optimizer,
-                          offload_activations=offload)
+    conditioning = ConditioningSettings(
+        reference_audio_positions=request.reference_audio_positions,
+        reference_downscale=request.reference_downscale_factor,
+    )
+    train = TrainSettings(
+        rank=request.rank,
+        steps=request.number_of_steps,
+        learning_rate=request.learning_rate,
+        seed=request.seed,
+        warmup_steps=warmup_steps(request.number_of_steps),
+        checkpoint_every=request.checkpoint_every,
+        optimizer=request.optimizer,
+        offload_activations=offload,
+    )
     sampler = SamplerSettings(steps=request.validation_steps, seed=request.seed, stg_scale=request.stg_scale)
-    validation = ValidationPlan(clips=list(validation_clips), negative_prompt=request.validation_negative_prompt,
-                                sampler=sampler, every=request.validation_every)
-    lora_info = {"base_model": base_model_name(request.model), "trigger_phrase": request.trigger_phrase,
-                 "reference_audio_positions": request.reference_audio_positions,
-                 "reference_downscale": request.reference_downscale_factor, "base_precision": request.base_precision}
-    return RunPlan(model=request.model, model_source=request.model_source, base_precision=request.base_precision,
-                   text_encoder_source=request.text_encoder_source, conform=conform_settings(request),
-                   validation_conform=validation_conform_settings(request), train=train, conditioning=conditioning,
-                   validation=validation, lora_dtype=request.lora_dtype, lora_info=lora_info,
-                   upload_checkpoints=request.upload_checkpoints, resume_from=request.resume_from)
+    validation = ValidationPlan(
+        clips=list(validation_clips),
+        negative_prompt=request.validation_negative_prompt,
+        sampler=sampler,
+        every=request.validation_every,
+    )
+    lora_info = {
+        "base_model": base_model_name(request.model),
+        "trigger_phrase": request.trigger_phrase,
+        "reference_audio_positions": request.reference_audio_positions,
+        "reference_downscale": request.reference_downscale_factor,
+        "base_precision": request.base_precision,
+    }
+    return RunPlan(
+        model=request.model,
+        model_source=request.model_source,
+        base_precision=request.base_precision,
+        text_encoder_source=request.text_encoder_source,
+        conform=conform_settings(request),
+        validation_conform=validation_conform_settings(request),
+        train=train,
+        conditioning=conditioning,
+        validation=validation,
+        lora_dtype=request.lora_dtype,
+        lora_info=lora_info,
+        upload_checkpoints=request.upload_checkpoints,
+        resume_from=request.resume_from,
+    )
 
 
 # --- the run fingerprint: what makes two runs the same (dataset content + every parameter that

@@ -7,6 +7,7 @@
   (a 2e-4 step on a 0.1 weight is below bf16's resolution);
 - the saved LoRA file: `lora_dtype` of the request (bf16 by default, as Lightricks ships LoRAs).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,4 +38,3 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-

@@ -8,6 +8,7 @@
 - unset: a line through the given `log` callable (a Prefect run logger: the run's logs in the UI),
   else printed (inside a flow with `log_prints`, that is the run's log too).
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,14 @@ def announce(text: str, log: Callable[[str], None] | None = None) -> None:
 class Progress:
     """`total` units of work named `label`; `update(done, **figures)` after each unit."""
 
-    def __init__(self, total: int, label: str, log: Callable[[str], None] | None = None,
-                 unit: str = "it", every_s: float = EVERY_S):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        log: Callable[[str], None] | None = None,
+        unit: str = "it",
+        every_s: float = EVERY_S,
+    ):
         self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.mode = os.environ.get(MODE_ENV, "")
         self.log = _print_line if self.mode == "lines" else log or _default_log
@@ -97,8 +104,7 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = "".join(f" {k} {_short(v)}" for k, v in figures.items())
         units = self.unit if self.total == 1 else f"{self.unit}s"
-        return (f"{self.label}: {self.done}/{self.total} {units}{extra} "
-                f"({rate:.2f} {self.unit}/s, ETA {eta:.0f} s)")
+        return f"{self.label}: {self.done}/{self.total} {units}{extra} ({rate:.2f} {self.unit}/s, ETA {eta:.0f} s)"
 
     def close(self) -> None:
         if self.bar is not None:

@@ -11,6 +11,7 @@ a `?`).
 flow resolves it on the worker (tasks/secrets.py), so the run's stored parameters hold only the
 name.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,7 @@ def redact_url(url: str) -> str:
         return url
     try:
         parts = urlsplit(url)
-    except ValueError:   # e.g. an unbalanced IPv6 bracket: keep only what surely holds no secret
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: keep only what surely holds no secret
         scheme, _, rest = url.partition("://")
         return f"{scheme}://{re.split(r'[/?#]', rest.rpartition('@')[2].split('?')[0], maxsplit=1)[0]}"
     host = parts.netloc.rpartition("@")[2]
@@ -55,4 +56,4 @@ def is_secret_reference(url: str) -> bool:
 
 
 def secret_name(url: str) -> str:
-    return url[len(SECRET_SCHEME):].strip("/")
+    return url[len(SECRET_SCHEME) :].strip("/")

@@ -1,5 +1,6 @@
 """The settings a run plan (lib/core/plan.py) is made of: plain frozen values, no torch, so the CPU side
 (the CLI's check, the flow that derives the plan) never imports the model stack."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-REFERENCE_AUDIO_GAP_S = 0.04   # "before": gap between the reference audio's end and the target's start
+REFERENCE_AUDIO_GAP_S = 0.04  # "before": gap between the reference audio's end and the target's start
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,11 @@ class TrainSettings:
     warmup_steps: int = 0
     checkpoint_every: int | None = None
     grad_clip: float = 1.0
-    optimizer: str = "adamw"              # or "adamw8bit" (bitsandbytes)
+    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
     # ltx-trainer's recipe (trainer.py): AdamW's default decay, LinearLR from 1.0 to 0.1
     weight_decay: float = 0.01
     lr_end_factor: float = 0.1
-    offload_activations: bool = False     # checkpointed blocks' inputs kept in host memory (lib/train/offload.py)
+    offload_activations: bool = False  # checkpointed blocks' inputs kept in host memory (lib/train/offload.py)
 
 
 @dataclass(frozen=True)
@@ -35,26 +36,36 @@ class ConditioningSettings:
     reference_downscale: Literal[1, 2] = 1
 
     def describe(self) -> dict:
-        audio = ({"positions": "aligned", "description": "the target's own time positions"}
-                 if self.reference_audio_positions == "aligned" else
-                 {"positions": "before", "gap_s": REFERENCE_AUDIO_GAP_S,
-                  "description": f"negative time, ending {REFERENCE_AUDIO_GAP_S} s before the target starts"})
-        return {"token_order": "reference first, then target",
-                "reference_video": {"positions": "the target's (spatial positions scaled by the downscale)",
-                                    "downscale_factor": self.reference_downscale, "timestep": 0},
-                "reference_audio": {**audio, "timestep": 0}}
+        audio = (
+            {"positions": "aligned", "description": "the target's own time positions"}
+            if self.reference_audio_positions == "aligned"
+            else {
+                "positions": "before",
+                "gap_s": REFERENCE_AUDIO_GAP_S,
+                "description": f"negative time, ending {REFERENCE_AUDIO_GAP_S} s before the target starts",
+            }
+        )
+        return {
+            "token_order": "reference first, then target",
+            "reference_video": {
+                "positions": "the target's (spatial positions scaled by the downscale)",
+                "downscale_factor": self.reference_downscale,
+                "timestep": 0,
+            },
+            "reference_audio": {**audio, "timestep": 0},
+        }
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int = 30
     seed: int = 0
-    video_guidance: float = 3.0     # CFG; 1 disables
+    video_guidance: float = 3.0  # CFG; 1 disables
     audio_guidance: float = 7.0
-    stg_scale: float = 1.0          # 0 disables
-    stg_block: int = 28             # the pipeline's default block; clamped to the model's depth
-    modality_scale: float = 3.0     # modality isolation; 1 disables
-    guidance_rescale: float = 0.7   # 0 disables
+    stg_scale: float = 1.0  # 0 disables
+    stg_block: int = 28  # the pipeline's default block; clamped to the model's depth
+    modality_scale: float = 3.0  # modality isolation; 1 disables
+    guidance_rescale: float = 0.7  # 0 disables
 
     def passes(self) -> list[str]:
         """Transformer calls per step, in order: each enabled guidance term costs one."""

@@ -3,6 +3,7 @@
 Between pipeline steps only `FileRef`s travel (a path plus its sha256), so caches key on
 content, never on where a file happens to live.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ from pathlib import Path
 import fsspec
 from pydantic import BaseModel, ConfigDict
 
-from lib.core.errors import MissingExtra, DownloadError, TransientDownloadError
+from lib.core.errors import DownloadError, MissingExtra, TransientDownloadError
 from lib.core.redact import redact_text, redact_url
 
 CHUNK_BYTES = 1 << 20
@@ -45,7 +46,7 @@ class FileRef(BaseModel):
     path: str
     sha256: str
     size: int
-    entry: str = ""   # its name in the content-addressed cache (lib.core.cache), when it lives there
+    entry: str = ""  # its name in the content-addressed cache (lib.core.cache), when it lives there
 
     @classmethod
     def of(cls, path: str | Path) -> "FileRef":
@@ -117,7 +118,7 @@ def atomic_file(path: str | Path) -> Iterator[str]:
     os.close(handle)
     try:
         yield partial
-        os.chmod(partial, FILE_MODE)   # mkstemp's 0600 would make every output private to this user
+        os.chmod(partial, FILE_MODE)  # mkstemp's 0600 would make every output private to this user
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -155,13 +156,17 @@ def is_transient(error: BaseException) -> bool:
         status = getattr(cause, "status", None) or getattr(cause, "status_code", None)
         if isinstance(status, int):
             return status in TRANSIENT_HTTP_STATUS
-    return any(isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("aiohttp")
-               for cause in _chain(error))
+    return any(
+        isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("aiohttp")
+        for cause in _chain(error)
+    )
 
 
 def timeouts() -> tuple[float, float]:
-    return (float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S)),
-            float(os.environ.get(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S)))
+    return (
+        float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S)),
+        float(os.environ.get(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S)),
+    )
 
 
 def storage_options(url: str) -> dict:
@@ -194,8 +199,10 @@ def describe_cause(error: BaseException, url: str) -> str:
             return redact_text(f"HTTP {status} {phrase}".strip())
     if any(isinstance(cause, TimeoutError) for cause in causes):
         connect, read = timeouts()
-        return (f"timed out: no connection within {connect:g} s or no data for {read:g} s "
-                f"(${CONNECT_TIMEOUT_ENV} / ${READ_TIMEOUT_ENV})")
+        return (
+            f"timed out: no connection within {connect:g} s or no data for {read:g} s "
+            f"(${CONNECT_TIMEOUT_ENV} / ${READ_TIMEOUT_ENV})"
+        )
     for cause in causes:
         text = str(cause)
         if text and text.strip("'\"") != url:
@@ -226,7 +233,7 @@ class _HttpBody:
         target = yarl.URL(url, encoded="%" in url)
         self.response = sync(fs.loop, _get, session, target, headers, options)
         try:
-            self.response.raise_for_status()   # aiohttp.ClientResponseError: .status, .message
+            self.response.raise_for_status()  # aiohttp.ClientResponseError: .status, .message
         except Exception:
             self.close()
             raise
@@ -240,6 +247,7 @@ class _HttpBody:
     def close(self) -> None:
         async def release():
             self.response.close()
+
         self._sync(self._loop, release)
 
 
@@ -277,8 +285,9 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
     suffix = Path(url.split("?")[0].split("#")[0]).suffix.lower()[:8]
     handle, partial = tempfile.mkstemp(prefix=".download.", dir=dest_dir)
     digest, size = hashlib.sha256(), 0
-    too_large = DownloadError(f"{shown}: the file is larger than the {max_bytes} byte download limit.",
-                              code="too_large")
+    too_large = DownloadError(
+        f"{shown}: the file is larger than the {max_bytes} byte download limit.", code="too_large"
+    )
     failure: DownloadError | None = None
     try:
         with os.fdopen(handle, "wb") as out, _open_source(url) as (source, declared):
@@ -290,7 +299,7 @@ def fetch(url: str, dest_dir: Path, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES)
                     raise too_large
                 digest.update(chunk)
                 out.write(chunk)
-            if declared is not None and size < declared:   # the server closed the stream early
+            if declared is not None and size < declared:  # the server closed the stream early
                 raise ConnectionError(f"the connection closed after {size} of {declared} bytes")
     except DownloadError as error:
         failure = error

@@ -2,6 +2,7 @@
 
 Never trusts the sizes the archive declares: bytes are counted while they stream to disk.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -32,25 +33,33 @@ def _ignored(name: str) -> bool:
 
 def _check_path(name: str) -> None:
     path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") \
-            or ".." in path.parts:
-        raise ArchiveError(f"Refused archive member '{name}': absolute paths and '..' are not "
-                           "allowed (they could write outside the extraction folder).",
-                           ArchiveCode.UNSAFE_PATH.value)
+    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
+        raise ArchiveError(
+            f"Refused archive member '{name}': absolute paths and '..' are not "
+            "allowed (they could write outside the extraction folder).",
+            ArchiveCode.UNSAFE_PATH.value,
+        )
 
 
 def _check_member(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
     name = info.filename
     if stat.S_ISLNK(info.external_attr >> 16):
-        raise ArchiveError(f"Refused archive member '{name}': symbolic links are not allowed; "
-                           "add the file itself.", ArchiveCode.SYMLINK.value)
+        raise ArchiveError(
+            f"Refused archive member '{name}': symbolic links are not allowed; add the file itself.",
+            ArchiveCode.SYMLINK.value,
+        )
     if info.flag_bits & 0x1:
-        raise ArchiveError(f"Refused archive member '{name}': it is encrypted; upload an archive "
-                           "without a password.", ArchiveCode.ENCRYPTED.value)
+        raise ArchiveError(
+            f"Refused archive member '{name}': it is encrypted; upload an archive without a password.",
+            ArchiveCode.ENCRYPTED.value,
+        )
     if info.file_size > limits.max_ratio * max(info.compress_size, 1) and info.file_size > CHUNK_BYTES:
-        raise ArchiveError(f"Refused archive member '{name}': compression ratio "
-                           f"{info.file_size / max(info.compress_size, 1):.0f}:1 exceeds "
-                           f"{limits.max_ratio:.0f}:1 (zip bomb guard).", ArchiveCode.TOO_LARGE.value)
+        raise ArchiveError(
+            f"Refused archive member '{name}': compression ratio "
+            f"{info.file_size / max(info.compress_size, 1):.0f}:1 exceeds "
+            f"{limits.max_ratio:.0f}:1 (zip bomb guard).",
+            ArchiveCode.TOO_LARGE.value,
+        )
 
 
 def list_members(zip_file: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
@@ -59,14 +68,18 @@ def list_members(zip_file: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfi
         _check_path(info.filename)
     members = [info for info in zip_file.infolist() if not _ignored(info.filename)]
     if len(members) > limits.max_files:
-        raise ArchiveError(f"The archive has {len(members)} files; at most {limits.max_files} "
-                           "are allowed.", ArchiveCode.TOO_MANY_FILES.value)
+        raise ArchiveError(
+            f"The archive has {len(members)} files; at most {limits.max_files} are allowed.",
+            ArchiveCode.TOO_MANY_FILES.value,
+        )
     for info in members:
         _check_member(info, limits)
     declared = sum(info.file_size for info in members)
     if declared > limits.max_unpacked_bytes:
-        raise ArchiveError(f"The archive unpacks to {declared} bytes; at most "
-                           f"{limits.max_unpacked_bytes} are allowed.", ArchiveCode.TOO_LARGE.value)
+        raise ArchiveError(
+            f"The archive unpacks to {declared} bytes; at most {limits.max_unpacked_bytes} are allowed.",
+            ArchiveCode.TOO_LARGE.value,
+        )
     return members
 
 
@@ -75,9 +88,11 @@ def _copy_counted(source, target, info: zipfile.ZipInfo, budget: int, limits: Ar
     while chunk := source.read(CHUNK_BYTES):
         written += len(chunk)
         if written > budget or written > limits.max_ratio * max(info.compress_size, 1) + CHUNK_BYTES:
-            raise ArchiveError(f"Refused archive member '{info.filename}': it unpacks to more "
-                               "bytes than allowed or declared (zip bomb guard).",
-                               ArchiveCode.TOO_LARGE.value)
+            raise ArchiveError(
+                f"Refused archive member '{info.filename}': it unpacks to more "
+                "bytes than allowed or declared (zip bomb guard).",
+                ArchiveCode.TOO_LARGE.value,
+            )
         target.write(chunk)
     return written
 
@@ -94,8 +109,9 @@ def extract_cached(zip_file: FileRef, cache_root: Path, display_name: str) -> Ex
     return ExtractedArchive(root=str(root), names=safe_extract(zip_file.path, root, display_name=display_name))
 
 
-def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = ArchiveLimits(),
-                 display_name: str | None = None) -> list[str]:
+def safe_extract(
+    zip_path: str | Path, dest: Path, limits: ArchiveLimits = ArchiveLimits(), display_name: str | None = None
+) -> list[str]:
     """Extract `zip_path` into `dest` (created atomically); return the member names extracted.
 
     If `dest` already exists it is assumed complete (content-addressed callers) and reused.
@@ -103,8 +119,9 @@ def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = Archi
     """
     shown = display_name or Path(zip_path).name
     if not zipfile.is_zipfile(zip_path):
-        raise ArchiveError(f"{shown} is not a .zip archive; upload the triplets "
-                           "as a single .zip file.", ArchiveCode.NOT_A_ZIP.value)
+        raise ArchiveError(
+            f"{shown} is not a .zip archive; upload the triplets as a single .zip file.", ArchiveCode.NOT_A_ZIP.value
+        )
     try:
         with zipfile.ZipFile(zip_path) as zip_file:
             members = list_members(zip_file, limits)
@@ -123,7 +140,6 @@ def safe_extract(zip_path: str | Path, dest: Path, limits: ArchiveLimits = Archi
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     except (zipfile.BadZipFile, NotImplementedError, EOFError) as error:
-        raise ArchiveError(f"{shown} is a damaged or unsupported zip: {error}",
-                           ArchiveCode.NOT_A_ZIP.value) from error
+        raise ArchiveError(f"{shown} is a damaged or unsupported zip: {error}", ArchiveCode.NOT_A_ZIP.value) from error
     publish_dir(staging, dest)
     return names

@@ -4,6 +4,7 @@ training window and bucket, frame- and pixel-aligned, and write it once, content
 `check_triplet` depends only on the files; `conform_triplet` also on the settings, so a change
 of `number_of_frames` re-runs the fitting but not the checks.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -12,17 +13,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from lib.media import audio, video
-from lib.core.clip import save_clip
-from lib.core.settings import ConformSettings
 from lib.core.cache import Cache, content_key
-from lib.ingest.dataset import Triplet
+from lib.core.clip import save_clip
 from lib.core.errors import MediaError, Reason
-from lib.media.masks import conform_mask, token_mask
+from lib.core.settings import ConformSettings
 from lib.core.storage import FileRef
+from lib.ingest.dataset import Triplet
+from lib.media import audio, video
+from lib.media.masks import conform_mask, token_mask
 
 # Explicit code versions (lib.core.cache.content_key): bump when the output changes for the same inputs.
-CHECK_VERSION = "1"    # check_triplet's facts and verdicts
+CHECK_VERSION = "1"  # check_triplet's facts and verdicts
 CONFORM_VERSION = "3"  # the conformed clip's bytes and the outcome
 DURATION_TOLERANCE_S = 1e-3
 
@@ -72,8 +73,14 @@ class TripletResult(BaseModel):
 def _facts(path: str, role: str) -> ClipFacts:
     info = video.probe(path)
     sound = audio.check_audio(path, role)
-    return ClipFacts(duration_s=info.duration_s, fps=info.avg_fps, width=info.display_width,
-                     height=info.display_height, start_s=info.start_s, audio_peak_dbfs=sound.peak_dbfs)
+    return ClipFacts(
+        duration_s=info.duration_s,
+        fps=info.avg_fps,
+        width=info.display_width,
+        height=info.display_height,
+        start_s=info.start_s,
+        audio_peak_dbfs=sound.peak_dbfs,
+    )
 
 
 def check_entry(triplet: Triplet) -> str:
@@ -116,31 +123,43 @@ def too_short(clips: dict[str, tuple[str, float]], settings: ConformSettings) ->
     return {role: clip for role, clip in clips.items() if clip[1] + DURATION_TOLERANCE_S < settings.window_s}
 
 
-def refuse_short(label: str, short: dict[str, tuple[str, float]], settings: ConformSettings,
-                 fields: tuple[str, str] = ("number_of_frames", "frame_rate")) -> None:
+def refuse_short(
+    label: str,
+    short: dict[str, tuple[str, float]],
+    settings: ConformSettings,
+    fields: tuple[str, str] = ("number_of_frames", "frame_rate"),
+) -> None:
     """MediaError (too_short) naming each short file, unless auto_scale_input stretches them."""
     if not short or settings.auto_scale_input:
         return
     clips = ", ".join(f"{role} {Path(path).name} ({duration:.2f} s)" for role, (path, duration) in short.items())
-    raise MediaError(f"{label}{clips} is shorter than the {settings.window_s:.2f} s needed for "
-                     f"{settings.number_of_frames} frames at {settings.frame_rate} fps ({fields[0]}, {fields[1]}); "
-                     "use longer clips, fewer frames, or auto_scale_input=true to stretch them.",
-                     Reason.TOO_SHORT.value)
+    raise MediaError(
+        f"{label}{clips} is shorter than the {settings.window_s:.2f} s needed for "
+        f"{settings.number_of_frames} frames at {settings.frame_rate} fps ({fields[0]}, {fields[1]}); "
+        "use longer clips, fewer frames, or auto_scale_input=true to stretch them.",
+        Reason.TOO_SHORT.value,
+    )
 
 
 def refuse_empty_mask(label: str, mask_path: str, mask: np.ndarray) -> None:
     """MediaError (mask_selects_nothing) when the conformed mask regenerates no latent token: no
     32x32 cell of the cropped frame is more than half WHITE in any frame (masks.token_mask)."""
     if not token_mask(mask).any():
-        raise MediaError(f"{label}mask '{Path(mask_path).name}' selects nothing inside the cropped frame: no 32x32 "
-                         "block is more than half WHITE (the model regenerates whole blocks); WHITE marks the region "
-                         "to regenerate.", Reason.MASK_SELECTS_NOTHING.value)
+        raise MediaError(
+            f"{label}mask '{Path(mask_path).name}' selects nothing inside the cropped frame: no 32x32 "
+            "block is more than half WHITE (the model regenerates whole blocks); WHITE marks the region "
+            "to regenerate.",
+            Reason.MASK_SELECTS_NOTHING.value,
+        )
 
 
 def fit_frames(path: str, duration_s: float, settings: ConformSettings, stretch: bool) -> video.SampledFrames:
     """The window's frames at the bucket size; `stretch` squeezes the whole clip onto them."""
-    times = (video.stretched_frame_times(settings.number_of_frames, duration_s) if stretch
-             else video.frame_times(settings.number_of_frames, settings.frame_rate))
+    times = (
+        video.stretched_frame_times(settings.number_of_frames, duration_s)
+        if stretch
+        else video.frame_times(settings.number_of_frames, settings.frame_rate)
+    )
     return video.read_frames(path, times, (settings.width, settings.height))
 
 
@@ -157,16 +176,25 @@ def fit_audio(path: str, start_s: float, duration_s: float, settings: ConformSet
 
 
 def _fit_clip(path: str, facts: ClipFacts, settings: ConformSettings, stretch: bool):
-    return (fit_frames(path, facts.duration_s, settings, stretch),
-            fit_audio(path, facts.start_s, facts.duration_s, settings, stretch))
+    return (
+        fit_frames(path, facts.duration_s, settings, stretch),
+        fit_audio(path, facts.start_s, facts.duration_s, settings, stretch),
+    )
 
 
 def conform_key(triplet: Triplet, check: TripletCheck, settings: ConformSettings) -> str:
     """Keyed by what conforming reads: the files, the caption, the settings and the check's facts
     (so a new check version refits only if the facts it reports changed)."""
-    return content_key("conformed", CONFORM_VERSION, start=triplet.start.sha256, end=triplet.end.sha256,
-                       mask=triplet.mask.sha256, caption=triplet.caption, settings=settings.model_dump(),
-                       check=check.model_dump(mode="json"))
+    return content_key(
+        "conformed",
+        CONFORM_VERSION,
+        start=triplet.start.sha256,
+        end=triplet.end.sha256,
+        mask=triplet.mask.sha256,
+        caption=triplet.caption,
+        settings=settings.model_dump(),
+        check=check.model_dump(mode="json"),
+    )
 
 
 def outcome_entry(triplet: Triplet, check: TripletCheck, settings: ConformSettings) -> str:
@@ -186,8 +214,7 @@ def _reuse(cache: Cache, outcome: str) -> TripletResult | None:
     return cached.model_copy(update={"clip": cache.ref(cached.clip.entry, cached.clip.sha256)})  # this worker's path
 
 
-def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings,
-                    cache: Cache) -> TripletResult:
+def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache) -> TripletResult:
     """Fit an accepted-by-check triplet to the window and bucket; reject with a reason otherwise.
 
     The outcome is stored beside the conformed clip, keyed by content and settings, so a rerun
@@ -206,11 +233,17 @@ def conform_triplet(triplet: Triplet, check: TripletCheck, settings: ConformSett
     return result
 
 
-def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache,
-             base: dict) -> TripletResult:
+def _conform(
+    triplet: Triplet, check: TripletCheck, settings: ConformSettings, cache: Cache, base: dict
+) -> TripletResult:
     label = f"'{triplet.name}': "
-    short = too_short({"reference": (triplet.start.path, check.reference.duration_s),
-                       "target": (triplet.end.path, check.target.duration_s)}, settings)
+    short = too_short(
+        {
+            "reference": (triplet.start.path, check.reference.duration_s),
+            "target": (triplet.end.path, check.target.duration_s),
+        },
+        settings,
+    )
     try:
         refuse_short(label, short, settings)
         # Reference and target decode side by side: PyAV releases the GIL while decoding/scaling.
@@ -218,8 +251,12 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
             reference_job = pool.submit(_fit_clip, triplet.start.path, check.reference, settings, "reference" in short)
             target_frames, target_audio = _fit_clip(triplet.end.path, check.target, settings, "target" in short)
             reference_frames, reference_audio = reference_job.result()
-        mask = conform_mask(triplet.mask.path, target_frames.source_indices,
-                            (check.target.width, check.target.height), (settings.width, settings.height))
+        mask = conform_mask(
+            triplet.mask.path,
+            target_frames.source_indices,
+            (check.target.width, check.target.height),
+            (settings.width, settings.height),
+        )
         refuse_empty_mask(label, triplet.mask.path, mask)
     except MediaError as error:
         return TripletResult(status="rejected", reason=error.code, message=error.message, **base)
@@ -228,12 +265,31 @@ def _conform(triplet: Triplet, check: TripletCheck, settings: ConformSettings, c
         reference_audio, target_audio = audio.peak_normalize(reference_audio), audio.peak_normalize(target_audio)
     caption = " ".join(p for p in (settings.trigger_phrase, triplet.caption) if p)
     key = conform_key(triplet, check, settings)
-    clip = save_clip(cache, f"conformed/{key}/clip.safetensors",
-                     {"reference": reference_frames.frames, "target": target_frames.frames, "mask": mask,
-                      "reference_audio": reference_audio.astype(np.float32),
-                      "target_audio": target_audio.astype(np.float32)},
-                     {"name": triplet.name, "caption": caption, "frame_rate": str(settings.frame_rate),
-                      "sample_rate": str(audio.SAMPLE_RATE)}, key)
-    return TripletResult(status="accepted", mask_coverage=float(mask.mean()), stretched=bool(short),
-                         reference_loudness_lufs=loudness[0], target_loudness_lufs=loudness[1],
-                         caption=caption, clip=clip, **base)
+    clip = save_clip(
+        cache,
+        f"conformed/{key}/clip.safetensors",
+        {
+            "reference": reference_frames.frames,
+            "target": target_frames.frames,
+            "mask": mask,
+            "reference_audio": reference_audio.astype(np.float32),
+            "target_audio": target_audio.astype(np.float32),
+        },
+        {
+            "name": triplet.name,
+            "caption": caption,
+            "frame_rate": str(settings.frame_rate),
+            "sample_rate": str(audio.SAMPLE_RATE),
+        },
+        key,
+    )
+    return TripletResult(
+        status="accepted",
+        mask_coverage=float(mask.mean()),
+        stretched=bool(short),
+        reference_loudness_lufs=loudness[0],
+        target_loudness_lufs=loudness[1],
+        caption=caption,
+        clip=clip,
+        **base,
+    )

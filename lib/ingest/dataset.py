@@ -4,6 +4,7 @@
 Base names match case-sensitively; extensions case-insensitively; folders are allowed but a
 file name may appear only once in the whole archive.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,10 +16,10 @@ import pandera.pandas as pa
 from pydantic import BaseModel, ConfigDict
 
 from lib.core.errors import Reason
-from lib.media.masks import IMAGE_EXTS
 from lib.core.storage import FileRef
+from lib.media.masks import IMAGE_EXTS
 
-VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".mts", ".m2ts"})   # .mts/.m2ts: AVCHD camcorders
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".mts", ".m2ts"})  # .mts/.m2ts: AVCHD camcorders
 ROLES = ("start", "end", "mask")
 
 
@@ -72,10 +73,13 @@ def _allowed(role: str) -> frozenset[str]:
 
 
 def _unsupported(base: str, role: str, name: str) -> Rejection:
-    return Rejection(base, Reason.UNSUPPORTED_EXTENSION,
-                     f"'{base}': {PurePosixPath(name).name} has an unsupported extension "
-                     f"'{PurePosixPath(name).suffix}'; {base}_{role} must be one of "
-                     f"{', '.join(sorted(_allowed(role)))}.")
+    return Rejection(
+        base,
+        Reason.UNSUPPORTED_EXTENSION,
+        f"'{base}': {PurePosixPath(name).name} has an unsupported extension "
+        f"'{PurePosixPath(name).suffix}'; {base}_{role} must be one of "
+        f"{', '.join(sorted(_allowed(role)))}.",
+    )
 
 
 def _duplicates(names: list[str]) -> dict[str, list[str]]:
@@ -101,7 +105,7 @@ def match_triplets(names: list[str]) -> Matching:
             groups[base][part].append(name)
         else:
             unsupported[base][part] = name
-    for base, parts in unsupported.items():   # a named part in an unknown format, not a missing part
+    for base, parts in unsupported.items():  # a named part in an unknown format, not a missing part
         if base not in groups:
             rejections.append(_unsupported(base, *next(iter(parts.items()))))
 
@@ -112,9 +116,14 @@ def match_triplets(names: list[str]) -> Matching:
         multi = {role: paths for role, paths in parts.items() if len(paths) > 1}
         if clashes or multi:
             listed = ", ".join(sorted(set(clashes) | {p for ps in multi.values() for p in ps}))
-            rejections.append(Rejection(base, Reason.DUPLICATE_NAME,
-                f"'{base}': more than one file for the same role or the same file name twice "
-                f"({listed}); file names must be unique across the archive."))
+            rejections.append(
+                Rejection(
+                    base,
+                    Reason.DUPLICATE_NAME,
+                    f"'{base}': more than one file for the same role or the same file name twice "
+                    f"({listed}); file names must be unique across the archive.",
+                )
+            )
             continue
         missing = [role for role in ("end", "start", "mask") if role not in parts]
         if missing == ["end", "start", "mask"]:
@@ -127,12 +136,24 @@ def match_triplets(names: list[str]) -> Matching:
         if missing:
             role = missing[0]
             present = ", ".join(p for paths in parts.values() for p in paths)
-            rejections.append(Rejection(base, Reason(f"missing_{role}"),
-                f"'{base}': no '{base}_{role}' file found next to {present}; every triplet needs "
-                f"{base}_start (video), {base}_end (video) and {base}_mask (image or video)."))
+            rejections.append(
+                Rejection(
+                    base,
+                    Reason(f"missing_{role}"),
+                    f"'{base}': no '{base}_{role}' file found next to {present}; every triplet needs "
+                    f"{base}_start (video), {base}_end (video) and {base}_mask (image or video).",
+                )
+            )
             continue
-        rows.append({"name": base, "start": parts["start"][0], "end": parts["end"][0],
-                     "mask": parts["mask"][0], "caption": (parts.get("caption") or [None])[0]})
+        rows.append(
+            {
+                "name": base,
+                "start": parts["start"][0],
+                "end": parts["end"][0],
+                "mask": parts["mask"][0],
+                "caption": (parts.get("caption") or [None])[0],
+            }
+        )
     manifest = pd.DataFrame(rows, columns=["name", "start", "end", "mask", "caption"]).astype(str)
     return Matching(MANIFEST_SCHEMA.validate(manifest), rejections, warnings)
 
@@ -172,7 +193,13 @@ def triplets_from_manifest(manifest: pd.DataFrame, root: Path) -> list[Triplet]:
     triplets = []
     for row in manifest.itertuples(index=False):
         caption = read_caption(root / row.caption) if isinstance(row.caption, str) else ""
-        triplets.append(Triplet(name=row.name, start=FileRef.of(root / row.start),
-                                end=FileRef.of(root / row.end), mask=FileRef.of(root / row.mask),
-                                caption=caption))
+        triplets.append(
+            Triplet(
+                name=row.name,
+                start=FileRef.of(root / row.start),
+                end=FileRef.of(root / row.end),
+                mask=FileRef.of(root / row.mask),
+                caption=caption,
+            )
+        )
     return triplets

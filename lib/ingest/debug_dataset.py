@@ -3,6 +3,7 @@
 Per accepted triplet: preview.mp4 (reference | target with the mask tinted red, target audio),
 reference.wav, target.wav, caption.txt; plus report.json at the top.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.media.audio import SAMPLE_RATE
 from lib.core.clip import clip_metadata, load_clip
+from lib.core.storage import FileRef, atomic_file
 from lib.ingest.conform import TripletResult
+from lib.media.audio import SAMPLE_RATE
 from lib.media.encode import write_video, write_wav
 from lib.media.masks import mask_overlay
-from lib.core.storage import FileRef, atomic_file
 
 
 def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path) -> None:
@@ -36,8 +37,11 @@ def _add_triplet(archive: zipfile.ZipFile, result: TripletResult, scratch: Path)
 
 
 def write_debug_dataset(results: list[TripletResult], report: dict, destination: Path) -> FileRef:
-    with atomic_file(destination) as partial, tempfile.TemporaryDirectory() as scratch, \
-            zipfile.ZipFile(partial, "w") as archive:
+    with (
+        atomic_file(destination) as partial,
+        tempfile.TemporaryDirectory() as scratch,
+        zipfile.ZipFile(partial, "w") as archive,
+    ):
         archive.writestr("report.json", json.dumps(report, indent=2))
         for result in results:
             _add_triplet(archive, result, Path(scratch))

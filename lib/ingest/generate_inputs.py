@@ -7,22 +7,23 @@ Long sources are refused, not windowed: a source holding a whole latent group (8
 pixels, the audio and the regenerated region continuous across seams, which one sampler call
 does not give. The message names the duration and how to split the clip.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from lib.core.cache import Cache
 from lib.core.errors import DownloadError, InvalidDataset, MediaError
 from lib.core.generate import GenerateRequest
-from lib.core.cache import Cache
 from lib.core.redact import redact_url
 from lib.core.storage import FileRef, fetch_with_retries
 from lib.ingest.conform import DURATION_TOLERANCE_S
 from lib.ingest.validation import conform_sample
 from lib.media import video
 
-VALIDATION_LABEL = "validation sample: "   # conform_sample's prefix; here the field names say it
-MAX_FRAMES = 121       # the request's upper bound: the model's window
-FRAME_GROUP = 8        # the video VAE's temporal stride
+VALIDATION_LABEL = "validation sample: "  # conform_sample's prefix; here the field names say it
+MAX_FRAMES = 121  # the request's upper bound: the model's window
+FRAME_GROUP = 8  # the video VAE's temporal stride
 
 
 class InvalidGenerateInput(InvalidDataset):
@@ -39,17 +40,27 @@ def refuse_long(source_path: str, request: GenerateRequest, name: str) -> None:
         return
     frames = int(duration * request.frame_rate + DURATION_TOLERANCE_S)
     fits = min(MAX_FRAMES, (frames - 1) // FRAME_GROUP * FRAME_GROUP + 1)
-    hint = (f"set number_of_frames={fits} to cover it" if fits > request.number_of_frames else
-            f"it is longer than the model's window ({MAX_FRAMES} frames, {MAX_FRAMES / request.frame_rate:.2f} s)")
-    raise MediaError(f"video '{name}' lasts {duration:.2f} s ({frames} frames at {request.frame_rate} "
-                     f"fps), longer than the {request.number_of_frames} frames (number_of_frames, "
-                     f"{request.window_s:.2f} s) one generation produces: {hint}, or cut the source into clips of "
-                     f"at most {(request.number_of_frames + FRAME_GROUP - 1) / request.frame_rate:.2f} s and "
-                     "generate each.", "too_long")
+    hint = (
+        f"set number_of_frames={fits} to cover it"
+        if fits > request.number_of_frames
+        else f"it is longer than the model's window ({MAX_FRAMES} frames, {MAX_FRAMES / request.frame_rate:.2f} s)"
+    )
+    raise MediaError(
+        f"video '{name}' lasts {duration:.2f} s ({frames} frames at {request.frame_rate} "
+        f"fps), longer than the {request.number_of_frames} frames (number_of_frames, "
+        f"{request.window_s:.2f} s) one generation produces: {hint}, or cut the source into clips of "
+        f"at most {(request.number_of_frames + FRAME_GROUP - 1) / request.frame_rate:.2f} s and "
+        "generate each.",
+        "too_long",
+    )
 
 
-ROLES = {"video": "video_url", "mask": "mask_url", "reference_video": "reference_video_url",
-         "reference_audio": "reference_audio_url"}   # fetch_sample's roles -> the request's fields
+ROLES = {
+    "video": "video_url",
+    "mask": "mask_url",
+    "reference_video": "reference_video_url",
+    "reference_audio": "reference_audio_url",
+}  # fetch_sample's roles -> the request's fields
 
 
 def fetch_inputs(request: GenerateRequest, downloads: Path, resolve=None) -> dict[str, FileRef]:
@@ -73,7 +84,7 @@ def prepare_inputs(request: GenerateRequest, prompt: str, cache: Cache, resolve=
         return conform_sample(files, prompt, request.conform(), cache)
     except (DownloadError, MediaError) as error:
         message = error.message.replace(VALIDATION_LABEL, "")
-        for role, ref in files.items():   # downloads are named by their hash: show the user's names
+        for role, ref in files.items():  # downloads are named by their hash: show the user's names
             message = message.replace(Path(ref.path).name, user_name(getattr(request, ROLES[role])))
         raise InvalidGenerateInput(f"Invalid generate input (422): {error.code}: {message}") from error
 

@@ -3,6 +3,7 @@
 Decoding is PyAV (its resampler only converts sample format and downmixes >2 channels at the native
 rate); resampling and time-stretch are librosa (soxr, phase vocoder); loudness is pyloudnorm.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,8 @@ import numpy as np
 
 from lib.core.errors import MediaError, Reason
 
-SAMPLE_RATE = 16_000          # the audio VAE's rate
-SILENCE_DBFS = -60.0          # a track whose peak is below this is "silent"
+SAMPLE_RATE = 16_000  # the audio VAE's rate
+SILENCE_DBFS = -60.0  # a track whose peak is below this is "silent"
 NORMALIZE_PEAK_DBFS = -1.0
 
 # Timestamp differences up to this are container rounding (Matroska stores ms), not real gaps:
@@ -34,8 +35,8 @@ class AudioInfo:
     sample_rate: int | None
     channels: int | None
     duration_s: float | None  # span from start_s to the end of the last frame, gaps included
-    start_s: float | None     # first audio pts in seconds (container time)
-    peak_dbfs: float          # over the whole track; -inf when digitally silent or no track
+    start_s: float | None  # first audio pts in seconds (container time)
+    peak_dbfs: float  # over the whole track; -inf when digitally silent or no track
 
 
 NO_AUDIO = AudioInfo(False, None, None, None, None, -math.inf)
@@ -55,8 +56,9 @@ def _open(path):
         ) from exc
 
 
-def _frames(container, stream, stereo: bool, stop_s: float | None = None
-            ) -> Iterator[tuple[float | None, int, np.ndarray]]:
+def _frames(
+    container, stream, stereo: bool, stop_s: float | None = None
+) -> Iterator[tuple[float | None, int, np.ndarray]]:
     """Yield (pts seconds, sample rate, float32 (C, n)) per decoded frame, in decode order.
 
     The resampler keeps the native rate, so its output lines up sample for sample with the input
@@ -70,8 +72,7 @@ def _frames(container, stream, stereo: bool, stop_s: float | None = None
             return
         if resampler is None:
             downmix = stereo and frame.layout.nb_channels > 2
-            resampler = av.AudioResampler(format="fltp", layout="stereo" if downmix else None,
-                                          rate=frame.sample_rate)
+            resampler = av.AudioResampler(format="fltp", layout="stereo" if downmix else None, rate=frame.sample_rate)
         data = [f.to_ndarray() for f in resampler.resample(frame)]
         if data:
             yield pts_s, frame.sample_rate, np.concatenate(data, axis=1).astype(np.float32, copy=False)
@@ -97,13 +98,13 @@ def _placed(frames, jitter_s: float = PTS_JITTER_S) -> Iterator[tuple[float, int
 def _assemble(frames) -> tuple[float, int, np.ndarray]:
     """Lay the frames out at the native rate -> (start_s, rate, (C, n)); gaps are silence."""
     start_s, rate, chunks = 0.0, 0, []
-    for start_s, rate, at, data in _placed(frames):
+    for start_s, rate, at, data in _placed(frames):  # noqa: B007 (the last frame's start and rate are kept)
         chunks.append((at, data))
     if not chunks:
         return start_s, rate, np.zeros((0, 0), np.float32)
     out = np.zeros((chunks[0][1].shape[0], max(at + d.shape[1] for at, d in chunks)), np.float32)
     for at, data in chunks:  # a later frame that overlaps an earlier one wins: it is the newer data
-        out[:, at:at + data.shape[1]] = data
+        out[:, at : at + data.shape[1]] = data
     return start_s, rate, out
 
 
@@ -123,7 +124,7 @@ def probe_audio(path) -> AudioInfo:
         if stream is None:
             return NO_AUDIO
         peak, start_s, rate, length = 0.0, None, None, 0
-        for start_s, rate, at, data in _placed(_frames(container, stream, stereo=False)):
+        for start_s, rate, at, data in _placed(_frames(container, stream, stereo=False)):  # noqa: B007 (kept)
             if data.size:
                 peak = max(peak, float(np.abs(data).max()))
             length = max(length, at + data.shape[1])
@@ -153,8 +154,7 @@ def check_audio(path, role: str) -> AudioInfo:
     return info
 
 
-def read_audio(path, video_start_s: float, window_s: float | None,
-               sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_audio(path, video_start_s: float, window_s: float | None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """float32 (2, S) at sample_rate, sample 0 at the first video frame (see place_audio)."""
     stop_s = None if window_s is None else video_start_s + window_s + RESAMPLE_MARGIN_S
     with _open(path) as container:
@@ -170,8 +170,9 @@ def read_audio(path, video_start_s: float, window_s: float | None,
     return place_audio(audio, start_s, video_start_s, sample_rate, window_s)
 
 
-def place_audio(audio: np.ndarray, audio_start_s: float, video_start_s: float,
-                sample_rate: int, window_s: float | None) -> np.ndarray:
+def place_audio(
+    audio: np.ndarray, audio_start_s: float, video_start_s: float, sample_rate: int, window_s: float | None
+) -> np.ndarray:
     """Shift audio that starts at audio_start_s so sample 0 is video_start_s, then fit the window.
 
     Audio starting after the video is preceded by silence; audio before the video start is
@@ -192,8 +193,7 @@ def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def fit_duration(audio: np.ndarray, sample_rate: int, target_s: float,
-                 preserve_pitch: bool) -> np.ndarray:
+def fit_duration(audio: np.ndarray, sample_rate: int, target_s: float, preserve_pitch: bool) -> np.ndarray:
     """Stretch/squeeze to exactly round(target_s * sample_rate) samples.
 
     preserve_pitch: phase-vocoder time-stretch (speech stays at its pitch); otherwise a plain
@@ -235,7 +235,7 @@ def loudness_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
 
     None when the clip is shorter than one 400 ms gating block or gates to -inf (silent).
     """
-    import pyloudnorm   # pulls in scipy.signal (1.4 s): only conforming needs it, not `av2av check`'s start-up
+    import pyloudnorm  # pulls in scipy.signal (1.4 s): only conforming needs it, not `av2av check`'s start-up
 
     meter = pyloudnorm.Meter(sample_rate)
     if audio.shape[-1] < meter.block_size * sample_rate:

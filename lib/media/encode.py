@@ -3,6 +3,7 @@
 A file only ever appears complete: we encode into a hidden temp file in the destination
 folder (same filesystem, so the final os.replace is atomic) and rename it at the end.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,9 +27,15 @@ _LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "
 _AUDIO_CHUNK = 4096  # samples per frame handed to the encoder (it re-chunks to its frame size)
 
 
-def write_video(path, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
-                sample_rate: int | None = None, codec: str = "h264",
-                pix_fmt: str | None = None) -> None:
+def write_video(
+    path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    codec: str = "h264",
+    pix_fmt: str | None = None,
+) -> None:
     """Write (N, H, W, 3) uint8 RGB frames (or (N, H, W) gray) at `fps`, plus optional audio.
 
     codec "h264" (mp4/mov/mkv, AAC audio) is for looking at; "ffv1" in .mkv is lossless and
@@ -119,8 +126,7 @@ def _even_crop(frames: np.ndarray, pix_fmt: str) -> np.ndarray:
     even_width = any(p.width < 3 for p in planes)
     even_height = any(p.height < 3 for p in planes)
     height, width = frames.shape[1], frames.shape[2]
-    return frames[:, : height - height % 2 if even_height else height,
-                  : width - width % 2 if even_width else width]
+    return frames[:, : height - height % 2 if even_height else height, : width - width % 2 if even_width else width]
 
 
 def _check_audio(audio, sample_rate) -> np.ndarray:
@@ -139,7 +145,7 @@ def _layout(channels: int) -> str:
 def _audio_frames(audio: np.ndarray, sample_rate: int) -> Iterator[av.AudioFrame]:
     layout = _layout(audio.shape[0])
     for start in range(0, audio.shape[1], _AUDIO_CHUNK):
-        chunk = np.ascontiguousarray(audio[:, start:start + _AUDIO_CHUNK])
+        chunk = np.ascontiguousarray(audio[:, start : start + _AUDIO_CHUNK])
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
         yield frame

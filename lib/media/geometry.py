@@ -2,6 +2,7 @@
 
 Reference, target and mask all go through `fill_crop_box`, so they stay pixel-aligned.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ def fill_crop_box(src_width: int, src_height: int, width: int, height: int) -> F
     scaled_width = max(width, round(src_width * scale))
     scaled_height = max(height, round(src_height * scale))
     return FillCrop(
-        scaled_width, scaled_height,
-        left=(scaled_width - width) // 2, top=(scaled_height - height) // 2,
-        width=width, height=height,
+        scaled_width,
+        scaled_height,
+        left=(scaled_width - width) // 2,
+        top=(scaled_height - height) // 2,
+        width=width,
+        height=height,
     )

@@ -3,6 +3,7 @@
 WHITE = regenerate, BLACK = keep, binarized on luminance at 0.5 — except palette-indexed
 images (object-id masks as DAVIS-style tools export them), where any non-zero index regenerates.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from lib.media.geometry import fill_crop_box
 from lib.media.video import iter_display_frames
 
 THRESHOLD = 128  # luminance 0.5 on 0..255
-TOKEN_THRESHOLD = 0.5   # a latent cell is regenerated when more than half of it is WHITE
+TOKEN_THRESHOLD = 0.5  # a latent cell is regenerated when more than half of it is WHITE
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})  # a still mask, repeated over every frame
 
 
@@ -48,9 +49,11 @@ def token_mask(mask: np.ndarray, temporal: int = 8, spatial: int = 32) -> np.nda
 def _fit(level: np.ndarray, display_size: tuple[int, int], bucket: tuple[int, int]) -> np.ndarray:
     """Resize to the clip's display size and apply the clip's fill+crop, then binarize."""
     box = fill_crop_box(*display_size, *bucket)
-    resized = Image.fromarray(level).resize((box.scaled_width, box.scaled_height), Image.Resampling.BOX
-                                            if level.shape[1] > box.scaled_width else Image.Resampling.BILINEAR)
-    cropped = np.asarray(resized)[box.top: box.top + box.height, box.left: box.left + box.width]
+    resized = Image.fromarray(level).resize(
+        (box.scaled_width, box.scaled_height),
+        Image.Resampling.BOX if level.shape[1] > box.scaled_width else Image.Resampling.BILINEAR,
+    )
+    cropped = np.asarray(resized)[box.top : box.top + box.height, box.left : box.left + box.width]
     return cropped >= THRESHOLD
 
 
@@ -60,8 +63,9 @@ def _image_mask(path: Path, display_size, bucket) -> np.ndarray:
             image.load()
             return _fit(_selection_level(image), display_size, bucket)[None]
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise MediaError(f"Mask '{path.name}' could not be read as an image: {error}",
-                         Reason.MASK_UNREADABLE.value) from error
+        raise MediaError(
+            f"Mask '{path.name}' could not be read as an image: {error}", Reason.MASK_UNREADABLE.value
+        ) from error
 
 
 def _video_mask(path: Path, source_indices: np.ndarray, display_size, bucket) -> np.ndarray:
@@ -81,8 +85,7 @@ def _video_mask(path: Path, source_indices: np.ndarray, display_size, bucket) ->
             if last_index >= last_wanted:
                 break
     except MediaError as error:
-        raise MediaError(f"Mask '{path.name}' could not be decoded: {error}",
-                         Reason.MASK_UNREADABLE.value) from error
+        raise MediaError(f"Mask '{path.name}' could not be decoded: {error}", Reason.MASK_UNREADABLE.value) from error
     if last_gray is None:
         raise MediaError(f"Mask '{path.name}' has no decodable frames.", Reason.MASK_UNREADABLE.value)
     held = fitted.get(last_index)
@@ -91,8 +94,9 @@ def _video_mask(path: Path, source_indices: np.ndarray, display_size, bucket) ->
     return np.stack([fitted[int(i)] if i <= last_index else held for i in source_indices])
 
 
-def conform_mask(path: str | Path, source_indices: np.ndarray, display_size: tuple[int, int],
-                 bucket: tuple[int, int]) -> np.ndarray:
+def conform_mask(
+    path: str | Path, source_indices: np.ndarray, display_size: tuple[int, int], bucket: tuple[int, int]
+) -> np.ndarray:
     """bool (N, H, W) aligned with the conformed target: N = len(source_indices), (W, H) = bucket.
 
     `source_indices[i]` is the target's source frame shown at output frame i;

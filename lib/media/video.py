@@ -5,6 +5,7 @@ edit lists and non-zero start times come out right. Every array we return is in 
 geometry: sample aspect ratio corrected and the container's display matrix applied the way
 `ffmpeg -autorotate` does it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -22,36 +23,36 @@ from lib.media.geometry import fill_crop_box
 
 UNDECODABLE = Reason.UNDECODABLE.value
 
-TIE_S = 1e-6   # a time this close to the midpoint of two frames is a tie: the later frame wins
+TIE_S = 1e-6  # a time this close to the midpoint of two frames is a tie: the later frame wins
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     path: str
-    display_width: int      # after SAR correction and rotation (what a player shows)
+    display_width: int  # after SAR correction and rotation (what a player shows)
     display_height: int
-    rotation: int           # clockwise degrees applied for display: 0, 90, 180 or 270
-    mirrored: bool          # after rotating, the picture is flipped left-right
-    duration_s: float       # video stream only, measured from the first frame
+    rotation: int  # clockwise degrees applied for display: 0, 90, 180 or 270
+    mirrored: bool  # after rotating, the picture is flipped left-right
+    duration_s: float  # video stream only, measured from the first frame
     avg_fps: float
-    start_s: float          # first video frame's presentation time (audio aligns to it)
+    start_s: float  # first video frame's presentation time (audio aligns to it)
     has_audio: bool
 
 
 @dataclass(frozen=True)
 class SampledFrames:
-    frames: np.ndarray          # uint8 (N, H, W, 3) RGB
+    frames: np.ndarray  # uint8 (N, H, W, 3) RGB
     source_indices: np.ndarray  # int64 (N,): presentation-order index of the source frame used
-    source_frame_count: int     # source frames decoded (decoding stops after the last time)
+    source_frame_count: int  # source frames decoded (decoding stops after the last time)
 
 
 @dataclass(frozen=True)
 class _Layout:
     """How coded pixels become display pixels: scale to (width, height), then orient."""
 
-    width: int      # SAR-corrected, before rotation
+    width: int  # SAR-corrected, before rotation
     height: int
-    rotation: int   # clockwise
+    rotation: int  # clockwise
     mirrored: bool
 
     @property
@@ -87,8 +88,7 @@ def probe(path) -> VideoInfo:
         # Matroska/WebM carry no per-stream duration (and MediaRecorder files none at all).
         duration, fps = _demuxed_timing(path)
     width, height = layout.display_size
-    return VideoInfo(str(path), width, height, layout.rotation, layout.mirrored,
-                     duration, fps, start, has_audio)
+    return VideoInfo(str(path), width, height, layout.rotation, layout.mirrored, duration, fps, start, has_audio)
 
 
 def read_frames(path, times: np.ndarray, size: tuple[int, int] | None = None) -> SampledFrames:
@@ -110,7 +110,7 @@ def read_frames(path, times: np.ndarray, size: tuple[int, int] | None = None) ->
             seen = index + 1
             if out is None:
                 out = np.empty((len(times), *_output_shape(layout, size), 3), dtype=np.uint8)
-            if shown is not None:   # times before the midpoint are nearer the previous frame
+            if shown is not None:  # times before the midpoint are nearer the previous frame
                 midpoint = (shown_t + t) / 2 - TIE_S
                 pending = _assign(out, indices, times, order, pending, shown, size, until=midpoint)
             shown, shown_t = (index, frame, layout), t
@@ -162,11 +162,12 @@ def _render(frame, layout: _Layout, size, fmt: str) -> np.ndarray:
     shrinking = width * height < frame.width * frame.height
     # Scale in the native YUV first, convert the small picture after: ~35 % faster than one
     # combined scale+convert pass (measured on 1080p HEVC), and range/bit depth carry over.
-    scaled = frame.reformat(width=width, height=height, format=frame.format.name,
-                            interpolation="AREA" if shrinking else "BICUBIC")
+    scaled = frame.reformat(
+        width=width, height=height, format=frame.format.name, interpolation="AREA" if shrinking else "BICUBIC"
+    )
     array = layout.orient(scaled.to_ndarray(format=fmt))
     if box is not None:
-        array = array[box.top:box.top + box.height, box.left:box.left + box.width]
+        array = array[box.top : box.top + box.height, box.left : box.left + box.width]
     return np.ascontiguousarray(array)
 
 
@@ -214,9 +215,9 @@ def _orientation(frame) -> tuple[int, bool]:
     a, c, d = matrix[0], matrix[3], matrix[4]
     theta = (90 * round(-frame.rotation / 90)) % 360  # ffmpeg: clockwise degrees
     if theta == 90:
-        return 90, bool(c > 0)       # transpose=cclock_flip (a plain transpose) or clock
+        return 90, bool(c > 0)  # transpose=cclock_flip (a plain transpose) or clock
     if theta == 270:
-        return 270, bool(c < 0)      # transpose=clock_flip or cclock
+        return 270, bool(c < 0)  # transpose=clock_flip or cclock
     if theta == 180:
         hflip, vflip = a < 0, d < 0
         if hflip and vflip:
@@ -245,8 +246,7 @@ def _stream_timing(stream) -> tuple[float | None, float]:
 def _demuxed_timing(path) -> tuple[float, float]:
     """(duration, fps) from packet timestamps (no decoding): last - first + one frame step."""
     with _opened(path) as (container, stream):
-        pts = sorted(p.pts for p in container.demux(stream)
-                     if p.pts is not None and not p.is_discard and p.size > 0)
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and not p.is_discard and p.size > 0)
         time_base = float(stream.time_base)
         rate = stream.guessed_rate or stream.average_rate
     if not pts:
@@ -277,8 +277,7 @@ def _opened(path):
 def _video_stream(container, path):
     # FFmpeg opens still images (png_pipe, image2, ...) as one-frame videos; they are not clips.
     if container.format.name == "image2" or container.format.name.endswith("_pipe"):
-        raise MediaError(f"{_name(path)}: is a still image ({container.format.name}), not a video",
-                         UNDECODABLE)
+        raise MediaError(f"{_name(path)}: is a still image ({container.format.name}), not a video", UNDECODABLE)
     for stream in container.streams.video:
         # Cover art in audio files shows up as a one-picture video stream.
         if not stream.disposition & av.stream.Disposition.attached_pic:

@@ -1,5 +1,6 @@
 """The loaded model as one value (`Components`), the tiny preset, and what the rest of lib/ may
 ask of a model (`model_spec`, `to_pipeline`, the cache identity) without touching its classes."""
+
 from __future__ import annotations
 
 import copy
@@ -12,11 +13,20 @@ from typing import Any
 import torch
 
 from lib.core.cache import content_key
-from lib.model.configs import (TINY_AUDIO_VAE, TINY_CONNECTORS, TINY_GEMMA_TEXT, TINY_GEMMA_VISION,
-                               TINY_MAX_SEQUENCE_LENGTH, TINY_SCHEDULER, TINY_SPECIALS, TINY_TRANSFORMER, TINY_VAE,
-                               TINY_VOCODER)
+from lib.model.configs import (
+    TINY_AUDIO_VAE,
+    TINY_CONNECTORS,
+    TINY_GEMMA_TEXT,
+    TINY_GEMMA_VISION,
+    TINY_MAX_SEQUENCE_LENGTH,
+    TINY_SCHEDULER,
+    TINY_SPECIALS,
+    TINY_TRANSFORMER,
+    TINY_VAE,
+    TINY_VOCODER,
+)
 
-MAX_SEQUENCE_LENGTH = 1024          # LTX2Pipeline's default prompt length
+MAX_SEQUENCE_LENGTH = 1024  # LTX2Pipeline's default prompt length
 MODULE_NAMES = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
 
 
@@ -30,11 +40,11 @@ class Components:
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
-    identity: str   # "<preset>|<seed or source>|<dtype>|cfg-<hash>": stable cache-key material
+    identity: str  # "<preset>|<seed or source>|<dtype>|cfg-<hash>": stable cache-key material
     device: torch.device
     dtype: torch.dtype
-    spec: dict = field(default_factory=dict)        # model_spec, computed while every part was known
-    loader: Callable[[str], Any] | None = None      # loads a released part again (lib.model.lifetime)
+    spec: dict = field(default_factory=dict)  # model_spec, computed while every part was known
+    loader: Callable[[str], Any] | None = None  # loads a released part again (lib.model.lifetime)
     ledger: Any = field(default_factory=lambda: _new_ledger())
     base_precision: str = "bf16"
 
@@ -47,8 +57,12 @@ def _new_ledger():
 
 def build_tiny(seed: int = 0) -> Components:
     """Every 2.3 class with tiny random weights (fp32, CPU, eval). Same seed, same weights."""
-    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video,
-                           FlowMatchEulerDiscreteScheduler, LTX2VideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2VideoTransformer3DModel,
+    )
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
 
@@ -58,7 +72,8 @@ def build_tiny(seed: int = 0) -> Components:
         audio_vae=lambda: AutoencoderKLLTX2Audio(**TINY_AUDIO_VAE),
         vocoder=lambda: LTX2VocoderWithBWE(**TINY_VOCODER),
         connectors=lambda: LTX2TextConnectors(**TINY_CONNECTORS),
-        text_encoder=_tiny_text_encoder)
+        text_encoder=_tiny_text_encoder,
+    )
     parts = {}
     # Each part gets its own seed so one part's weights don't depend on how the others were built;
     # fork_rng keeps the caller's global RNG state untouched.
@@ -75,16 +90,20 @@ def build_tiny(seed: int = 0) -> Components:
 def _tiny_text_encoder():
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    config = Gemma3Config(text_config=dict(vocab_size=len(_tiny_vocab()), **TINY_GEMMA_TEXT),
-                          vision_config=TINY_GEMMA_VISION, mm_tokens_per_image=4,
-                          boi_token_index=5, eoi_token_index=6, image_token_index=7)
+    config = Gemma3Config(
+        text_config=dict(vocab_size=len(_tiny_vocab()), **TINY_GEMMA_TEXT),
+        vision_config=TINY_GEMMA_VISION,
+        mm_tokens_per_image=4,
+        boi_token_index=5,
+        eoi_token_index=6,
+        image_token_index=7,
+    )
     return Gemma3ForConditionalGeneration(config)
 
 
 def _tiny_vocab() -> dict[str, int]:
     # Specials, then byte fallback for anything, then "▁" and a-z so plain words stay short.
-    tokens = [*TINY_SPECIALS, *(f"<0x{b:02X}>" for b in range(256)), "▁",
-              *"abcdefghijklmnopqrstuvwxyz"]
+    tokens = [*TINY_SPECIALS, *(f"<0x{b:02X}>" for b in range(256)), "▁", *"abcdefghijklmnopqrstuvwxyz"]
     return {token: index for index, token in enumerate(tokens)}
 
 
@@ -129,7 +148,7 @@ def compute_spec(components) -> dict:
     """`model_spec` from the parts themselves (loaded, or shells on the meta device)."""
     vae, audio_vae = components.vae, components.audio_vae
     sample_rate, hop = audio_vae.config.sample_rate, audio_vae.config.mel_hop_length
-    audio_temporal = audio_vae.temporal_compression_ratio   # hard-coded 4 in the class
+    audio_temporal = audio_vae.temporal_compression_ratio  # hard-coded 4 in the class
     mel_bins = audio_vae.config.mel_bins
     return dict(
         video_latent_channels=vae.config.latent_channels,
@@ -151,8 +170,9 @@ def compute_spec(components) -> dict:
 def _max_sequence_length(components: Components) -> int:
     # The connectors replace padding with learnable registers and need length % registers == 0.
     config = components.connectors.config
-    registers = math.lcm(config.video_connector_num_learnable_registers or 1,
-                         config.audio_connector_num_learnable_registers or 1)
+    registers = math.lcm(
+        config.video_connector_num_learnable_registers or 1, config.audio_connector_num_learnable_registers or 1
+    )
     length = min(MAX_SEQUENCE_LENGTH, components.tokenizer.model_max_length)
     return max(registers, length // registers * registers)
 
@@ -162,8 +182,9 @@ def _max_sequence_length(components: Components) -> int:
 _VOLATILE_KEYS = {"dtype", "torch_dtype", "transformers_version", "name_or_path", "architectures"}
 
 
-def _with_identity(parts: dict, preset: str, origin: str, device: torch.device,
-                   dtype: torch.dtype, base_precision: str = "bf16") -> Components:
+def _with_identity(
+    parts: dict, preset: str, origin: str, device: torch.device, dtype: torch.dtype, base_precision: str = "bf16"
+) -> Components:
     identity = _identity(preset, origin, dtype, config_hash(parts), base_precision)
     components = Components(**parts, identity=identity, device=device, dtype=dtype, base_precision=base_precision)
     components.spec = compute_spec(components)
@@ -185,7 +206,7 @@ def config_hash(parts) -> str:
 
 
 def _describe(part) -> dict:
-    if hasattr(part, "get_vocab"):   # tokenizer: its vocabulary decides the prompt embeddings
+    if hasattr(part, "get_vocab"):  # tokenizer: its vocabulary decides the prompt embeddings
         vocabulary = content_key("vocabulary", "1", tokens=sorted(part.get_vocab().items()))
         return {"class": type(part).__name__, "vocab": vocabulary, "model_max_length": part.model_max_length}
     config = part.config.to_dict() if hasattr(part.config, "to_dict") else dict(part.config)
@@ -195,8 +216,7 @@ def _describe(part) -> dict:
 def _stable(value):
     # Private ("_name_or_path", "_diffusers_version") and dtype keys change on save/load, not the model.
     if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items()
-                if not str(k).startswith("_") and k not in _VOLATILE_KEYS}
+        return {k: _stable(v) for k, v in value.items() if not str(k).startswith("_") and k not in _VOLATILE_KEYS}
     if isinstance(value, (list, tuple)):
         return [_stable(v) for v in value]
     return value

@@ -11,6 +11,7 @@ One example becomes one transformer call, reference tokens first as Lightricks' 
   negative time ending REFERENCE_AUDIO_GAP_S before 0 (Lightricks' Dub-It convention).
 Loss (training) is on regenerated video tokens and target audio tokens only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,20 +20,22 @@ import torch
 
 from lib.core.settings import REFERENCE_AUDIO_GAP_S, ConditioningSettings
 
-TIMESTEP_SCALE = 1000.0        # the transformer's timesteps and sigma are on 0..1000
-__all__ = ["REFERENCE_AUDIO_GAP_S", "ConditioningSettings"]   # re-exported: the settings live in lib.core.settings
+TIMESTEP_SCALE = 1000.0  # the transformer's timesteps and sigma are on 0..1000
+__all__ = ["REFERENCE_AUDIO_GAP_S", "ConditioningSettings"]  # re-exported: the settings live in lib.core.settings
 
 
 @dataclass
 class Example:
     """Latents of one triplet, unbatched, as cached (see lib/model/encoding.py)."""
 
-    target_video: torch.Tensor      # (C, F, h, w) normalized
-    reference_video: torch.Tensor   # (C, F, h, w)
-    target_audio: torch.Tensor      # (Ca, L, M)
-    reference_audio: torch.Tensor   # (Ca, L, M)
-    video_mask: torch.Tensor        # (F, h, w) bool, True = regenerate
-    text: dict[str, torch.Tensor]   # encoder_hidden_states, audio_encoder_hidden_states, encoder_attention_mask (1, T, ·)
+    target_video: torch.Tensor  # (C, F, h, w) normalized
+    reference_video: torch.Tensor  # (C, F, h, w)
+    target_audio: torch.Tensor  # (Ca, L, M)
+    reference_audio: torch.Tensor  # (Ca, L, M)
+    video_mask: torch.Tensor  # (F, h, w) bool, True = regenerate
+    text: dict[
+        str, torch.Tensor
+    ]  # encoder_hidden_states, audio_encoder_hidden_states, encoder_attention_mask (1, T, ·)
     frame_rate: float
 
 
@@ -60,11 +63,11 @@ class ModelInputs:
     """Keyword arguments for one transformer call, plus what the loss needs."""
 
     kwargs: dict
-    video_tokens: int              # the target tokens, last in the sequence (after the reference)
+    video_tokens: int  # the target tokens, last in the sequence (after the reference)
     audio_tokens: int
-    video_mask: torch.Tensor       # (Nv,) float, 1 = regenerated (in the loss), 0 = kept
-    video_velocity: torch.Tensor   # (Nv, C) flow-matching target eps - x0
-    audio_velocity: torch.Tensor   # (La, D)
+    video_mask: torch.Tensor  # (Nv,) float, 1 = regenerated (in the loss), 0 = kept
+    video_velocity: torch.Tensor  # (Nv, C) flow-matching target eps - x0
+    audio_velocity: torch.Tensor  # (La, D)
 
 
 def reference_audio_coords(transformer, length: int, positions: str, device) -> torch.Tensor:
@@ -78,8 +81,9 @@ def reference_audio_coords(transformer, length: int, positions: str, device) -> 
     return coords - (coords[..., -1:, 1:2] + REFERENCE_AUDIO_GAP_S)
 
 
-def reference_video_coords(transformer, target_shape: tuple[int, int, int], reference_shape: tuple[int, int, int],
-                           frame_rate: float, device) -> torch.Tensor:
+def reference_video_coords(
+    transformer, target_shape: tuple[int, int, int], reference_shape: tuple[int, int, int], frame_rate: float, device
+) -> torch.Tensor:
     """The reference's own grid, its height and width positions scaled onto the target's pixels."""
     frames, height, width = reference_shape
     coords = transformer.rope.prepare_video_coords(1, frames, height, width, device, fps=frame_rate)
@@ -87,11 +91,18 @@ def reference_video_coords(transformer, target_shape: tuple[int, int, int], refe
     return coords * scale.to(coords.dtype)[None, :, None, None]
 
 
-def build_inputs(transformer, example: Example, video_sigma: torch.Tensor, audio_sigma: torch.Tensor,
-                 video_noise: torch.Tensor, audio_noise: torch.Tensor,
-                 noisy_video: torch.Tensor | None = None, noisy_audio: torch.Tensor | None = None,
-                 conditioning: ConditioningSettings = ConditioningSettings(),
-                 dtype: torch.dtype = torch.float32) -> ModelInputs:
+def build_inputs(
+    transformer,
+    example: Example,
+    video_sigma: torch.Tensor,
+    audio_sigma: torch.Tensor,
+    video_noise: torch.Tensor,
+    audio_noise: torch.Tensor,
+    noisy_video: torch.Tensor | None = None,
+    noisy_audio: torch.Tensor | None = None,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+    dtype: torch.dtype = torch.float32,
+) -> ModelInputs:
     """Assemble the transformer call for one example at noise levels (video_sigma, audio_sigma) in [0, 1].
 
     Training passes clean latents + noise; the sampler passes its current `noisy_*` tokens instead
@@ -113,29 +124,40 @@ def build_inputs(transformer, example: Example, video_sigma: torch.Tensor, audio
 
     frames, height, width = target_shape
     video_coords = transformer.rope.prepare_video_coords(1, frames, height, width, device, fps=example.frame_rate)
-    reference_coords = reference_video_coords(transformer, target_shape, tuple(example.reference_video.shape[1:]),
-                                              example.frame_rate, device)
+    reference_coords = reference_video_coords(
+        transformer, target_shape, tuple(example.reference_video.shape[1:]), example.frame_rate, device
+    )
     audio_coords = transformer.audio_rope.prepare_audio_coords(1, clean_audio.shape[0], device)
-    reference_audio_coords_ = reference_audio_coords(transformer, len(reference_audio),
-                                                     conditioning.reference_audio_positions, device)
+    reference_audio_coords_ = reference_audio_coords(
+        transformer, len(reference_audio), conditioning.reference_audio_positions, device
+    )
     video_t = (video_sigma * TIMESTEP_SCALE).float()
     audio_t = (audio_sigma * TIMESTEP_SCALE).float()
     kwargs = dict(
         hidden_states=torch.cat([reference_video, noisy_video])[None].to(dtype),
         audio_hidden_states=torch.cat([reference_audio, noisy_audio])[None].to(dtype),
         timestep=torch.cat([torch.zeros(len(reference_video), device=device), video_t * mask])[None],
-        audio_timestep=torch.cat([torch.zeros(len(reference_audio), device=device),
-                                  audio_t.expand(len(clean_audio))])[None],
-        sigma=video_t.reshape(1), audio_sigma=audio_t.reshape(1),
+        audio_timestep=torch.cat([torch.zeros(len(reference_audio), device=device), audio_t.expand(len(clean_audio))])[
+            None
+        ],
+        sigma=video_t.reshape(1),
+        audio_sigma=audio_t.reshape(1),
         video_coords=torch.cat([reference_coords, video_coords], dim=2),
         audio_coords=torch.cat([reference_audio_coords_, audio_coords], dim=2),
-        fps=example.frame_rate, use_cross_timestep=True, return_dict=False,
+        fps=example.frame_rate,
+        use_cross_timestep=True,
+        return_dict=False,
         **{name: _text_input(tensor, device, dtype) for name, tensor in example.text.items()},
         audio_encoder_attention_mask=example.text["encoder_attention_mask"].to(device),
     )
-    return ModelInputs(kwargs=kwargs, video_tokens=len(clean_video), audio_tokens=len(clean_audio),
-                       video_mask=mask, video_velocity=video_noise.float() - clean_video,
-                       audio_velocity=audio_noise.float() - clean_audio)
+    return ModelInputs(
+        kwargs=kwargs,
+        video_tokens=len(clean_video),
+        audio_tokens=len(clean_audio),
+        video_mask=mask,
+        video_velocity=video_noise.float() - clean_video,
+        audio_velocity=audio_noise.float() - clean_audio,
+    )
 
 
 def _text_input(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
@@ -146,11 +168,12 @@ def _text_input(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tenso
 def predict(transformer, inputs: ModelInputs, **extra) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 velocity predictions for the target tokens only (they come last): (Nv, C) video, (La, D) audio."""
     video, audio = transformer(**inputs.kwargs, **extra)
-    return video[0, -inputs.video_tokens:].float(), audio[0, -inputs.audio_tokens:].float()
+    return video[0, -inputs.video_tokens :].float(), audio[0, -inputs.audio_tokens :].float()
 
 
-def masked_loss(video_prediction: torch.Tensor, audio_prediction: torch.Tensor,
-                inputs: ModelInputs) -> tuple[torch.Tensor, dict[str, float]]:
+def masked_loss(
+    video_prediction: torch.Tensor, audio_prediction: torch.Tensor, inputs: ModelInputs
+) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE on regenerated video tokens + MSE on target audio tokens, each averaged over its tokens."""
     video_error = (video_prediction.float() - inputs.video_velocity.float()).pow(2).mean(dim=1)
     regenerated = inputs.video_mask.float()

@@ -4,6 +4,7 @@ One `.safetensors` per conformed clip under `<cache>/latents/<key>/`, key = hash
 clip's content key + the model identity + the encoder settings. A rerun with other training
 parameters finds every file and encodes nothing.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,14 +13,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lib.model import latents
 from lib.core.cache import Cache, content_key
-from lib.model.conditioning import Example
 from lib.core.clip import clip_metadata, load_clip
-from lib.model import Components, model_spec
-from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
 from lib.core.storage import FileRef
 from lib.media.masks import token_mask
+from lib.model import Components, latents, model_spec
+from lib.model.conditioning import Example
+from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
 
 # Explicit code version (lib.core.cache.content_key): bump when the encoded bytes change for the same clip and model.
 ENCODER_VERSION = "4"
@@ -36,8 +36,9 @@ def reference_size(height: int, width: int, downscale: int, multiple: int = 32) 
     384x384), so its positions are the target's scaled by the integer factor, as Lightricks' code
     has it. The request never plans an inexact one (TrainRequest.reference_downscale_factor)."""
     if height % (downscale * multiple) or width % (downscale * multiple):
-        raise ValueError(f"a {width}x{height} clip has no exact 1/{downscale} reference on the VAE's "
-                         f"{multiple}-px grid")
+        raise ValueError(
+            f"a {width}x{height} clip has no exact 1/{downscale} reference on the VAE's {multiple}-px grid"
+        )
     return height // downscale, width // downscale
 
 
@@ -51,8 +52,9 @@ def downscale_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def latent_key(clip: FileRef, components: Components, reference_downscale: int = 1) -> str:
-    return content_key("latents", ENCODER_VERSION, clip=clip.sha256, model=components.identity,
-                       reference_downscale=reference_downscale)
+    return content_key(
+        "latents", ENCODER_VERSION, clip=clip.sha256, model=components.identity, reference_downscale=reference_downscale
+    )
 
 
 def latents_entry(clip: FileRef, components: Components, reference_downscale: int = 1) -> str:
@@ -105,8 +107,11 @@ def encode_clip(components: Components, clip: FileRef, cache: Cache, reference_d
         tensors = _encode(acquire(components, *MEDIA_ENCODE_PARTS), clip_path, reference_downscale)
     tensors |= {name: text[name][0] for name in TEXT_KEYS}
     with cache.writing(entry) as partial:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, partial,
-                  metadata={k: v for k, v in metadata.items() if k in ("name", "caption", "frame_rate")})
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            partial,
+            metadata={k: v for k, v in metadata.items() if k in ("name", "caption", "frame_rate")},
+        )
     return cache.ref(entry, key)
 
 
@@ -114,8 +119,9 @@ def _encode(components: Components, clip_path: str, reference_downscale: int) ->
     clip = load_clip(clip_path)
     spec = model_spec(components)
     _, height, width, _ = clip["reference"].shape
-    reference = downscale_frames(clip["reference"], *reference_size(height, width, reference_downscale,
-                                                                   spec["spatial_compression"]))
+    reference = downscale_frames(
+        clip["reference"], *reference_size(height, width, reference_downscale, spec["spatial_compression"])
+    )
     return {
         "target_video": latents.encode_video(components, clip["target"]),
         "reference_video": latents.encode_video(components, reference),
@@ -129,7 +135,11 @@ def load_example(path: str | Path) -> Example:
     tensors = load_file(str(path))
     metadata = clip_metadata(str(path))
     return Example(
-        target_video=tensors["target_video"], reference_video=tensors["reference_video"],
-        target_audio=tensors["target_audio"], reference_audio=tensors["reference_audio"],
-        video_mask=tensors["video_mask"], frame_rate=float(metadata.get("frame_rate", 24)),
-        text={name: tensors[name][None] for name in TEXT_KEYS})
+        target_video=tensors["target_video"],
+        reference_video=tensors["reference_video"],
+        target_audio=tensors["target_audio"],
+        reference_audio=tensors["reference_audio"],
+        video_mask=tensors["video_mask"],
+        frame_rate=float(metadata.get("frame_rate", 24)),
+        text={name: tensors[name][None] for name in TEXT_KEYS},
+    )

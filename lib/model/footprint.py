@@ -2,6 +2,7 @@
 parameters per part and the share the base precision quantizes. `build_on_meta` is also what
 lib.train.footprint counts a training step's activations and FLOPs on.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ PARTS = ("transformer", "connectors", "text_encoder", "vae", "audio_vae", "vocod
 @dataclass(frozen=True)
 class PartCount:
     parameters: int
-    quantizable: int = 0        # weights of the Linear layers base_precision quantizes
-    quantizable_rows: int = 0   # their output rows (one scale each for int8 / fp8)
+    quantizable: int = 0  # weights of the Linear layers base_precision quantizes
+    quantizable_rows: int = 0  # their output rows (one scale each for int8 / fp8)
 
 
 def architecture_configs(model: str) -> dict:
@@ -28,8 +29,14 @@ def architecture_configs(model: str) -> dict:
     from lib.model import configs as tiny
 
     if model == "tiny":
-        return {"transformer": tiny.TINY_TRANSFORMER, "connectors": tiny.TINY_CONNECTORS, "vae": tiny.TINY_VAE,
-                "audio_vae": tiny.TINY_AUDIO_VAE, "vocoder": tiny.TINY_VOCODER, "text_encoder": None}
+        return {
+            "transformer": tiny.TINY_TRANSFORMER,
+            "connectors": tiny.TINY_CONNECTORS,
+            "vae": tiny.TINY_VAE,
+            "audio_vae": tiny.TINY_AUDIO_VAE,
+            "vocoder": tiny.TINY_VOCODER,
+            "text_encoder": None,
+        }
     found = {name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text()) for name in PARTS}
     gemma = {k: v for k, v in found["text_encoder"].items() if k not in ("architectures", "model_type")}
     found["text_encoder"] = Gemma3Config(**gemma)
@@ -47,7 +54,7 @@ def build_on_meta(model: str, name: str, **overrides) -> torch.nn.Module:
 
             return _tiny_text_encoder() if config is None else Gemma3ForConditionalGeneration(config)
         module = classes()[name].from_config({**config, **overrides})
-    return fuse_rms_norms(module) if name == "transformer" else module   # as `place` trains it
+    return fuse_rms_norms(module) if name == "transformer" else module  # as `place` trains it
 
 
 def count_parts(model: str) -> dict[str, PartCount]:
@@ -76,8 +83,13 @@ def _fields(count: PartCount) -> tuple[int, int, int]:
 
 def _count_module(module: torch.nn.Module, name: str) -> PartCount:
     prefix = {"transformer": TRANSFORMER_QUANTIZED, "text_encoder": TEXT_ENCODER_QUANTIZED}.get(name)
-    linears = [child for qualified, child in module.named_modules()
-               if prefix and type(child) is torch.nn.Linear and prefix in f"{qualified}."]
-    return PartCount(parameters=sum(p.numel() for p in module.parameters()),
-                     quantizable=sum(child.weight.numel() for child in linears),
-                     quantizable_rows=sum(child.out_features for child in linears))
+    linears = [
+        child
+        for qualified, child in module.named_modules()
+        if prefix and type(child) is torch.nn.Linear and prefix in f"{qualified}."
+    ]
+    return PartCount(
+        parameters=sum(p.numel() for p in module.parameters()),
+        quantizable=sum(child.weight.numel() for child in linears),
+        quantizable_rows=sum(child.out_features for child in linears),
+    )

@@ -8,6 +8,7 @@ pipeline does, so cached latents are interchangeable with the pipeline's own:
 both from the VAE posterior's mode (deterministic). Outputs are float32 on the CPU (cacheable);
 the models run on components.device in components.dtype.
 """
+
 from __future__ import annotations
 
 import librosa
@@ -19,7 +20,7 @@ from lib.model import Components, model_spec
 # The audio VAE's input features (diffusers ships no waveform -> mel code for it; see log_mel).
 MEL_SAMPLE_RATE = 16_000
 MEL_N_FFT = 1024
-MEL_HOP = 160          # 100 mel frames per second
+MEL_HOP = 160  # 100 mel frames per second
 MEL_F_MAX = 8_000.0
 MEL_LOG_FLOOR = 1e-5
 TILED_DECODE_PX = 768 * 768
@@ -35,9 +36,21 @@ def log_mel(waveform: np.ndarray, n_mels: int) -> torch.Tensor:
     audio = np.asarray(waveform, dtype=np.float32)
     audio = np.broadcast_to(audio.reshape(-1, audio.shape[-1]), (2, audio.shape[-1]))
     mel = librosa.feature.melspectrogram(
-        y=np.ascontiguousarray(audio), sr=MEL_SAMPLE_RATE, n_fft=MEL_N_FFT, win_length=MEL_N_FFT,
-        hop_length=MEL_HOP, window="hann", center=True, pad_mode="reflect", power=1.0,
-        n_mels=n_mels, fmin=0.0, fmax=MEL_F_MAX, htk=False, norm="slaney")   # (2, n_mels, T)
+        y=np.ascontiguousarray(audio),
+        sr=MEL_SAMPLE_RATE,
+        n_fft=MEL_N_FFT,
+        win_length=MEL_N_FFT,
+        hop_length=MEL_HOP,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=1.0,
+        n_mels=n_mels,
+        fmin=0.0,
+        fmax=MEL_F_MAX,
+        htk=False,
+        norm="slaney",
+    )  # (2, n_mels, T)
     mel = torch.from_numpy(np.log(np.maximum(mel, MEL_LOG_FLOOR)).astype(np.float32))
     return mel.transpose(1, 2).unsqueeze(0).contiguous()
 
@@ -47,7 +60,7 @@ def encode_video(components: Components, frames: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB, N = 8k+1, H and W multiples of 32 -> normalized (C, (N-1)/8+1, H/32, W/32)."""
     _check_video_shape(components, frames.shape)
     pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(components.device)
-    pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0   # (1, 3, N, H, W) in [-1, 1]
+    pixels = pixels.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0  # (1, 3, N, H, W) in [-1, 1]
     vae = components.vae
     latents = vae.encode(pixels.to(components.dtype)).latent_dist.mode()
     mean, std = _video_stats(vae, latents)
@@ -71,9 +84,10 @@ def decode_video(components: Components, latents: torch.Tensor) -> np.ndarray:
     else:
         vae.disable_tiling()
     # A timestep-conditioned decoder gets the pipeline's default decode_timestep (0, no noise).
-    temb = torch.zeros(1, device=components.device, dtype=components.dtype) \
-        if vae.config.timestep_conditioning else None
-    video = vae.decode(latents, temb).sample[0].float().clamp(-1.0, 1.0)   # (3, N, H, W)
+    temb = (
+        torch.zeros(1, device=components.device, dtype=components.dtype) if vae.config.timestep_conditioning else None
+    )
+    video = vae.decode(latents, temb).sample[0].float().clamp(-1.0, 1.0)  # (3, N, H, W)
     return ((video + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
@@ -82,7 +96,7 @@ def encode_audio(components: Components, waveform: np.ndarray) -> torch.Tensor:
     """(2, S) float32 at 16 kHz -> normalized (C, ceil(T_mel / 4), mel_bins / 4), about 25 latents/s."""
     audio_vae = components.audio_vae
     mel = log_mel(waveform, n_mels=audio_vae.config.mel_bins).to(components.device, components.dtype)
-    latents = audio_vae.encode(mel).latent_dist.mode()   # (1, C, L, M)
+    latents = audio_vae.encode(mel).latent_dist.mode()  # (1, C, L, M)
     mean, std = _audio_stats(audio_vae, latents)
     return ((latents - mean) / std)[0].float().cpu()
 
@@ -92,8 +106,8 @@ def decode_audio(components: Components, latents: torch.Tensor) -> tuple[np.ndar
     """Normalized (C, L, M) -> ((2, S) float32 waveform, the vocoder's sample rate)."""
     latents = latents.unsqueeze(0).to(components.device, components.dtype)
     mean, std = _audio_stats(components.audio_vae, latents)
-    mel = components.audio_vae.decode(latents * std + mean).sample    # (1, 2, 4L - 3, mel_bins)
-    waveform = components.vocoder(mel)                                 # (1, 2, S)
+    mel = components.audio_vae.decode(latents * std + mean).sample  # (1, 2, 4L - 3, mel_bins)
+    waveform = components.vocoder(mel)  # (1, 2, S)
     return waveform[0].float().cpu().numpy(), int(model_spec(components)["vocoder_sample_rate"])
 
 
@@ -108,20 +122,27 @@ def encode_prompts(components: Components, prompts: list[str]) -> dict[str, torc
 
     pipe = to_pipeline(components)
     embeds, mask, _, _ = pipe.encode_prompt(
-        prompt=list(prompts), do_classifier_free_guidance=False,
-        max_sequence_length=model_spec(components)["max_sequence_length"], device=components.device)
+        prompt=list(prompts),
+        do_classifier_free_guidance=False,
+        max_sequence_length=model_spec(components)["max_sequence_length"],
+        device=components.device,
+    )
     padding_side = getattr(components.tokenizer, "padding_side", "left")
     video, audio, mask = components.connectors(embeds, mask, padding_side=padding_side)
-    return {"encoder_hidden_states": video.float().cpu(),
-            "audio_encoder_hidden_states": audio.float().cpu(),
-            "encoder_attention_mask": mask.cpu()}
+    return {
+        "encoder_hidden_states": video.float().cpu(),
+        "audio_encoder_hidden_states": audio.float().cpu(),
+        "encoder_attention_mask": mask.cpu(),
+    }
 
 
 def _video_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Per latent channel, broadcast over [B, C, F, H, W].
     shape = (1, -1, 1, 1, 1)
-    return (vae.latents_mean.view(shape).to(like.device, like.dtype),
-            vae.latents_std.view(shape).to(like.device, like.dtype))
+    return (
+        vae.latents_mean.view(shape).to(like.device, like.dtype),
+        vae.latents_std.view(shape).to(like.device, like.dtype),
+    )
 
 
 def _audio_stats(audio_vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +150,10 @@ def _audio_stats(audio_vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     # (C*M,) statistics reshape to (1, C, 1, M) over [B, C, L, M] with identical results.
     _, channels, _, mel_bins = like.shape
     shape = (1, channels, 1, mel_bins)
-    return (audio_vae.latents_mean.view(shape).to(like.device, like.dtype),
-            audio_vae.latents_std.view(shape).to(like.device, like.dtype))
+    return (
+        audio_vae.latents_mean.view(shape).to(like.device, like.dtype),
+        audio_vae.latents_std.view(shape).to(like.device, like.dtype),
+    )
 
 
 def _check_video_shape(components: Components, shape: tuple[int, ...]) -> None:

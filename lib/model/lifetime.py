@@ -11,6 +11,7 @@ The `Ledger` records every load, release and encode with its bytes and time; tes
 memory plan read it. `exclusive` serializes encodes per device: Prefect maps tasks onto threads,
 and two VAE encodes at once on one GPU would double the activation peak for nothing.
 """
+
 from __future__ import annotations
 
 import gc
@@ -72,8 +73,10 @@ def acquire(components, *names: str):
             module = components.loader(name)
             setattr(components, name, module)
             components.ledger.record("load", name, module_bytes(module))
-            announce(f"loaded the model's {name}: {_size(module_bytes(module))} on {components.device} "
-                     f"in {time.perf_counter() - began:.0f} s")
+            announce(
+                f"loaded the model's {name}: {_size(module_bytes(module))} on {components.device} "
+                f"in {time.perf_counter() - began:.0f} s"
+            )
     return components
 
 

@@ -2,6 +2,7 @@
 Lightricks' single-file checkpoint plus a Gemma 3 folder. `check_model_source` answers cheaply,
 before any dataset work, whether a run's weights can be found at all.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,29 +13,32 @@ import torch
 
 from lib.core import precision
 from lib.core.errors import ModelUnavailable
-from lib.model import parts
+from lib.model import parts, single_file
 from lib.model.components import MODULE_NAMES, Components
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
 from lib.model.lifetime import acquire
 from lib.model.quantize import check_base_precision
-from lib.model import single_file
 from lib.model.single_file import split_checkpoint, to_lightricks_key
 
 PRESETS = ("tiny", "ltx-2.3")
 DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
-DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it-qat-q4_0-unquantized"   # Lightricks' MODELS-LTX-2.3.md
+DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it-qat-q4_0-unquantized"  # Lightricks' MODELS-LTX-2.3.md
 SOURCE_ENV = "AV2AV_MODEL_SOURCE"
 TEXT_ENCODER_ENV = "AV2AV_TEXT_ENCODER_SOURCE"
 HUB_TIMEOUT_S = 10
 CONFIGS_METADATA_KEY = "av2av_diffusers_configs"
-HOW_TO_POINT = ("Set the request's model_source (or $AV2AV_MODEL_SOURCE on the GPU worker) to a diffusers "
-                "folder, a hub id, or Lightricks' single-file .safetensors (with text_encoder_source or "
-                "$AV2AV_TEXT_ENCODER_SOURCE naming a Gemma 3 folder).")
+HOW_TO_POINT = (
+    "Set the request's model_source (or $AV2AV_MODEL_SOURCE on the GPU worker) to a diffusers "
+    "folder, a hub id, or Lightricks' single-file .safetensors (with text_encoder_source or "
+    "$AV2AV_TEXT_ENCODER_SOURCE naming a Gemma 3 folder)."
+)
 
 
 def resolve_sources(source: str | None, text_encoder_source: str | None) -> tuple[str, str]:
-    return (str(source or os.environ.get(SOURCE_ENV) or DEFAULT_LTX23_SOURCE),
-            str(text_encoder_source or os.environ.get(TEXT_ENCODER_ENV) or DEFAULT_TEXT_ENCODER_SOURCE))
+    return (
+        str(source or os.environ.get(SOURCE_ENV) or DEFAULT_LTX23_SOURCE),
+        str(text_encoder_source or os.environ.get(TEXT_ENCODER_ENV) or DEFAULT_TEXT_ENCODER_SOURCE),
+    )
 
 
 def is_single_file(source: str) -> bool:
@@ -68,16 +72,19 @@ def _load_transformer_config(source: str) -> dict:
     try:
         return LTX2VideoTransformer3DModel.load_config(source, subfolder="transformer")
     except (OSError, ValueError) as error:
-        raise ModelUnavailable(f"model_source: {source} is not a diffusers LTX-2.3 folder "
-                               f"({type(error).__name__}: {error}). {HOW_TO_POINT}") from error
+        raise ModelUnavailable(
+            f"model_source: {source} is not a diffusers LTX-2.3 folder "
+            f"({type(error).__name__}: {error}). {HOW_TO_POINT}"
+        ) from error
 
 
 def _check_is_23(config, source: str) -> None:
     # A 2.0 checkpoint loads into the same classes but trains and samples differently.
     wrong = {k: config.get(k) for k, v in LTX23_FLAGS.items() if config.get(k) != v}
     if wrong:
-        raise ModelUnavailable(f"model_source: {source} is not an LTX-2.3 transformer; these flags differ: "
-                               f"{wrong}. {HOW_TO_POINT}")
+        raise ModelUnavailable(
+            f"model_source: {source} is not an LTX-2.3 transformer; these flags differ: {wrong}. {HOW_TO_POINT}"
+        )
 
 
 def _check_single_file(path: str) -> None:
@@ -89,14 +96,18 @@ def _check_single_file(path: str) -> None:
         with safe_open(path, framework="pt") as handle:
             parts = split_checkpoint(handle.keys())
             metadata = handle.metadata() or {}
-    except Exception as error:   # safetensors raises its own error types for a bad header
-        raise ModelUnavailable(f"model_source: {path} is not a readable .safetensors checkpoint "
-                               f"({type(error).__name__}: {error}). {HOW_TO_POINT}") from error
-    _check_version(path, metadata)   # first: a 2.5 transformer file also lacks the VAEs, but that is not the news
+    except Exception as error:  # safetensors raises its own error types for a bad header
+        raise ModelUnavailable(
+            f"model_source: {path} is not a readable .safetensors checkpoint "
+            f"({type(error).__name__}: {error}). {HOW_TO_POINT}"
+        ) from error
+    _check_version(path, metadata)  # first: a 2.5 transformer file also lacks the VAEs, but that is not the news
     missing = [name for name in ("transformer", "connectors", "vae", "audio_vae", "vocoder") if not parts[name]]
     if missing:
-        raise ModelUnavailable(f"model_source: {path} holds no weights for {', '.join(missing)}; expected "
-                               f"Lightricks' LTX-2.3 single-file layout. {HOW_TO_POINT}")
+        raise ModelUnavailable(
+            f"model_source: {path} holds no weights for {', '.join(missing)}; expected "
+            f"Lightricks' LTX-2.3 single-file layout. {HOW_TO_POINT}"
+        )
     _check_architecture(path, metadata)
 
 
@@ -105,8 +116,9 @@ def _check_version(path: str, metadata: dict) -> None:
     if found and found[0] != "2.3":
         version, evidence = found
         what = "an LTX checkpoint of unknown version" if version == "unknown" else f"an LTX-{version} checkpoint"
-        raise ModelUnavailable(f"model_source: {path} is {what} ({evidence}); this trainer needs LTX-2.3 weights. "
-                               f"{HOW_TO_POINT}")
+        raise ModelUnavailable(
+            f"model_source: {path} is {what} ({evidence}); this trainer needs LTX-2.3 weights. {HOW_TO_POINT}"
+        )
 
 
 def _check_architecture(path: str, metadata: dict) -> None:
@@ -117,8 +129,9 @@ def _check_architecture(path: str, metadata: dict) -> None:
     differences = single_file.config_differences(single_file.lightricks_section(metadata), configs)
     if differences:
         shown = ", ".join(f"{key}={got!r} (LTX-2.3: {want!r})" for key, (got, want) in list(differences.items())[:4])
-        raise ModelUnavailable(f"model_source: {path} declares a different architecture in its config metadata: "
-                               f"{shown}. {HOW_TO_POINT}")
+        raise ModelUnavailable(
+            f"model_source: {path} declares a different architecture in its config metadata: {shown}. {HOW_TO_POINT}"
+        )
 
 
 def _configs_json(metadata: dict) -> dict[str, dict]:
@@ -126,8 +139,10 @@ def _configs_json(metadata: dict) -> dict[str, dict]:
     import: the early check stays cheap)."""
     if CONFIGS_METADATA_KEY in metadata:
         return json.loads(metadata[CONFIGS_METADATA_KEY])
-    return {name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
-            for name in ("transformer", "connectors")}
+    return {
+        name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
+        for name in ("transformer", "connectors")
+    }
 
 
 def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
@@ -138,26 +153,38 @@ def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
     from huggingface_hub import HfApi, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(source, marker), str):
-        return   # already downloaded: the run needs no network
+        return  # already downloaded: the run needs no network
     try:
         HfApi().model_info(source, timeout=HUB_TIMEOUT_S)
-    except Exception as error:   # DNS, time-out, 401/404: all mean "not reachable from here"
-        raise ModelUnavailable(f"{what}: {source} is neither a local folder nor in the Hugging Face cache, and "
-                               f"the hub did not answer ({type(error).__name__}: {str(error)[:200]}). "
-                               f"{HOW_TO_POINT}") from error
+    except Exception as error:  # DNS, time-out, 401/404: all mean "not reachable from here"
+        raise ModelUnavailable(
+            f"{what}: {source} is neither a local folder nor in the Hugging Face cache, and "
+            f"the hub did not answer ({type(error).__name__}: {str(error)[:200]}). "
+            f"{HOW_TO_POINT}"
+        ) from error
 
 
-def load_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-               source: str | Path | None = None, text_encoder_source: str | None = None,
-               base_precision: str = "bf16") -> Components:
+def load_model(
+    model: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    source: str | Path | None = None,
+    text_encoder_source: str | None = None,
+    base_precision: str = "bf16",
+) -> Components:
     """Preset name -> every part loaded on `device` (cuda if there is one) in `dtype`."""
     components = open_model(model, device, dtype, source, text_encoder_source, base_precision)
     return acquire(components, *MODULE_NAMES)
 
 
-def open_model(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-               source: str | Path | None = None, text_encoder_source: str | None = None,
-               base_precision: str = "bf16") -> Components:
+def open_model(
+    model: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    source: str | Path | None = None,
+    text_encoder_source: str | None = None,
+    base_precision: str = "bf16",
+) -> Components:
     """The model with no part loaded yet (tokenizer and scheduler aside): its spec and cache
     identity are known, and `lifetime.acquire` loads each part when a stage needs it."""
     if model not in PRESETS:
@@ -177,8 +204,9 @@ def open_model(model: str, device: str | torch.device | None = None, dtype: torc
     return parts.open_pretrained(source, device, dtype, base_precision)
 
 
-def load_pretrained(source: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.bfloat16) -> Components:
+def load_pretrained(
+    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
+) -> Components:
     """Load a diffusers-format LTX-2.3 folder or hub id."""
     return load_model("ltx-2.3", device, dtype, source)
 
@@ -212,8 +240,11 @@ def save_single_file(components: Components, path: str | Path) -> Path:
         configs[name] = dict(module.config)
         for key, tensor in module.state_dict().items():
             tensors[to_lightricks_key(name, key)] = tensor.detach().cpu().contiguous()
-    metadata = {"format": "pt", CONFIGS_METADATA_KEY: json.dumps(configs, default=list),
-                single_file.LIGHTRICKS_CONFIG_KEY: json.dumps(single_file.lightricks_config(configs))}
+    metadata = {
+        "format": "pt",
+        CONFIGS_METADATA_KEY: json.dumps(configs, default=list),
+        single_file.LIGHTRICKS_CONFIG_KEY: json.dumps(single_file.lightricks_config(configs)),
+    }
     if all(configs["transformer"].get(key) == value for key, value in LTX23_FLAGS.items()):
         metadata[single_file.VERSION_KEY] = single_file.LTX23_MODEL_VERSION
     save_file(tensors, str(path), metadata=metadata)

@@ -2,6 +2,7 @@
 once, and each source (tiny preset, diffusers folder or hub id, Lightricks single file + Gemma)
 supplies a loader that brings one part onto the device in the compute dtype, quantizing the frozen
 transformer and text encoder when `base_precision` asks (lib/model/quantize.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,7 @@ import torch
 from lib.core.errors import ModelUnavailable
 from lib.model.components import MODULE_NAMES, Components, _with_identity, build_tiny
 from lib.model.configs import LTX23_CONFIG_DIR
-from lib.model.quantize import (TEXT_ENCODER_QUANTIZED, TRANSFORMER_QUANTIZED, place_quantized,
-                                text_encoder_precision)
+from lib.model.quantize import TEXT_ENCODER_QUANTIZED, TRANSFORMER_QUANTIZED, place_quantized, text_encoder_precision
 from lib.model.single_file import split_checkpoint, to_diffusers_key
 
 
@@ -22,8 +22,13 @@ def classes() -> dict:
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
 
-    return {"transformer": LTX2VideoTransformer3DModel, "connectors": LTX2TextConnectors,
-            "vae": AutoencoderKLLTX2Video, "audio_vae": AutoencoderKLLTX2Audio, "vocoder": LTX2VocoderWithBWE}
+    return {
+        "transformer": LTX2VideoTransformer3DModel,
+        "connectors": LTX2TextConnectors,
+        "vae": AutoencoderKLLTX2Video,
+        "audio_vae": AutoencoderKLLTX2Audio,
+        "vocoder": LTX2VocoderWithBWE,
+    }
 
 
 def shell(name: str, config) -> torch.nn.Module:
@@ -78,8 +83,9 @@ def fuse_rms_norms(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def place(name: str, module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-          base_precision: str) -> torch.nn.Module:
+def place(
+    name: str, module: torch.nn.Module, device: torch.device, dtype: torch.dtype, base_precision: str
+) -> torch.nn.Module:
     """Onto the device, quantized where the base precision asks, the transformer's norms fused;
     eval mode."""
     if name == "transformer":
@@ -93,8 +99,16 @@ def place(name: str, module: torch.nn.Module, device: torch.device, dtype: torch
     return module.eval()
 
 
-def _lazy(shells: dict, extras: dict, preset: str, origin: str, device: torch.device, dtype: torch.dtype,
-          base_precision: str, load: Callable[[str], torch.nn.Module]) -> Components:
+def _lazy(
+    shells: dict,
+    extras: dict,
+    preset: str,
+    origin: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    base_precision: str,
+    load: Callable[[str], torch.nn.Module],
+) -> Components:
     components = _with_identity({**shells, **extras}, preset, origin, device, dtype, base_precision)
     for name in MODULE_NAMES:
         setattr(components, name, None)
@@ -107,8 +121,16 @@ def open_tiny(device: torch.device, dtype: torch.dtype, base_precision: str) -> 
     modules = {name: getattr(tiny, name) for name in MODULE_NAMES}
     extras = {"tokenizer": tiny.tokenizer, "scheduler": tiny.scheduler}
     # Each load is a fresh copy of the seeded build, as a reload from disk would be.
-    return _lazy(modules, extras, "tiny", "seed0", device, dtype, base_precision,
-                 lambda name: copy.deepcopy(modules[name]).to(dtype=dtype))
+    return _lazy(
+        modules,
+        extras,
+        "tiny",
+        "seed0",
+        device,
+        dtype,
+        base_precision,
+        lambda name: copy.deepcopy(modules[name]).to(dtype=dtype),
+    )
 
 
 def open_pretrained(source: str, device: torch.device, dtype: torch.dtype, base_precision: str) -> Components:
@@ -118,18 +140,27 @@ def open_pretrained(source: str, device: torch.device, dtype: torch.dtype, base_
 
     shells = {name: shell(name, cls.load_config(source, subfolder=name)) for name, cls in classes().items()}
     shells["text_encoder"] = shell("text_encoder", AutoConfig.from_pretrained(source, subfolder="text_encoder"))
-    extras = {"tokenizer": AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
-              "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")}
+    extras = {
+        "tokenizer": AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
+    }
 
     def load(name: str) -> torch.nn.Module:
         if name == "text_encoder":
             return Gemma3ForConditionalGeneration.from_pretrained(source, subfolder=name, dtype=dtype)
         return classes()[name].from_pretrained(source, subfolder=name, torch_dtype=dtype)
+
     return _lazy(shells, extras, "ltx-2.3", source, device, dtype, base_precision, load)
 
 
-def open_single_file(path: str, text_encoder_source: str, device: torch.device, dtype: torch.dtype,
-                     base_precision: str, read_configs: Callable[[dict], dict]) -> Components:
+def open_single_file(
+    path: str,
+    text_encoder_source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    base_precision: str,
+    read_configs: Callable[[dict], dict],
+) -> Components:
     """Lightricks' one-file checkpoint (transformer, connectors, VAEs, vocoder) + a Gemma 3 folder.
 
     Each part's tensors are read one by one into its meta shell (`assign`), so host memory never
@@ -145,8 +176,10 @@ def open_single_file(path: str, text_encoder_source: str, device: torch.device, 
         configs = read_configs(handle.metadata() or {})
     shells = {name: shell(name, configs[name]) for name in classes()}
     shells["text_encoder"] = shell("text_encoder", AutoConfig.from_pretrained(text_encoder_source))
-    extras = {"tokenizer": AutoTokenizer.from_pretrained(text_encoder_source),
-              "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(str(LTX23_CONFIG_DIR / "scheduler"))}
+    extras = {
+        "tokenizer": AutoTokenizer.from_pretrained(text_encoder_source),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(str(LTX23_CONFIG_DIR / "scheduler")),
+    }
     # Quantized parts are read on the CPU and quantized block by block on the device.
     read_on = "cpu" if base_precision != "bf16" else str(device)
 
@@ -158,20 +191,27 @@ def open_single_file(path: str, text_encoder_source: str, device: torch.device, 
             keys = split_checkpoint(handle.keys())[name]
             # On CPU, get_tensor returns views into the mapped file at arbitrary offsets; owned
             # (aligned) copies compute bit-identically to a diffusers-folder load.
-            state = {new: handle.get_tensor(key).to(dtype=dtype, copy=read_on == "cpu")
-                     for key in keys if (new := to_diffusers_key(name, key)) is not None}
+            state = {
+                new: handle.get_tensor(key).to(dtype=dtype, copy=read_on == "cpu")
+                for key in keys
+                if (new := to_diffusers_key(name, key)) is not None
+            }
         load_strict(module, state, name, path)
         return module
-    return _lazy(shells, extras, "ltx-2.3", f"{Path(path).resolve()}+{text_encoder_source}", device, dtype,
-                 base_precision, load)
+
+    return _lazy(
+        shells, extras, "ltx-2.3", f"{Path(path).resolve()}+{text_encoder_source}", device, dtype, base_precision, load
+    )
 
 
 def load_strict(module: torch.nn.Module, state: dict, name: str, path: str) -> None:
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ModelUnavailable(f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
-                               f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).")
+        raise ModelUnavailable(
+            f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
+            f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
+        )
     module.load_state_dict(state, strict=True, assign=True)
 
 
@@ -183,7 +223,7 @@ def random_transformer(model: str, device: torch.device, dtype: torch.dtype, bas
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)   # a 19 B transformer would not fit in fp32 first
+        torch.set_default_dtype(dtype)  # a 19 B transformer would not fit in fp32 first
         try:
             module = classes()["transformer"].from_config(architecture_configs(model)["transformer"])
         finally:

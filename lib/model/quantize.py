@@ -10,6 +10,7 @@ compute dtype: they are a small share of the bytes and the most sensitive to rou
 Quantization happens block by block on the target device, so the GPU never holds the whole model
 in bf16 and in the quantized form at once.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,10 +21,10 @@ import torch
 from lib.core.errors import InvalidRequest
 
 BASE_PRECISIONS = ("bf16", "int8", "fp8", "nf4")
-CPU_PACK_ROWS = 32   # bitsandbytes' block_n for its AVX512-BF16 CPU kernel
+CPU_PACK_ROWS = 32  # bitsandbytes' block_n for its AVX512-BF16 CPU kernel
 FP8_CAPABILITY = (8, 9)
-NF4_BLOCK = 64                  # bitsandbytes' 4-bit block size: one absmax per 64 weights
-NF4_SECOND_BLOCK = 256          # double quantization: the absmaxes in int8, one fp32 scale per 256
+NF4_BLOCK = 64  # bitsandbytes' 4-bit block size: one absmax per 64 weights
+NF4_SECOND_BLOCK = 256  # double quantization: the absmaxes in int8, one fp32 scale per 256
 TRANSFORMER_QUANTIZED = "transformer_blocks."
 TEXT_ENCODER_QUANTIZED = "language_model.layers."
 
@@ -41,18 +42,23 @@ def check_base_precision(base_precision: str, device: torch.device | str, optimi
     if base_precision not in BASE_PRECISIONS:
         raise InvalidRequest(f"base_precision: {base_precision!r} is not one of {BASE_PRECISIONS}.")
     needs = {"int8": "torchao", "fp8": "torchao", "nf4": "bitsandbytes"}.get(base_precision)
-    for package, field in ((needs, "base_precision"), ("bitsandbytes" if optimizer == "adamw8bit" else None,
-                                                        "optimizer")):
+    for package, field in (
+        (needs, "base_precision"),
+        ("bitsandbytes" if optimizer == "adamw8bit" else None, "optimizer"),
+    ):
         if package and importlib.util.find_spec(package) is None:
-            raise InvalidRequest(f"{field}: {base_precision if field == 'base_precision' else optimizer} needs "
-                                 f"the {package} package on the GPU worker (pip install -e .); it is not installed.")
+            raise InvalidRequest(
+                f"{field}: {base_precision if field == 'base_precision' else optimizer} needs "
+                f"the {package} package on the GPU worker (pip install -e .); it is not installed."
+            )
     if base_precision == "fp8" and device.type == "cuda":
         capability = torch.cuda.get_device_capability(device)
         if capability < FP8_CAPABILITY:
             raise InvalidRequest(
                 f"base_precision: fp8 needs an NVIDIA GPU with compute capability 8.9 or newer (Ada or Hopper: "
                 f"L4, L40S, RTX 4090, H100, H200); this worker has {torch.cuda.get_device_name(device)} "
-                f"(capability {capability[0]}.{capability[1]}). Use int8 or nf4 on this GPU.")
+                f"(capability {capability[0]}.{capability[1]}). Use int8 or nf4 on this GPU."
+            )
 
 
 def quantize_frozen(module: torch.nn.Module, precision: str, prefix: str, compute_dtype: torch.dtype) -> int:
@@ -72,8 +78,9 @@ def quantize_frozen(module: torch.nn.Module, precision: str, prefix: str, comput
     return len(selected)
 
 
-def place_quantized(module: torch.nn.Module, device: torch.device, precision: str, prefix: str,
-                    compute_dtype: torch.dtype) -> None:
+def place_quantized(
+    module: torch.nn.Module, device: torch.device, precision: str, prefix: str, compute_dtype: torch.dtype
+) -> None:
     """Move `module` to `device`, quantizing the blocks under `prefix` one at a time once there
     (peak: the quantized model plus one unquantized block)."""
     for name, blocks in module.named_modules():
@@ -81,7 +88,7 @@ def place_quantized(module: torch.nn.Module, device: torch.device, precision: st
             for block in blocks:
                 block.to(device)
                 quantize_frozen(block, precision, "", compute_dtype)
-    module.to(device)   # the rest: embeddings, norms, projections
+    module.to(device)  # the rest: embeddings, norms, projections
 
 
 def _linears(module: torch.nn.Module, prefix: str) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
@@ -98,18 +105,26 @@ def _nf4(linear: torch.nn.Linear, compute_dtype: torch.dtype) -> torch.nn.Module
     import bitsandbytes as bnb
 
     device = linear.weight.device
-    quantized = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                  compute_dtype=compute_dtype, quant_type="nf4", device="meta")
-    quantized.weight = bnb.nn.Params4bit(linear.weight.data.to("cpu", compute_dtype), requires_grad=False,
-                                         quant_type="nf4", compress_statistics=True)
+    quantized = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=compute_dtype,
+        quant_type="nf4",
+        device="meta",
+    )
+    quantized.weight = bnb.nn.Params4bit(
+        linear.weight.data.to("cpu", compute_dtype), requires_grad=False, quant_type="nf4", compress_statistics=True
+    )
     if linear.bias is not None:
         quantized.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
     # On a CPU with AVX512-BF16, bitsandbytes repacks the weight for inference in blocks of 32 output
     # rows and whole quantization blocks per row, and fails on other shapes ("N must be divisible by
     # block_n"): such layers (the tiny preset's, none of the real model's) keep its generic path.
-    quantized.support_avx512bf16_for_cpu &= (linear.out_features % CPU_PACK_ROWS == 0
-                                             and linear.in_features % quantized.weight.blocksize == 0)
-    return quantized.to(device)   # Params4bit quantizes when it is moved
+    quantized.support_avx512bf16_for_cpu &= (
+        linear.out_features % CPU_PACK_ROWS == 0 and linear.in_features % quantized.weight.blocksize == 0
+    )
+    return quantized.to(device)  # Params4bit quantizes when it is moved
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

@@ -18,53 +18,87 @@ from) and, in newer files, `model_version`; LTX-2.5 files also name their Gemma 
 (`gemma_source_checkpoint`). `checkpoint_version` reads them, `lightricks_config` writes the
 `config` of a diffusers transformer + connectors, and `config_differences` compares the two.
 """
+
 from __future__ import annotations
 
 import json
 import re
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
-CONNECTOR_PREFIXES = ("video_embeddings_connector", "audio_embeddings_connector", "transformer_1d_blocks",
-                      "text_embedding_projection", "connectors.")
+CONNECTOR_PREFIXES = (
+    "video_embeddings_connector",
+    "audio_embeddings_connector",
+    "transformer_1d_blocks",
+    "text_embedding_projection",
+    "connectors.",
+)
 COMPONENT_PREFIXES = {"vae": "vae.", "audio_vae": "audio_vae.", "vocoder": "vocoder."}
 TEXT_PROJECTION = "text_embedding_projection."
 
 _TRANSFORMER_20 = {
-    "patchify_proj": "proj_in", "audio_patchify_proj": "audio_proj_in",
+    "patchify_proj": "proj_in",
+    "audio_patchify_proj": "audio_proj_in",
     "av_ca_video_scale_shift_adaln_single": "av_cross_attn_video_scale_shift",
     "av_ca_a2v_gate_adaln_single": "av_cross_attn_video_a2v_gate",
     "av_ca_audio_scale_shift_adaln_single": "av_cross_attn_audio_scale_shift",
     "av_ca_v2a_gate_adaln_single": "av_cross_attn_audio_v2a_gate",
     "scale_shift_table_a2v_ca_video": "video_a2v_cross_attn_scale_shift_table",
     "scale_shift_table_a2v_ca_audio": "audio_a2v_cross_attn_scale_shift_table",
-    "q_norm": "norm_q", "k_norm": "norm_k",
+    "q_norm": "norm_q",
+    "k_norm": "norm_k",
 }
 RENAMES = {
-    "transformer": {**_TRANSFORMER_20, "audio_prompt_adaln_single": "audio_prompt_adaln",
-                    "prompt_adaln_single": "prompt_adaln"},
+    "transformer": {
+        **_TRANSFORMER_20,
+        "audio_prompt_adaln_single": "audio_prompt_adaln",
+        "prompt_adaln_single": "prompt_adaln",
+    },
     "connectors": {
-        "connectors.": "", "video_embeddings_connector": "video_connector",
-        "audio_embeddings_connector": "audio_connector", "transformer_1d_blocks": "transformer_blocks",
+        "connectors.": "",
+        "video_embeddings_connector": "video_connector",
+        "audio_embeddings_connector": "audio_connector",
+        "transformer_1d_blocks": "transformer_blocks",
         "text_embedding_projection.audio_aggregate_embed": "audio_text_proj_in",
         "text_embedding_projection.video_aggregate_embed": "video_text_proj_in",
-        "q_norm": "norm_q", "k_norm": "norm_k"},
+        "q_norm": "norm_q",
+        "k_norm": "norm_k",
+    },
     "vae": {
-        "down_blocks.0": "down_blocks.0", "down_blocks.1": "down_blocks.0.downsamplers.0",
-        "down_blocks.2": "down_blocks.1", "down_blocks.3": "down_blocks.1.downsamplers.0",
-        "down_blocks.4": "down_blocks.2", "down_blocks.5": "down_blocks.2.downsamplers.0",
-        "down_blocks.6": "down_blocks.3", "down_blocks.7": "down_blocks.3.downsamplers.0",
+        "down_blocks.0": "down_blocks.0",
+        "down_blocks.1": "down_blocks.0.downsamplers.0",
+        "down_blocks.2": "down_blocks.1",
+        "down_blocks.3": "down_blocks.1.downsamplers.0",
+        "down_blocks.4": "down_blocks.2",
+        "down_blocks.5": "down_blocks.2.downsamplers.0",
+        "down_blocks.6": "down_blocks.3",
+        "down_blocks.7": "down_blocks.3.downsamplers.0",
         "down_blocks.8": "mid_block",
-        "up_blocks.0": "mid_block", "up_blocks.1": "up_blocks.0.upsamplers.0", "up_blocks.2": "up_blocks.0",
-        "up_blocks.3": "up_blocks.1.upsamplers.0", "up_blocks.4": "up_blocks.1",
-        "up_blocks.5": "up_blocks.2.upsamplers.0", "up_blocks.6": "up_blocks.2",
-        "last_time_embedder": "time_embedder", "last_scale_shift_table": "scale_shift_table",
-        "res_blocks": "resnets", "per_channel_statistics.mean-of-means": "latents_mean",
+        "up_blocks.0": "mid_block",
+        "up_blocks.1": "up_blocks.0.upsamplers.0",
+        "up_blocks.2": "up_blocks.0",
+        "up_blocks.3": "up_blocks.1.upsamplers.0",
+        "up_blocks.4": "up_blocks.1",
+        "up_blocks.5": "up_blocks.2.upsamplers.0",
+        "up_blocks.6": "up_blocks.2",
+        "last_time_embedder": "time_embedder",
+        "last_scale_shift_table": "scale_shift_table",
+        "res_blocks": "resnets",
+        "per_channel_statistics.mean-of-means": "latents_mean",
         "per_channel_statistics.std-of-means": "latents_std",
-        "up_blocks.7": "up_blocks.3.upsamplers.0", "up_blocks.8": "up_blocks.3"},
-    "audio_vae": {"per_channel_statistics.mean-of-means": "latents_mean",
-                  "per_channel_statistics.std-of-means": "latents_std"},
-    "vocoder": {"resblocks": "resnets", "conv_pre": "conv_in", "conv_post": "conv_out", "act_post": "act_out",
-                "downsample.lowpass": "downsample"},
+        "up_blocks.7": "up_blocks.3.upsamplers.0",
+        "up_blocks.8": "up_blocks.3",
+    },
+    "audio_vae": {
+        "per_channel_statistics.mean-of-means": "latents_mean",
+        "per_channel_statistics.std-of-means": "latents_std",
+    },
+    "vocoder": {
+        "resblocks": "resnets",
+        "conv_pre": "conv_in",
+        "conv_post": "conv_out",
+        "act_post": "act_out",
+        "downsample.lowpass": "downsample",
+    },
 }
 # Statistics the diffusers VAEs do not keep (the conversion script drops them too).
 DROPPED = ("per_channel_statistics.channel", "per_channel_statistics.mean-of-stds")
@@ -85,8 +119,11 @@ def split_checkpoint(keys) -> dict[str, list[str]]:
 
 def to_diffusers_key(component: str, key: str) -> str | None:
     """One checkpoint key -> its diffusers name (None: a key diffusers does not keep)."""
-    key = key.removeprefix(TRANSFORMER_PREFIX) if component in ("transformer", "connectors") \
+    key = (
+        key.removeprefix(TRANSFORMER_PREFIX)
+        if component in ("transformer", "connectors")
         else key.removeprefix(COMPONENT_PREFIXES[component])
+    )
     if any(dropped in key for dropped in DROPPED):
         return None
     for old, new in RENAMES[component].items():
@@ -95,8 +132,10 @@ def to_diffusers_key(component: str, key: str) -> str | None:
 
 
 # Renames that are not plain substring swaps: a leading module name, and the vocoder's blocks.
-STRUCTURAL = {"transformer": (("adaln_single.", "time_embed."), ("audio_adaln_single.", "audio_time_embed.")),
-              "vocoder": ((".ups.", ".upsamplers."),)}
+STRUCTURAL = {
+    "transformer": (("adaln_single.", "time_embed."), ("audio_adaln_single.", "audio_time_embed.")),
+    "vocoder": ((".ups.", ".upsamplers."),),
+}
 
 
 def _structural(component: str, key: str, forward: bool) -> str:
@@ -113,7 +152,7 @@ def to_lightricks_key(component: str, key: str) -> str:
     """The inverse of `to_diffusers_key` (for writing a single file); raises if it does not round-trip."""
     inverse = _inverse_table(component, key)
     pattern = re.compile("|".join(re.escape(name) for name in sorted(inverse, key=len, reverse=True)))
-    original = pattern.sub(lambda match: inverse[match.group(0)], key)   # one pass: no chained renames
+    original = pattern.sub(lambda match: inverse[match.group(0)], key)  # one pass: no chained renames
     original = _structural(component, original, forward=False)
     original = _prefix(component, original) + original
     if to_diffusers_key(component, original) != key:
@@ -123,13 +162,13 @@ def to_lightricks_key(component: str, key: str) -> str:
 
 def _prefix(component: str, lightricks_key: str) -> str:
     if lightricks_key.startswith(TEXT_PROJECTION):
-        return ""   # top level in Lightricks' files: ltx-core's text encoder builder reads it there
+        return ""  # top level in Lightricks' files: ltx-core's text encoder builder reads it there
     return TRANSFORMER_PREFIX if component in ("transformer", "connectors") else COMPONENT_PREFIXES[component]
 
 
 def _inverse_table(component: str, key: str) -> dict[str, str]:
     table = RENAMES[component]
-    if component == "vae":   # "mid_block" is down_blocks.8 in the encoder and up_blocks.0 in the decoder
+    if component == "vae":  # "mid_block" is down_blocks.8 in the encoder and up_blocks.0 in the decoder
         excluded = "up_blocks" if key.startswith("encoder.") else "down_blocks"
         table = {old: new for old, new in table.items() if not old.startswith(excluded)}
     return {new: old for old, new in table.items() if new and new != old}
@@ -139,7 +178,7 @@ def _inverse_table(component: str, key: str) -> dict[str, str]:
 
 LIGHTRICKS_CONFIG_KEY = "config"
 VERSION_KEY = "model_version"
-GEMMA_SOURCE_KEY = "gemma_source_checkpoint"   # LTX-2.5 onwards: the Gemma 4 the file was trained with
+GEMMA_SOURCE_KEY = "gemma_source_checkpoint"  # LTX-2.5 onwards: the Gemma 4 the file was trained with
 LTX23_MODEL_VERSION = "2.3.0"
 # What 2.3 added to 2.0's transformer section (ltx-core: the V2 feature extractor, prompt AdaLN).
 LTX23_MARKERS = {"caption_proj_before_connector": True, "cross_attention_adaln": True}
@@ -147,18 +186,49 @@ LTX23_MARKERS = {"caption_proj_before_connector": True, "cross_attention_adaln":
 # Values ltx-core 1.0.0 checks (`check_config_value`) or that no diffusers config varies, spelled as
 # in Lightricks' released 2.3 file.
 _FIXED = {
-    "_class_name": "AVTransformer3DModel", "dropout": 0.0, "attention_type": "default", "num_vector_embeds": None,
-    "num_embeds_ada_norm": 1000, "use_linear_projection": False, "only_cross_attention": False,
-    "cross_attention_norm": True, "double_self_attention": False, "upcast_attention": False, "qk_norm": "rms_norm",
-    "standardization_norm": "rms_norm", "positional_embedding_type": "rope", "use_audio_video_cross_attention": True,
-    "share_ff": False, "av_cross_ada_norm": True, "use_middle_indices_grid": True, "use_embeddings_connector": True,
+    "_class_name": "AVTransformer3DModel",
+    "dropout": 0.0,
+    "attention_type": "default",
+    "num_vector_embeds": None,
+    "num_embeds_ada_norm": 1000,
+    "use_linear_projection": False,
+    "only_cross_attention": False,
+    "cross_attention_norm": True,
+    "double_self_attention": False,
+    "upcast_attention": False,
+    "qk_norm": "rms_norm",
+    "standardization_norm": "rms_norm",
+    "positional_embedding_type": "rope",
+    "use_audio_video_cross_attention": True,
+    "share_ff": False,
+    "av_cross_ada_norm": True,
+    "use_middle_indices_grid": True,
+    "use_embeddings_connector": True,
 }
 # Lightricks name <- diffusers (component, name), where the value carries over as is.
-_SAME = {name: ("transformer", name) for name in (
-    "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers", "cross_attention_dim",
-    "norm_eps", "caption_channels", "activation_fn", "attention_bias", "norm_elementwise_affine",
-    "audio_num_attention_heads", "audio_attention_head_dim", "audio_in_channels", "audio_out_channels",
-    "audio_cross_attention_dim", "timestep_scale_multiplier", "rope_type")} | {
+_SAME = {
+    name: ("transformer", name)
+    for name in (
+        "num_attention_heads",
+        "attention_head_dim",
+        "in_channels",
+        "out_channels",
+        "num_layers",
+        "cross_attention_dim",
+        "norm_eps",
+        "caption_channels",
+        "activation_fn",
+        "attention_bias",
+        "norm_elementwise_affine",
+        "audio_num_attention_heads",
+        "audio_attention_head_dim",
+        "audio_in_channels",
+        "audio_out_channels",
+        "audio_cross_attention_dim",
+        "timestep_scale_multiplier",
+        "rope_type",
+    )
+} | {
     "positional_embedding_theta": ("transformer", "rope_theta"),
     "av_ca_timestep_scale_multiplier": ("transformer", "cross_attn_timestep_scale_multiplier"),
     "apply_gated_attention": ("transformer", "gated_attn"),
@@ -173,9 +243,13 @@ _SAME = {name: ("transformer", name) for name in (
     "audio_connector_num_layers": ("connectors", "audio_connector_num_layers"),
 }
 # 2.3's text projection sits before the connectors (ltx-core's FeatureExtractorV2 needs all four).
-_PROJECTION_BEFORE_CONNECTOR = {"caption_proj_before_connector": True, "caption_projection_first_linear": False,
-                                "caption_proj_input_norm": False, "caption_projection_second_linear": False,
-                                "text_encoder_norm_type": "per_token_rms"}
+_PROJECTION_BEFORE_CONNECTOR = {
+    "caption_proj_before_connector": True,
+    "caption_projection_first_linear": False,
+    "caption_proj_input_norm": False,
+    "caption_projection_second_linear": False,
+    "text_encoder_norm_type": "per_token_rms",
+}
 
 
 def lightricks_config(configs: dict[str, dict]) -> dict:
@@ -184,11 +258,15 @@ def lightricks_config(configs: dict[str, dict]) -> dict:
     transformer = configs["transformer"]
     section = {**_FIXED, **{name: _plain(configs[part][key]) for name, (part, key) in _SAME.items()}}
     section.update(
-        positional_embedding_max_pos=[transformer["pos_embed_max_pos"], transformer["base_height"],
-                                      transformer["base_width"]],
+        positional_embedding_max_pos=[
+            transformer["pos_embed_max_pos"],
+            transformer["base_height"],
+            transformer["base_width"],
+        ],
         audio_positional_embedding_max_pos=[transformer["audio_pos_embed_max_pos"]],
         frequencies_precision="float64" if transformer["rope_double_precision"] else "float32",
-        connector_positional_embedding_max_pos=[configs["connectors"]["connector_rope_base_seq_len"]])
+        connector_positional_embedding_max_pos=[configs["connectors"]["connector_rope_base_seq_len"]],
+    )
     if not transformer["use_prompt_embeddings"]:
         section.update(_PROJECTION_BEFORE_CONNECTOR)
     return {"transformer": section}
@@ -205,7 +283,7 @@ def checkpoint_version(metadata: dict[str, str]) -> tuple[str, str] | None:
     if declared:
         numbers = re.match(r"\d+(?:[.-]\d+)?", declared)
         return (numbers.group(0).replace("-", ".") if numbers else declared), f"{VERSION_KEY}={declared!r}"
-    if GEMMA_SOURCE_KEY in metadata:   # only 2.5 onwards names its Gemma
+    if GEMMA_SOURCE_KEY in metadata:  # only 2.5 onwards names its Gemma
         declared = _json(metadata[GEMMA_SOURCE_KEY]).get("ltx_version") or "2.5"
         return ".".join(str(declared).split(".")[:2]), f"{GEMMA_SOURCE_KEY} (a Gemma 4 text encoder)"
     transformer = _json(metadata.get(LIGHTRICKS_CONFIG_KEY)).get("transformer")
@@ -230,8 +308,11 @@ def config_differences(section: dict, configs: dict[str, dict]) -> dict[str, tup
     if not section:
         return {}
     expected = lightricks_config(configs)["transformer"]
-    return {key: (section[key], value) for key, value in expected.items()
-            if key in section and not key.startswith("_") and section[key] != value}
+    return {
+        key: (section[key], value)
+        for key, value in expected.items()
+        if key in section and not key.startswith("_") and section[key] != value
+    }
 
 
 def _json(text: str | None) -> dict:

@@ -1,5 +1,6 @@
 """The transformer's stream widths and depth, from the shipped configs (no model is built): what a
 LoRA file's tensor shapes must match (lib/train/lora_file.py)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,13 @@ from lib.model.configs import LTX23_CONFIG_DIR, TINY_TRANSFORMER
 
 def transformer_widths(model: str) -> tuple[int, int, int]:
     """(video width, audio width, blocks): heads x head size of each stream, and the block count."""
-    config = TINY_TRANSFORMER if model == "tiny" else \
-        json.loads((LTX23_CONFIG_DIR / "transformer" / "config.json").read_text())
-    return (config["num_attention_heads"] * config["attention_head_dim"],
-            config["audio_num_attention_heads"] * config["audio_attention_head_dim"], config["num_layers"])
+    config = (
+        TINY_TRANSFORMER
+        if model == "tiny"
+        else json.loads((LTX23_CONFIG_DIR / "transformer" / "config.json").read_text())
+    )
+    return (
+        config["num_attention_heads"] * config["attention_head_dim"],
+        config["audio_num_attention_heads"] * config["audio_attention_head_dim"],
+        config["num_layers"],
+    )

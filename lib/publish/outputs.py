@@ -1,5 +1,6 @@
 """The run's descriptive outputs: config.json (what the LoRA is and how it was trained) and
 the loss curve. The LoRA file itself is lib/train/lora_io.py's."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from lib.core.config import TrainRequest
+from lib.core.plan import RunPlan
 from lib.core.redact import redact_json
 from lib.train.lora_io import TARGET_MODULES, TRAINING_TYPE
-from lib.core.plan import RunPlan
 
 
 def billing_units(request: TrainRequest) -> int:
@@ -30,17 +31,25 @@ def config_document(request: TrainRequest, plan: RunPlan) -> dict:
         "target_modules": list(TARGET_MODULES),
         "number_of_frames": request.number_of_frames,
         "frame_rate": request.frame_rate,
-        "resolution": {"name": request.resolution, "aspect_ratio": request.aspect_ratio,
-                       "width": width, "height": height},
+        "resolution": {
+            "name": request.resolution,
+            "aspect_ratio": request.aspect_ratio,
+            "width": width,
+            "height": height,
+        },
         "mask_convention": "WHITE = regenerate, BLACK = keep",
         "conditioning": plan.conditioning.describe(),
         "reference_audio_positions": plan.conditioning.reference_audio_positions,
         "reference_downscale_factor": plan.conditioning.reference_downscale,
         "optimizer": optimizer_recipe(plan),
-        "validation_sampler": {"steps": sampler.steps, "cfg_video": sampler.video_guidance,
-                               "cfg_audio": sampler.audio_guidance, "stg_scale": sampler.stg_scale,
-                               "modality_scale": sampler.modality_scale,
-                               "guidance_rescale": sampler.guidance_rescale},
+        "validation_sampler": {
+            "steps": sampler.steps,
+            "cfg_video": sampler.video_guidance,
+            "cfg_audio": sampler.audio_guidance,
+            "stg_scale": sampler.stg_scale,
+            "modality_scale": sampler.modality_scale,
+            "guidance_rescale": sampler.guidance_rescale,
+        },
         # every URL the request holds (training_data_url, output_url, validation URLs, model
         # sources) without query string or user:password: a presigned URL's signature stays out
         "request": redact_json(request.model_dump(mode="json")),
@@ -49,10 +58,19 @@ def config_document(request: TrainRequest, plan: RunPlan) -> dict:
 
 def optimizer_recipe(plan: RunPlan) -> dict:
     train = plan.train
-    return {"name": train.optimizer, "learning_rate": train.learning_rate, "weight_decay": train.weight_decay,
-            "schedule": {"warmup_steps": train.warmup_steps, "then": "linear",
-                         "start_factor": 1.0, "end_factor": train.lr_end_factor},
-            "max_grad_norm": train.grad_clip, "timestep_sampler": "shifted_logit_normal (ltx-trainer)"}
+    return {
+        "name": train.optimizer,
+        "learning_rate": train.learning_rate,
+        "weight_decay": train.weight_decay,
+        "schedule": {
+            "warmup_steps": train.warmup_steps,
+            "then": "linear",
+            "start_factor": 1.0,
+            "end_factor": train.lr_end_factor,
+        },
+        "max_grad_norm": train.grad_clip,
+        "timestep_sampler": "shifted_logit_normal (ltx-trainer)",
+    }
 
 
 def write_config(request: TrainRequest, plan: RunPlan, path: Path) -> Path:
@@ -73,7 +91,7 @@ def loss_curve(losses: list[float], path: Path) -> Path:
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     figure, axes = plt.subplots(figsize=(7, 3.5), dpi=100)
     axes.plot(steps, losses, alpha=0.3, label="loss")
-    axes.plot(steps[window - 1:], smooth, label=f"moving average ({window})")
+    axes.plot(steps[window - 1 :], smooth, label=f"moving average ({window})")
     axes.set_xlabel("step")
     axes.set_ylabel("masked flow-matching loss")
     axes.legend()

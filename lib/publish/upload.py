@@ -3,6 +3,7 @@ s3://, gs://, ...). Every file is written under a temporary name, then moved int
 reader never sees half a file; `result.json` (paths, sizes, sha256, billing units) comes last,
 so its presence means the run is complete.
 """
+
 from __future__ import annotations
 
 import errno
@@ -11,8 +12,8 @@ import posixpath
 import uuid
 from pathlib import Path
 
-from lib.core.redact import redact_url
 from lib.core.errors import InvalidRequest, MissingExtra, TransientUploadError, UploadError
+from lib.core.redact import redact_url
 from lib.core.storage import describe_cause, is_transient, open_fs, probe_writable, sha256_file
 
 RESULT_NAME = "result.json"
@@ -42,11 +43,13 @@ def check_output_location(output_url: str) -> None:
     except MissingExtra as error:
         raise InvalidRequest(f"output_url: {error}.") from error
     except ValueError as error:
-        raise InvalidRequest(f"output_url: {redact_url(output_url)} is not a location fsspec knows "
-                             f"({error}).") from error
-    except Exception as error:   # every backend raises its own types
-        raise InvalidRequest(f"output_url: cannot write to {redact_url(output_url)}: "
-                             f"{describe_cause(error, output_url)}.") from error
+        raise InvalidRequest(
+            f"output_url: {redact_url(output_url)} is not a location fsspec knows ({error})."
+        ) from error
+    except Exception as error:  # every backend raises its own types
+        raise InvalidRequest(
+            f"output_url: cannot write to {redact_url(output_url)}: {describe_cause(error, output_url)}."
+        ) from error
 
 
 def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict:
@@ -67,7 +70,7 @@ def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict
         for name, local in files.items():
             target = posixpath.join(root, name)
             fs.makedirs(posixpath.dirname(target), exist_ok=True)  # names may hold folders (checkpoints/)
-            _put(fs, Path(local), None, target)   # cleans up its own temporary file on failure
+            _put(fs, Path(local), None, target)  # cleans up its own temporary file on failure
             written.append(target)
             size = Path(local).stat().st_size
             _check_size(fs, target, size, name)
@@ -76,11 +79,12 @@ def upload_outputs(files: dict[str, Path], output_url: str, extra: dict) -> dict
         _put(fs, None, json.dumps(result, indent=2).encode(), posixpath.join(root, RESULT_NAME))
     except BaseException as error:
         left = _remove(fs, written) if fs is not None else []
-        if not isinstance(error, Exception):   # Ctrl-C or SIGTERM: nothing half-written stays
+        if not isinstance(error, Exception):  # Ctrl-C or SIGTERM: nothing half-written stays
             raise
         kind = TransientUploadError if is_transient(error) else UploadError
-        raise kind(f"Could not upload the outputs to {redact_url(output_url)}: {_cause(error, files)}"
-                   f"{_left_behind(left)}") from error
+        raise kind(
+            f"Could not upload the outputs to {redact_url(output_url)}: {_cause(error, files)}{_left_behind(left)}"
+        ) from error
     return result
 
 
@@ -97,7 +101,7 @@ def _remove(fs, targets: list[str]) -> list[str]:
         try:
             if fs.exists(target):
                 fs.rm_file(target)
-        except Exception:   # best effort: the upload's own error is what the user needs
+        except Exception:  # best effort: the upload's own error is what the user needs
             left.append(target)
     return left
 

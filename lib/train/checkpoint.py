@@ -2,6 +2,7 @@
 (tensors) with its JSON metadata (the rest), written atomically. Resuming from one continues
 bit-for-bit on CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from lib.core.errors import InvalidRequest
 from lib.train.lora_io import load_lora_state, lora_state_dict, write_atomic
 
 
-def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: torch.Generator,
-                    step: int, losses: list[float]) -> Path:
+def save_checkpoint(
+    path: Path, transformer, optimizer, scheduler, generator: torch.Generator, step: int, losses: list[float]
+) -> Path:
     tensors = {f"lora.{k}": v for k, v in lora_state_dict(transformer).items()}
     optimizer_state = optimizer.state_dict()
     for param_id, state in optimizer_state["state"].items():
@@ -24,9 +26,12 @@ def save_checkpoint(path: Path, transformer, optimizer, scheduler, generator: to
             tensors[f"optim.{param_id}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"step": str(step), "losses": json.dumps(losses),
-                "param_groups": json.dumps(optimizer_state["param_groups"]),
-                "scheduler": json.dumps(scheduler.state_dict())}
+    metadata = {
+        "step": str(step),
+        "losses": json.dumps(losses),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+        "scheduler": json.dumps(scheduler.state_dict()),
+    }
     return write_atomic(path, tensors, metadata)
 
 
@@ -59,12 +64,16 @@ def check_checkpoint(path: str | Path, rank: int) -> int:
     except (KeyError, StopIteration, ValueError, OSError) as error:
         raise InvalidRequest(f"resume_from: {path} is not a training checkpoint ({error}).") from error
     if saved_rank != rank:
-        raise InvalidRequest(f"resume_from: {path} holds a rank-{saved_rank} LoRA but the request has "
-                             f"rank={rank}; resume with the rank it was trained with.")
+        raise InvalidRequest(
+            f"resume_from: {path} holds a rank-{saved_rank} LoRA but the request has "
+            f"rank={rank}; resume with the rank it was trained with."
+        )
     return step
 
 
-def load_checkpoint(path: str | Path, transformer, optimizer, scheduler, generator: torch.Generator) -> tuple[int, list[float]]:
+def load_checkpoint(
+    path: str | Path, transformer, optimizer, scheduler, generator: torch.Generator
+) -> tuple[int, list[float]]:
     """Restore everything `save_checkpoint` wrote; returns (step, losses so far)."""
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as handle:

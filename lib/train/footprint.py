@@ -20,6 +20,7 @@ weight-only linears keep a dequantized bf16 copy of the weight (not the input), 
 nothing but the packed weight, and both return their input's dtype, so the fp32 attention output
 makes the residual stream fp32. bench/real_width_block.py checks the count against one real block.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -42,24 +43,33 @@ def lora_parameters(model: str, rank: int) -> int:
 
 
 def _lora_on(module: torch.nn.Module, rank: int) -> int:
-    return sum(rank * (child.in_features + child.out_features) for qualified, child in module.named_modules()
-               if type(child) is torch.nn.Linear
-               and any(qualified == t or qualified.endswith(f".{t}") for t in TARGET_MODULES))
+    return sum(
+        rank * (child.in_features + child.out_features)
+        for qualified, child in module.named_modules()
+        if type(child) is torch.nn.Linear and any(qualified == t or qualified.endswith(f".{t}") for t in TARGET_MODULES)
+    )
 
 
 @dataclass(frozen=True)
 class ActivationCount:
-    outside_blocks: int     # bytes saved around the block stack (embeddings, projections, loss)
-    per_layer: int          # bytes one block saves for its backward, its inputs aside
-    block_output: int       # bytes of one block's outputs (what checkpointing keeps per block)
-    largest: int            # the largest single saved tensor (a backward's working gradients)
+    outside_blocks: int  # bytes saved around the block stack (embeddings, projections, loss)
+    per_layer: int  # bytes one block saves for its backward, its inputs aside
+    block_output: int  # bytes of one block's outputs (what checkpointing keeps per block)
+    largest: int  # the largest single saved tensor (a backward's working gradients)
     layers: int
-    inputs_saved: int = 0   # bytes of its inputs a block saves (kept by it when nothing is checkpointed)
+    inputs_saved: int = 0  # bytes of its inputs a block saves (kept by it when nothing is checkpointed)
 
 
-def count_activations(model: str, video_shape: tuple[int, int, int], reference_shape: tuple[int, int, int],
-                      audio_latents: int, rank: int, dtype: torch.dtype, device: str = "cuda",
-                      base_precision: str = "bf16") -> ActivationCount:
+def count_activations(
+    model: str,
+    video_shape: tuple[int, int, int],
+    reference_shape: tuple[int, int, int],
+    audio_latents: int,
+    rank: int,
+    dtype: torch.dtype,
+    device: str = "cuda",
+    base_precision: str = "bf16",
+) -> ActivationCount:
     """Bytes autograd keeps in one training step on `device` for these latent shapes ((F, h, w)
     target and reference; audio latents per track), counted on a one-block model: what its block
     saves (a recomputed block keeps the same), what is saved around it, and its outputs (the next
@@ -69,12 +79,13 @@ def count_activations(model: str, video_shape: tuple[int, int, int], reference_s
     transformer = build_on_meta(model, "transformer", num_layers=1).to(dtype)
     quantized = {id(linear.weight) for linear in _quantized_linears(transformer)} if base_precision != "bf16" else set()
     with torch.device("meta"):
-        add_lora(transformer, rank, 0)   # fp32 on the base's dtype, as training attaches it
+        add_lora(transformer, rank, 0)  # fp32 on the base's dtype, as training attaches it
     transformer.train()
     saved = _Saved(transformer, transformer.transformer_blocks[0])
     example, draws = _meta_example(model, transformer, video_shape, reference_shape, audio_latents)
-    step = _Step(dtype if device == "cuda" and dtype != torch.float32 else None, device == "cuda",
-                    quantized, base_precision)
+    step = _Step(
+        dtype if device == "cuda" and dtype != torch.float32 else None, device == "cuda", quantized, base_precision
+    )
     with saved, step.around(transformer):
         inputs = build_inputs(transformer, example, *draws, dtype=dtype)
         video, audio = predict(transformer, inputs)
@@ -82,9 +93,14 @@ def count_activations(model: str, video_shape: tuple[int, int, int], reference_s
         (video - inputs.video_velocity).pow(2).mean(dim=1).mul(inputs.video_mask).sum()
         (audio - inputs.audio_velocity).pow(2).mean()
     block, inputs_saved, outside = saved.totals()
-    return ActivationCount(outside_blocks=outside, per_layer=block, block_output=saved.output_bytes,
-                           largest=max(saved.bytes.values()), inputs_saved=inputs_saved,
-                           layers=architecture_configs(model)["transformer"]["num_layers"])
+    return ActivationCount(
+        outside_blocks=outside,
+        per_layer=block,
+        block_output=saved.output_bytes,
+        largest=max(saved.bytes.values()),
+        inputs_saved=inputs_saved,
+        layers=architecture_configs(model)["transformer"]["num_layers"],
+    )
 
 
 class _Saved:
@@ -127,8 +143,10 @@ class _Saved:
 
     def totals(self) -> tuple[int, int, int]:
         """(the block's own saved bytes, its saved inputs' bytes, everything else)."""
+
         def total(storages) -> int:
             return sum(self.bytes[s] for s in storages)
+
         own, inputs = self.block - self.inputs, self.block & self.inputs
         return total(own), total(inputs), total(set(self.bytes) - own - inputs)
 
@@ -178,8 +196,11 @@ def _numel(shape) -> int:
 
 def _quantized_linears(transformer: torch.nn.Module) -> list[torch.nn.Linear]:
     """The Linears `base_precision` quantizes (lib/model/quantize.py: every one in the blocks)."""
-    return [child for qualified, child in transformer.named_modules()
-            if type(child) is torch.nn.Linear and TRANSFORMER_QUANTIZED in f"{qualified}."]
+    return [
+        child
+        for qualified, child in transformer.named_modules()
+        if type(child) is torch.nn.Linear and TRANSFORMER_QUANTIZED in f"{qualified}."
+    ]
 
 
 def _storage(tensor: torch.Tensor) -> int:
@@ -187,14 +208,14 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def _meta_example(model: str, transformer, video_shape, reference_shape, audio_latents: int):
-    from lib.model.conditioning import Example
     from lib.model.components import MAX_SEQUENCE_LENGTH
+    from lib.model.conditioning import Example
     from lib.model.configs import TINY_MAX_SEQUENCE_LENGTH
 
     meta = torch.device("meta")
     config = transformer.config
     channels, audio_channels = config.in_channels, config.audio_in_channels
-    mel_bins = architecture_configs(model)["audio_vae"]["mel_bins"] // 4   # the audio VAE halves mel bins twice
+    mel_bins = architecture_configs(model)["audio_vae"]["mel_bins"] // 4  # the audio VAE halves mel bins twice
     text_length = TINY_MAX_SEQUENCE_LENGTH if model == "tiny" else MAX_SEQUENCE_LENGTH
     example = Example(
         target_video=torch.empty(channels, *video_shape, device=meta),
@@ -202,14 +223,20 @@ def _meta_example(model: str, transformer, video_shape, reference_shape, audio_l
         target_audio=torch.empty(audio_channels // mel_bins, audio_latents, mel_bins, device=meta),
         reference_audio=torch.empty(audio_channels // mel_bins, audio_latents, mel_bins, device=meta),
         video_mask=torch.ones(video_shape, dtype=torch.bool, device=meta),
-        text={"encoder_hidden_states": torch.empty(1, text_length, config.cross_attention_dim, device=meta),
-              "audio_encoder_hidden_states": torch.empty(1, text_length, config.audio_cross_attention_dim,
-                                                         device=meta),
-              "encoder_attention_mask": torch.ones(1, text_length, dtype=torch.int64, device=meta)},
-        frame_rate=24.0)
+        text={
+            "encoder_hidden_states": torch.empty(1, text_length, config.cross_attention_dim, device=meta),
+            "audio_encoder_hidden_states": torch.empty(1, text_length, config.audio_cross_attention_dim, device=meta),
+            "encoder_attention_mask": torch.ones(1, text_length, dtype=torch.int64, device=meta),
+        },
+        frame_rate=24.0,
+    )
     tokens = _numel(video_shape)
-    draws = (torch.tensor(0.5, device=meta), torch.tensor(0.5, device=meta),
-             torch.empty(tokens, channels, device=meta), torch.empty(audio_latents, audio_channels, device=meta))
+    draws = (
+        torch.tensor(0.5, device=meta),
+        torch.tensor(0.5, device=meta),
+        torch.empty(tokens, channels, device=meta),
+        torch.empty(audio_latents, audio_channels, device=meta),
+    )
     return example, draws
 
 
@@ -259,9 +286,18 @@ class _PackedLinear(torch.autograd.Function):
         return grad.new_empty(ctx.input_shape), None
 
 
-_MATMULS = {F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.einsum,
-            torch.Tensor.matmul, torch.Tensor.__matmul__}
-_NORMS = {F.rms_norm, torch.rms_norm, F.layer_norm}   # on CUDA autocast's fp32 list (rms_norm: torch >= 2.12)
+_MATMULS = {
+    F.linear,
+    torch.matmul,
+    torch.mm,
+    torch.bmm,
+    torch.addmm,
+    torch.baddbmm,
+    torch.einsum,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+}
+_NORMS = {F.rms_norm, torch.rms_norm, F.layer_norm}  # on CUDA autocast's fp32 list (rms_norm: torch >= 2.12)
 
 
 class _Step(TorchFunctionMode):
@@ -273,7 +309,7 @@ class _Step(TorchFunctionMode):
     def __init__(self, autocast: torch.dtype | None, fused_norm: bool, quantized: set[int], precision: str):
         super().__init__()
         self.autocast, self.fused_norm, self.quantized, self.precision = autocast, fused_norm, quantized, precision
-        self.paused = 0   # inside a FusedRMSNorm, which turns autocast off
+        self.paused = 0  # inside a FusedRMSNorm, which turns autocast off
 
     @contextmanager
     def around(self, transformer: torch.nn.Module):
@@ -317,17 +353,20 @@ class _Step(TorchFunctionMode):
         hidden = hidden.to(compute)
         if self.precision == "nf4":
             output = _PackedLinear.apply(hidden, weight)
-        else:   # torchao: mm(input, the weight dequantized to the compute dtype)
+        else:  # torchao: mm(input, the weight dequantized to the compute dtype)
             dequantized = torch.empty(weight.shape[::-1], dtype=compute, device=weight.device)
             output = torch.mm(hidden.reshape(-1, hidden.shape[-1]), dequantized).reshape(
-                *hidden.shape[:-1], weight.shape[0])
+                *hidden.shape[:-1], weight.shape[0]
+            )
         return (output + bias if bias is not None else output).to(dtype)
 
 
 def _cast(values, dtype: torch.dtype):
     """Floating tensors in `values` (a tuple or dict) cast to `dtype`, as autocast casts them."""
+
     def cast(value):
         return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
     if isinstance(values, dict):
         return {key: cast(value) for key, value in values.items()}
     return tuple(cast(value) for value in values)

@@ -3,6 +3,7 @@ loadable by the diffusers LTX-2 pipeline's `load_lora_weights` and ComfyUI / the
 
 Alpha = rank, so a plain state dict loads exactly; the peft adapter metadata is stored anyway.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,20 @@ PREFIX = "diffusion_model."
 # Every attention projection (self, cross, audio<->video) and the video and audio FFNs: the
 # FFNs carry much of what an in-context LoRA learns (on the tiny model: 55 % vs 45 % loss drop
 # in 100 steps). Names match diffusers' and the original LTX checkpoints' alike.
-TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
-                  "audio_ff.net.0.proj", "audio_ff.net.2")
+TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "audio_ff.net.0.proj",
+    "audio_ff.net.2",
+)
 TRAINING_TYPE = "av2av-masked"
 
 
-ADAPTER_NAME = "default"   # diffusers' add_adapter default
+ADAPTER_NAME = "default"  # diffusers' add_adapter default
 
 
 def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -> None:
@@ -33,7 +42,7 @@ def add_lora(transformer, rank: int, seed: int, target_modules=TARGET_MODULES) -
     `add_adapter` creates the adapter in the base model's dtype; a bf16 adapter (and its AdamW
     state) would round small updates away, so it is upcast as peft's own `get_peft_model` does.
     """
-    from peft import LoraConfig   # peft (and transformers under it) costs seconds: only where LoRA is built
+    from peft import LoraConfig  # peft (and transformers under it) costs seconds: only where LoRA is built
     from peft.tuners.tuners_utils import cast_adapter_dtype
 
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=True)
@@ -93,17 +102,25 @@ def save_lora(transformer, path: Path, rank: int, info: dict, dtype: torch.dtype
     tensors = lora_state_dict(transformer, dtype)
     broken = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
     if broken:
-        raise TrainingDiverged(f"The trained LoRA holds non-finite weights ({len(broken)} of {len(tensors)} tensors, "
-                               f"e.g. {broken[0]}); it is not saved and nothing is uploaded. Try a lower "
-                               "learning_rate.")
+        raise TrainingDiverged(
+            f"The trained LoRA holds non-finite weights ({len(broken)} of {len(tensors)} tensors, "
+            f"e.g. {broken[0]}); it is not saved and nothing is uploaded. Try a lower "
+            "learning_rate."
+        )
     return write_atomic(path, tensors, lora_metadata(rank, info))
 
 
 def lora_metadata(rank: int, info: dict) -> dict[str, str]:
-    adapter = {"transformer.r": rank, "transformer.lora_alpha": rank,
-               "transformer.target_modules": list(TARGET_MODULES)}
-    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps(adapter),
-                "av2av": json.dumps({"rank": rank, "alpha": rank, "training_type": TRAINING_TYPE, **info})}
+    adapter = {
+        "transformer.r": rank,
+        "transformer.lora_alpha": rank,
+        "transformer.target_modules": list(TARGET_MODULES),
+    }
+    metadata = {
+        "format": "pt",
+        "lora_adapter_metadata": json.dumps(adapter),
+        "av2av": json.dumps({"rank": rank, "alpha": rank, "training_type": TRAINING_TYPE, **info}),
+    }
     if "reference_downscale" in info:
         metadata["reference_downscale_factor"] = str(info["reference_downscale"])
     return metadata

@@ -10,6 +10,7 @@ activations from a meta-device training pass at the request's token counts, run 
 lib/train/footprint.py); bench/real_width_block.py holds its per-block figures against one real
 block. The smaller stages' activations are estimated from the widths.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,13 +23,17 @@ from lib.core.errors import InvalidRequest
 
 GB = 1e9
 GPU_MEMORY_ENV = "AV2AV_GPU_MEMORY_GB"
-VIDEO_STRIDE, FRAME_STRIDE = 32, 8     # the video VAE's compression (both presets)
+VIDEO_STRIDE, FRAME_STRIDE = 32, 8  # the video VAE's compression (both presets)
 AUDIO_RATE, MEL_HOP, AUDIO_STRIDE = 16_000, 160, 4
 BACKWARD_WORKING = 0.8
-RESERVE = 0.08          # CUDA context, allocator fragmentation: a plan fits in 92 % of the card
-FP32, LORA_BYTES = 4, {"adamw": 4 + 4 + 8, "adamw8bit": 4 + 4 + 2}   # weights, grads, moments
-STAGE_PARTS = {"text": ("text_encoder", "connectors"), "encode": ("vae", "audio_vae"),
-               "train": ("transformer",), "validate": ("transformer", "vae", "audio_vae", "vocoder")}
+RESERVE = 0.08  # CUDA context, allocator fragmentation: a plan fits in 92 % of the card
+FP32, LORA_BYTES = 4, {"adamw": 4 + 4 + 8, "adamw8bit": 4 + 4 + 2}  # weights, grads, moments
+STAGE_PARTS = {
+    "text": ("text_encoder", "connectors"),
+    "encode": ("vae", "audio_vae"),
+    "train": ("transformer",),
+    "validate": ("transformer", "vae", "audio_vae", "vocoder"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,22 +52,30 @@ class MemoryPlan:
     peak_stage: str
     gpu_memory: float | None = None
     suggestions: tuple[str, ...] = ()
-    offload_activations: bool = False   # checkpointed block inputs wait in host memory (lib/train/offload.py)
-    host_bytes: int = 0                 # what that offloading keeps in host memory
-    offloaded_peak: int | None = None   # the peak if "auto" did offload (shown when it did not need to)
+    offload_activations: bool = False  # checkpointed block inputs wait in host memory (lib/train/offload.py)
+    host_bytes: int = 0  # what that offloading keeps in host memory
+    offloaded_peak: int | None = None  # the peak if "auto" did offload (shown when it did not need to)
 
     @property
     def fits(self) -> bool:
         return self.gpu_memory is None or self.peak <= self.gpu_memory * GB * (1 - RESERVE)
 
     def as_dict(self) -> dict:
-        return {"rows": [{"name": r.name, "parameters": r.parameters, "gb": round(r.bytes / GB, 2),
-                          "stages": list(r.stages)} for r in self.rows],
-                "stages_gb": {name: round(size / GB, 2) for name, size in self.stages.items()},
-                "peak_gb": round(self.peak / GB, 2), "peak_stage": self.peak_stage,
-                "gpu_memory_gb": self.gpu_memory, "fits": self.fits, "suggestions": list(self.suggestions),
-                "offload_activations": self.offload_activations, "host_offload_gb": round(self.host_bytes / GB, 2),
-                "offloaded_peak_gb": None if self.offloaded_peak is None else round(self.offloaded_peak / GB, 2)}
+        return {
+            "rows": [
+                {"name": r.name, "parameters": r.parameters, "gb": round(r.bytes / GB, 2), "stages": list(r.stages)}
+                for r in self.rows
+            ],
+            "stages_gb": {name: round(size / GB, 2) for name, size in self.stages.items()},
+            "peak_gb": round(self.peak / GB, 2),
+            "peak_stage": self.peak_stage,
+            "gpu_memory_gb": self.gpu_memory,
+            "fits": self.fits,
+            "suggestions": list(self.suggestions),
+            "offload_activations": self.offload_activations,
+            "host_offload_gb": round(self.host_bytes / GB, 2),
+            "offloaded_peak_gb": None if self.offloaded_peak is None else round(self.offloaded_peak / GB, 2),
+        }
 
 
 def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
@@ -70,7 +83,7 @@ def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[in
     width, height = request.bucket
     frames = (request.number_of_frames - 1) // FRAME_STRIDE + 1
     target = (frames, height // VIDEO_STRIDE, width // VIDEO_STRIDE)
-    scale = request.reference_downscale_factor   # 1 where the bucket has no exact 1/2
+    scale = request.reference_downscale_factor  # 1 where the bucket has no exact 1/2
     reference = (frames, max(1, height // scale // VIDEO_STRIDE), max(1, width // scale // VIDEO_STRIDE))
     samples = request.number_of_frames / request.frame_rate * AUDIO_RATE
     return target, reference, math.ceil((int(samples) // MEL_HOP + 1) / AUDIO_STRIDE)
@@ -79,11 +92,11 @@ def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[in
 def quantized_bytes(weights: int, rows: int, precision: str, base: int) -> int:
     """Bytes of `weights` Linear weights with `rows` output rows at `precision` (base: bf16/fp32 bytes)."""
     if precision == "int8":
-        return weights + rows * base            # torchao: int8 values + a per-row scale in the base dtype
+        return weights + rows * base  # torchao: int8 values + a per-row scale in the base dtype
     if precision == "fp8":
-        return weights + rows * FP32            # float8 values + an fp32 per-row scale
+        return weights + rows * FP32  # float8 values + an fp32 per-row scale
     if precision == "nf4":
-        return weights // 2 + weights // 64 + weights // (64 * 256) * FP32   # 4 bits + double-quantized absmax
+        return weights // 2 + weights // 64 + weights // (64 * 256) * FP32  # 4 bits + double-quantized absmax
     return weights * base
 
 
@@ -130,8 +143,9 @@ def _lora(model: str, rank: int) -> int:
     return lora_parameters(model, rank)
 
 
-def plan_memory(request: TrainRequest, device: str = "cuda", gpu_memory: float | None = None,
-                suggest: bool = True) -> MemoryPlan:
+def plan_memory(
+    request: TrainRequest, device: str = "cuda", gpu_memory: float | None = None, suggest: bool = True
+) -> MemoryPlan:
     """The plan for `request` on a `device` ("cuda": bf16 with gradient checkpointing; "cpu": fp32
     without, as this project trains there). `gpu_memory` in GB, when known, decides `fits`, and
     whether the request's offload_activations="auto" offloads."""
@@ -156,8 +170,14 @@ def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload:
         size = _weight_bytes(count, precisions.get(name), base)
         rows.append(Row(name, count.parameters, size, tuple(s for s, parts in STAGE_PARTS.items() if name in parts)))
     lora = _lora(request.model, request.rank)
-    rows.append(Row(f"LoRA rank {request.rank}: weights + grads + {request.optimizer}", lora,
-                    lora * LORA_BYTES[request.optimizer], ("train",)))
+    rows.append(
+        Row(
+            f"LoRA rank {request.rank}: weights + grads + {request.optimizer}",
+            lora,
+            lora * LORA_BYTES[request.optimizer],
+            ("train",),
+        )
+    )
     target, reference, audio = latent_shapes(request)
     counted = _activations(request.model, target, reference, audio, request.rank, device, request.base_precision)
     activations, host = _training_activations(counted, checkpointed=device == "cuda", offload=offload)
@@ -167,8 +187,9 @@ def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload:
     stages = {stage: sum(r.bytes for r in rows if stage in r.stages) for stage in STAGE_PARTS}
     stages["validate"] += lora * FP32 * (1 if not request.validation_every else LORA_BYTES[request.optimizer] // FP32)
     peak_stage = max(stages, key=stages.get)
-    return MemoryPlan(tuple(rows), stages, stages[peak_stage], peak_stage, gpu_memory,
-                      offload_activations=offload, host_bytes=host)
+    return MemoryPlan(
+        tuple(rows), stages, stages[peak_stage], peak_stage, gpu_memory, offload_activations=offload, host_bytes=host
+    )
 
 
 def _training_activations(counted, checkpointed: bool, offload: bool) -> tuple[int, int]:
@@ -178,7 +199,7 @@ def _training_activations(counted, checkpointed: bool, offload: bool) -> tuple[i
     gradients are alive beside what it saved: about 0.8 of its saved bytes (measured with
     bench/gpu.py --preset tiny against peak RSS growth)."""
     working = int(BACKWARD_WORKING * counted.per_layer)
-    if not checkpointed:   # each block keeps what it saves, its inputs included
+    if not checkpointed:  # each block keeps what it saves, its inputs included
         return counted.outside_blocks + counted.layers * (counted.per_layer + counted.inputs_saved) + working, 0
     if offload:
         host = (counted.layers - 1) * counted.block_output
@@ -206,13 +227,15 @@ def _stage_activations(request: TrainRequest, counts, base: int, largest_trainin
     width, height = request.bucket
     first = vae["block_out_channels"][0]
     encode = 3 * request.number_of_frames * (height // vae["patch_size"]) * (width // vae["patch_size"]) * first * base
-    tile = 3 * 16 * (512 // vae["patch_size"]) ** 2 * first * base   # 16 frames of 512x512 px per tile
+    tile = 3 * 16 * (512 // vae["patch_size"]) ** 2 * first * base  # 16 frames of 512x512 px per tile
     vwidth, vheight = request.validation_bucket
     scale = (vwidth * vheight * request.validation_number_of_frames) / (width * height * request.number_of_frames)
     sampling = int(4 * largest_training * scale)
-    return [Row("text encoder activations", 0, text, ("text",)),
-            Row("VAE encode activations", 0, encode, ("encode",)),
-            Row("sampling + tiled decode activations", 0, sampling + tile, ("validate",))]
+    return [
+        Row("text encoder activations", 0, text, ("text",)),
+        Row("VAE encode activations", 0, encode, ("encode",)),
+        Row("sampling + tiled decode activations", 0, sampling + tile, ("validate",)),
+    ]
 
 
 def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> list[str]:
@@ -227,10 +250,15 @@ def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> 
     for frame_count in frames:
         for resolution in resolutions:
             for precision, optimizer in ((p, o) for p in order[start:] for o in optimizers):
-                candidate = request.model_copy(update={"base_precision": precision, "optimizer": optimizer,
-                                                       "resolution": resolution, "number_of_frames": frame_count,
-                                                       "offload_activations": "on" if request.offload_activations
-                                                       == "on" else "auto"})
+                candidate = request.model_copy(
+                    update={
+                        "base_precision": precision,
+                        "optimizer": optimizer,
+                        "resolution": resolution,
+                        "number_of_frames": frame_count,
+                        "offload_activations": "on" if request.offload_activations == "on" else "auto",
+                    }
+                )
                 plan = plan_memory(candidate, device, gpu_memory, suggest=False)
                 if plan.fits:
                     found.append(_describe_change(request, candidate, plan))
@@ -242,8 +270,9 @@ def settings_that_fit(request: TrainRequest, device: str, gpu_memory: float) -> 
 
 def _describe_change(request: TrainRequest, candidate: TrainRequest, plan: MemoryPlan) -> str:
     names = ("offload_activations", "base_precision", "optimizer", "resolution", "number_of_frames")
-    changed = [f"{name}={getattr(candidate, name)}" for name in names
-               if getattr(candidate, name) != getattr(request, name)]
+    changed = [
+        f"{name}={getattr(candidate, name)}" for name in names if getattr(candidate, name) != getattr(request, name)
+    ]
     return f"{', '.join(changed)} (peak {plan.peak / GB:.1f} GB)"
 
 
@@ -251,28 +280,42 @@ def format_rows(plan: MemoryPlan) -> list[str]:
     """The table of parts with their bytes and stages, then the stage peaks and the peak."""
     lines = [f"{'part':<48} {'parameters':>12} {'GB':>8}  resident in", "-" * 90]
     for row in plan.rows:
-        params = (f"{row.parameters / 1e9:.2f} B" if row.parameters >= 1e7
-                  else f"{row.parameters:,}" if row.parameters else "")
+        params = (
+            f"{row.parameters / 1e9:.2f} B"
+            if row.parameters >= 1e7
+            else f"{row.parameters:,}"
+            if row.parameters
+            else ""
+        )
         lines.append(f"{row.name:<48} {params:>12} {row.bytes / GB:>8.2f}  {', '.join(row.stages)}")
-    return lines + ["", "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
-                    f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})"]
+    return lines + [
+        "",
+        "stage peaks: " + ", ".join(f"{name} {size / GB:.1f} GB" for name, size in plan.stages.items()),
+        f"peak: {plan.peak / GB:.1f} GB ({plan.peak_stage})",
+    ]
 
 
 def format_plan(plan: MemoryPlan, request: TrainRequest) -> str:
     """The plan as a table, for people."""
     width, height, factor = *request.bucket, request.reference_downscale_factor
-    lines = [f"Memory plan: {request.model}, {request.base_precision} base, {request.optimizer}, rank {request.rank}, "
-             f"{width}x{height}, {request.number_of_frames} frames, reference 1/{factor}",
-             "", *format_rows(plan)]
+    lines = [
+        f"Memory plan: {request.model}, {request.base_precision} base, {request.optimizer}, rank {request.rank}, "
+        f"{width}x{height}, {request.number_of_frames} frames, reference 1/{factor}",
+        "",
+        *format_rows(plan),
+    ]
     if plan.offload_activations:
         lines.append(f"activation offloading on: {plan.host_bytes / GB:.1f} GB of block inputs wait in host memory")
     elif plan.offloaded_peak is not None:
-        lines.append(f"with activation offloading: {plan.offloaded_peak / GB:.1f} GB "
-                     "(offload_activations=auto turns it on where the GPU's memory needs it)")
+        lines.append(
+            f"with activation offloading: {plan.offloaded_peak / GB:.1f} GB "
+            "(offload_activations=auto turns it on where the GPU's memory needs it)"
+        )
     if plan.gpu_memory is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
-        lines.append(f"{verdict} in {plan.gpu_memory:g} GB "
-                     f"(keeping {RESERVE:.0%} for the CUDA context and fragmentation)")
+        lines.append(
+            f"{verdict} in {plan.gpu_memory:g} GB (keeping {RESERVE:.0%} for the CUDA context and fragmentation)"
+        )
     lines += [f"  would fit: {suggestion}" for suggestion in plan.suggestions]
     return "\n".join(lines)
 
@@ -294,7 +337,7 @@ def declared_gpu_memory() -> float | None:
 
 def check_fits(request: TrainRequest, gpu_memory: float | None) -> MemoryPlan | None:
     """Refuse (InvalidRequest) a request whose plan exceeds `gpu_memory` GB, naming settings that fit."""
-    if gpu_memory is None or request.model == "tiny":   # the tiny preset trains on any CPU
+    if gpu_memory is None or request.model == "tiny":  # the tiny preset trains on any CPU
         return None
     plan = plan_memory(request, "cuda", gpu_memory)
     if not plan.fits:
@@ -305,5 +348,6 @@ def check_fits(request: TrainRequest, gpu_memory: float | None) -> MemoryPlan | 
             f"resolution={request.resolution}, number_of_frames={request.number_of_frames}, rank={request.rank}, "
             f"offload_activations={request.offload_activations}), "
             f"more than the {gpu_memory:g} GB the GPU pool declares allows ({1 - RESERVE:.0%} of it). "
-            f"Settings that fit: {fixes}. `av2av plan --config request.json` shows the whole plan.")
+            f"Settings that fit: {fixes}. `av2av plan --config request.json` shows the whole plan."
+        )
     return plan

@@ -10,6 +10,7 @@ active around the call, while the tensors saved inside the block go through the 
 Copies run on the current stream (ordered with the kernels around them), from and to pinned
 memory on CUDA; the values are bit-identical, so a run is the same with or without offloading.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -25,13 +26,16 @@ class BlockInputOffload:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.offloaded_tensors = 0
         self.offloaded_bytes = 0
-        self._carried: tuple = ()    # weak references to the previous block's outputs: the next block's residual stream
+        self._carried: tuple = ()  # weak references to the previous block's outputs: the next block's residual stream
 
     def __call__(self, block, *args, **kwargs):
         with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
             outputs = checkpoint(block, *args, use_reentrant=False, **kwargs)
-        self._carried = tuple(weakref.ref(o) for o in (outputs if isinstance(outputs, tuple) else (outputs,))
-                              if isinstance(o, torch.Tensor))
+        self._carried = tuple(
+            weakref.ref(o)
+            for o in (outputs if isinstance(outputs, tuple) else (outputs,))
+            if isinstance(o, torch.Tensor)
+        )
         return outputs
 
     def _pack(self, tensor: torch.Tensor):

@@ -6,6 +6,7 @@ ltx-trainer's weight decay and linear decay of the rate to a tenth, after a shor
 (optionally offloading the checkpointed inputs to host memory), fp32 on CPU; DDP when launched
 under torchrun; atomic checkpoints that resume bit-for-bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,13 @@ import torch.distributed as dist
 
 from lib.core import precision
 from lib.core.errors import TrainingDiverged
-from lib.train.checkpoint import load_checkpoint, save_checkpoint
+from lib.core.settings import TrainSettings
 from lib.model.conditioning import ConditioningSettings, Example, build_inputs, masked_loss, pack_audio, predict
+from lib.train.checkpoint import load_checkpoint, save_checkpoint
 from lib.train.lora_io import add_lora
 from lib.train.offload import BlockInputOffload
-from lib.core.settings import TrainSettings
 
-__all__ = ["TrainSettings"]   # re-exported: the settings live in lib.core.settings
+__all__ = ["TrainSettings"]  # re-exported: the settings live in lib.core.settings
 
 # Shifted logit-normal sigmas, the LTX-2 recipe (ltx-trainer's ShiftedLogitNormalTimestepSampler):
 # the shift is linear in the modality's own token count through (1024, 0.95) and (4096, 2.05),
@@ -36,8 +37,8 @@ SHIFT_SEQ_LEN = (1024, 4096)
 SHIFT_RANGE = (0.95, 2.05)
 UNIFORM_FRACTION = 0.1
 SIGMA_EPS = 1e-3
-MIN_8BIT_SIZE = 4096   # bitsandbytes' default: smaller tensors keep fp32 moments (all of the tiny preset's)
-NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902   # 0.5th and 99.9th percentiles of N(0, 1)
+MIN_8BIT_SIZE = 4096  # bitsandbytes' default: smaller tensors keep fp32 moments (all of the tiny preset's)
+NORMAL_LOW, NORMAL_HIGH = -2.5758, 3.0902  # 0.5th and 99.9th percentiles of N(0, 1)
 
 
 @dataclass
@@ -74,6 +75,7 @@ def lr_factor(settings: TrainSettings) -> Callable[[int], float]:
             return (step + 1) / settings.warmup_steps
         progress = min(step - settings.warmup_steps, decay_steps) / decay_steps
         return 1.0 + (settings.lr_end_factor - 1.0) * progress
+
     return factor
 
 
@@ -89,17 +91,31 @@ def _draw(generator: torch.Generator, examples: list[Example]):
     return example, video_sigma, audio_sigma, video_noise, audio_noise
 
 
-def training_step(transformer, model, examples, generator, device,
-                  conditioning: ConditioningSettings = ConditioningSettings(),
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict]:
+def training_step(
+    transformer,
+    model,
+    examples,
+    generator,
+    device,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, dict]:
     """One example: draw sigma and noise, condition, predict, masked loss (not yet backpropagated).
 
     `dtype` is the frozen base's compute dtype: inputs are cast to it and the forward runs under
     autocast, while the fp32 LoRA weights receive fp32 gradients.
     """
     example, video_sigma, audio_sigma, video_noise, audio_noise = _draw(generator, examples)
-    inputs = build_inputs(transformer, example, video_sigma.to(device), audio_sigma.to(device),
-                          video_noise.to(device), audio_noise.to(device), conditioning=conditioning, dtype=dtype)
+    inputs = build_inputs(
+        transformer,
+        example,
+        video_sigma.to(device),
+        audio_sigma.to(device),
+        video_noise.to(device),
+        audio_noise.to(device),
+        conditioning=conditioning,
+        dtype=dtype,
+    )
     with precision.autocast(device, dtype):
         video, audio = predict(model, inputs)
     return masked_loss(video, audio, inputs)
@@ -124,7 +140,8 @@ def diverged(trainer: "Trainer", loss: float, grad_norm: float) -> TrainingDiver
     return TrainingDiverged(
         f"Training diverged at step {done} of {trainer.settings.steps}: the loss is {loss:g} and the gradient "
         f"norm {grad_norm:g}. Nothing was uploaded and nothing is billed. Try a lower learning_rate (this run: "
-        f"{rate:g}; {rate / 4:g} is a safe next try), and check the dataset report for unusual clips.")
+        f"{rate:g}; {rate / 4:g} is a safe next try), and check the dataset report for unusual clips."
+    )
 
 
 def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -133,8 +150,9 @@ def build_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                                   min_8bit_size=MIN_8BIT_SIZE)
+        return bnb.optim.AdamW8bit(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay, min_8bit_size=MIN_8BIT_SIZE
+        )
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
@@ -147,42 +165,58 @@ def distributed() -> tuple[int, int]:
 class Trainer:
     """Everything `setup` prepares and `step` advances (torchtune's recipe split: setup, step, fit)."""
 
-    transformer: torch.nn.Module          # the base with the LoRA attached (trained in place)
-    model: torch.nn.Module                # the same, wrapped in DDP when there are several ranks
-    params: list[torch.nn.Parameter]      # the LoRA's, fp32
+    transformer: torch.nn.Module  # the base with the LoRA attached (trained in place)
+    model: torch.nn.Module  # the same, wrapped in DDP when there are several ranks
+    params: list[torch.nn.Parameter]  # the LoRA's, fp32
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    generator: torch.Generator            # draws examples, noise levels and noise
+    generator: torch.Generator  # draws examples, noise levels and noise
     settings: TrainSettings
     conditioning: ConditioningSettings
     device: torch.device
-    dtype: torch.dtype                    # the frozen base's compute dtype
+    dtype: torch.dtype  # the frozen base's compute dtype
     rank: int = 0
-    start: int = 0                        # steps already done (a resumed run)
+    start: int = 0  # steps already done (a resumed run)
     losses: list[float] = field(default_factory=list)
-    offload: BlockInputOffload | None = None   # what activation offloading moved, when it is on
+    offload: BlockInputOffload | None = None  # what activation offloading moved, when it is on
 
 
-def setup(transformer, settings: TrainSettings, resume_from: str | Path | None = None,
-          conditioning: ConditioningSettings = ConditioningSettings()) -> Trainer:
+def setup(
+    transformer,
+    settings: TrainSettings,
+    resume_from: str | Path | None = None,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+) -> Trainer:
     """Attach the LoRA, build optimizer and schedule, seed, and resume when asked."""
     rank, world = distributed()
     device, dtype = next(transformer.parameters()).device, next(transformer.parameters()).dtype
     add_lora(transformer, settings.rank, settings.seed)
     offload = BlockInputOffload() if settings.offload_activations else None
-    if device.type == "cuda" or offload is not None:   # offloading moves what checkpointing keeps
+    if device.type == "cuda" or offload is not None:  # offloading moves what checkpointing keeps
         transformer.enable_gradient_checkpointing(offload)
     transformer.train()
     model = torch.nn.parallel.DistributedDataParallel(transformer) if world > 1 else transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings))
-    trainer = Trainer(transformer, model, params, optimizer, scheduler,
-                      torch.Generator().manual_seed(settings.seed * 1000 + rank),   # ranks see different draws
-                      settings, conditioning, device, dtype, rank, offload=offload)
+    trainer = Trainer(
+        transformer,
+        model,
+        params,
+        optimizer,
+        scheduler,
+        torch.Generator().manual_seed(settings.seed * 1000 + rank),  # ranks see different draws
+        settings,
+        conditioning,
+        device,
+        dtype,
+        rank,
+        offload=offload,
+    )
     if resume_from:
-        trainer.start, trainer.losses = load_checkpoint(resume_from, transformer, optimizer, trainer.scheduler,
-                                                        trainer.generator)
+        trainer.start, trainer.losses = load_checkpoint(
+            resume_from, transformer, optimizer, trainer.scheduler, trainer.generator
+        )
         if rank > 0:  # the checkpoint holds rank 0's draws; other ranks must keep drawing differently
             trainer.generator.manual_seed(settings.seed * 1000 + rank + 7919 * trainer.start)
     return trainer
@@ -190,8 +224,15 @@ def setup(transformer, settings: TrainSettings, resume_from: str | Path | None =
 
 def step(trainer: Trainer, examples: list[Example]) -> dict:
     """One optimizer step on one drawn example; returns the loss parts."""
-    loss, parts = training_step(trainer.transformer, trainer.model, examples, trainer.generator, trainer.device,
-                                trainer.conditioning, trainer.dtype)
+    loss, parts = training_step(
+        trainer.transformer,
+        trainer.model,
+        examples,
+        trainer.generator,
+        trainer.device,
+        trainer.conditioning,
+        trainer.dtype,
+    )
     grad_norm = optimizer_step(loss, trainer.params, trainer.optimizer, trainer.scheduler, trainer.settings.grad_clip)
     if not (math.isfinite(parts["loss"]) and math.isfinite(grad_norm)):
         raise diverged(trainer, parts["loss"], grad_norm)
@@ -199,9 +240,15 @@ def step(trainer: Trainer, examples: list[Example]) -> dict:
     return parts
 
 
-def fit(transformer, examples: list[Example], settings: TrainSettings, checkpoint_dir: Path | None = None,
-        resume_from: str | Path | None = None, on_step: Callable[[dict], None] | None = None,
-        conditioning: ConditioningSettings = ConditioningSettings()) -> TrainResult:
+def fit(
+    transformer,
+    examples: list[Example],
+    settings: TrainSettings,
+    checkpoint_dir: Path | None = None,
+    resume_from: str | Path | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+) -> TrainResult:
     """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place: setup, then
     `step` until `settings.steps`, reporting progress and writing checkpoints on rank 0."""
     trainer = setup(transformer, settings, resume_from, conditioning)
@@ -212,20 +259,35 @@ def fit(transformer, examples: list[Example], settings: TrainSettings, checkpoin
         if trainer.rank == 0:
             _report(on_step, trainer, parts, done, time.perf_counter() - began)
             if checkpoint_dir and settings.checkpoint_every and done % settings.checkpoint_every == 0:
-                path = save_checkpoint(checkpoint_dir / f"checkpoint-{done:06d}.safetensors", transformer,
-                                       trainer.optimizer, trainer.scheduler, trainer.generator, done, trainer.losses)
+                path = save_checkpoint(
+                    checkpoint_dir / f"checkpoint-{done:06d}.safetensors",
+                    transformer,
+                    trainer.optimizer,
+                    trainer.scheduler,
+                    trainer.generator,
+                    done,
+                    trainer.losses,
+                )
                 result.checkpoints.append(str(path))
     transformer.eval()
     result.steps = settings.steps
     return result
 
 
-train = fit   # the name the rest of the code (and the tests) call it by
+train = fit  # the name the rest of the code (and the tests) call it by
 
 
 def _report(on_step, trainer: Trainer, parts: dict, done: int, elapsed: float) -> None:
     if on_step is None:
         return
     rate = (done - trainer.start) / max(elapsed, 1e-9)
-    on_step({"step": done, "steps": trainer.settings.steps, **parts, "it_per_s": rate,
-             "eta_s": (trainer.settings.steps - done) / rate, "lr": trainer.scheduler.get_last_lr()[0]})
+    on_step(
+        {
+            "step": done,
+            "steps": trainer.settings.steps,
+            **parts,
+            "it_per_s": rate,
+            "eta_s": (trainer.settings.steps - done) / rate,
+            "lr": trainer.scheduler.get_last_lr()[0],
+        }
+    )

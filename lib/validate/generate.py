@@ -6,6 +6,7 @@ and lib/validate/preview.render_sample samples, decodes and composites exactly a
 run's validation reel does. So with an fp32 LoRA file, the same inputs and seed, the generated
 frames are those of the training run's final validation sample.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,12 +28,13 @@ def attach_lora(transformer, lora_path: str | Path, plan: GeneratePlan) -> None:
     `lora_scale` (and an alpha other than the rank) scale it. A file whose tensors do not fit is
     refused before any denoising, naming lora_url."""
     state, _ = read_lora(lora_path)
-    add_lora(transformer, plan.lora.rank, seed=0)   # the init is overwritten by the file's weights
+    add_lora(transformer, plan.lora.rank, seed=0)  # the init is overwritten by the file's weights
     try:
         load_lora_state(transformer, state)
     except (ValueError, RuntimeError) as error:
-        raise InvalidRequest(f"lora_url: {plan.lora_name} does not fit {plan.model}'s transformer: "
-                             f"{str(error).splitlines()[0][:300]}") from None
+        raise InvalidRequest(
+            f"lora_url: {plan.lora_name} does not fit {plan.model}'s transformer: {str(error).splitlines()[0][:300]}"
+        ) from None
     scale = plan.lora_scale * plan.lora.alpha / plan.lora.rank
     if scale != 1.0:
         _scale_lora(transformer, scale)
@@ -43,11 +45,18 @@ def _scale_lora(transformer, scale: float) -> None:
 
     for module in transformer.modules():
         if isinstance(module, LoraLayer) and ADAPTER_NAME in module.scaling:
-            module.set_scale(ADAPTER_NAME, scale)   # scaling = scale * alpha / r, alpha = r here
+            module.set_scale(ADAPTER_NAME, scale)  # scaling = scale * alpha / r, alpha = r here
 
 
-def generate_sample(components: Components, plan: GeneratePlan, clip_path: str, latents_path: str,
-                    negative_text: dict, lora_path: str | Path, on_step=None) -> dict:
+def generate_sample(
+    components: Components,
+    plan: GeneratePlan,
+    clip_path: str,
+    latents_path: str,
+    negative_text: dict,
+    lora_path: str | Path,
+    on_step=None,
+) -> dict:
     """Sample with the LoRA attached: render_sample's dict (source, mask, reference, generated with
     the kept region composited back, audio). Holds the transformer and the decoders only."""
     keep_only(components, "transformer", *DECODE_PARTS)
@@ -67,5 +76,8 @@ def write_outputs(sample: dict, folder: Path) -> dict[str, Path]:
     write_video(folder / GENERATED, sample["generated"], frame_rate, audio, REEL_SAMPLE_RATE)
     write_reel(folder / PREVIEW, [sample], frame_rate)
     image = animated_previews(folder / PREVIEW, len(sample["generated"]), folder)[0]
-    return {GENERATED: folder / GENERATED, PREVIEW: folder / PREVIEW,
-            PREVIEW_IMAGE: image.rename(folder / PREVIEW_IMAGE)}
+    return {
+        GENERATED: folder / GENERATED,
+        PREVIEW: folder / PREVIEW,
+        PREVIEW_IMAGE: image.rename(folder / PREVIEW_IMAGE),
+    }

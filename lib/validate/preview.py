@@ -1,39 +1,65 @@
 """Render validation samples with the current model (LoRA attached) into the reel."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-
-from lib.model import latents
+from lib.core.clip import load_clip
+from lib.model import Components, latents
 from lib.model.conditioning import ConditioningSettings
 from lib.model.encoding import load_example
-from lib.model import Components
 from lib.model.lifetime import DECODE_PARTS, acquire
-from lib.core.clip import load_clip
 from lib.validate.reel import composite, write_reel
 from lib.validate.sampling import SamplerSettings, sample
 
 
-def render_sample(components: Components, clip_path: str, latents_path: str, negative_text: dict,
-                  settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings(),
-                  on_step=None) -> dict:
+def render_sample(
+    components: Components,
+    clip_path: str,
+    latents_path: str,
+    negative_text: dict,
+    settings: SamplerSettings,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+    on_step=None,
+) -> dict:
     """Sample one validation clip (or a generation: the same clip layout); the generated panel keeps
     the source's pixels outside the mask. `on_step(done, steps)`: after each denoising step."""
     clip = load_clip(clip_path)
     example = load_example(latents_path)
-    video_latents, audio_latents = sample(components.transformer, components.scheduler, example,
-                                          negative_text, settings, conditioning, components.dtype, on_step)
+    video_latents, audio_latents = sample(
+        components.transformer,
+        components.scheduler,
+        example,
+        negative_text,
+        settings,
+        conditioning,
+        components.dtype,
+        on_step,
+    )
     generated = latents.decode_video(components, video_latents)
     waveform, sample_rate = latents.decode_audio(components, audio_latents)
-    return {"source": clip["target"], "mask": clip["mask"], "reference": clip["reference"],
-            "generated": composite(clip["target"], generated, clip["mask"]),
-            "raw_generated": generated, "audio": waveform, "sample_rate": sample_rate,
-            "frame_rate": example.frame_rate}
+    return {
+        "source": clip["target"],
+        "mask": clip["mask"],
+        "reference": clip["reference"],
+        "generated": composite(clip["target"], generated, clip["mask"]),
+        "raw_generated": generated,
+        "audio": waveform,
+        "sample_rate": sample_rate,
+        "frame_rate": example.frame_rate,
+    }
 
 
-def render_reel(components: Components, clips: list[str], latent_files: list[str], negative_text: dict,
-                settings: SamplerSettings, path: Path,
-                conditioning: ConditioningSettings = ConditioningSettings(), on_sample=None) -> Path:
+def render_reel(
+    components: Components,
+    clips: list[str],
+    latent_files: list[str],
+    negative_text: dict,
+    settings: SamplerSettings,
+    path: Path,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+    on_sample=None,
+) -> Path:
     """`negative_text`: the negative prompt's text inputs (lib.model.encoding.encode_prompt's file, loaded),
     so rendering needs the transformer and the decoders but never the text encoder."""
     acquire(components, "transformer", *DECODE_PARTS)

@@ -4,6 +4,7 @@ samples one after another, carrying the generated audio (H.264 + AAC via lib.med
 The generated panel is composited in pixel space so the kept region is the source's own pixels
 (the spec promises a pixel-faithful kept region), with a few pixels of feather at the mask edge.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,11 +13,11 @@ import librosa
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from lib.media.masks import mask_overlay
 from lib.media.encode import write_video
+from lib.media.masks import mask_overlay
 
 FEATHER_SIGMA_PX = 1.5
-FEATHER_TRUNCATE = 2.0   # the blur reaches FEATHER_SIGMA_PX * FEATHER_TRUNCATE (3 px) into the kept region
+FEATHER_TRUNCATE = 2.0  # the blur reaches FEATHER_SIGMA_PX * FEATHER_TRUNCATE (3 px) into the kept region
 REEL_SAMPLE_RATE = 48_000
 
 
@@ -26,13 +27,14 @@ def feather_band_px() -> int:
 
 def composite(source: np.ndarray, generated: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Generated pixels where the mask regenerates, the source's elsewhere, blended at the edge."""
-    alpha = gaussian_filter(mask.astype(np.float32), sigma=(0, FEATHER_SIGMA_PX, FEATHER_SIGMA_PX),
-                            truncate=FEATHER_TRUNCATE)
-    alpha = np.maximum(alpha, mask)[..., None]   # inside the mask: fully generated
+    alpha = gaussian_filter(
+        mask.astype(np.float32), sigma=(0, FEATHER_SIGMA_PX, FEATHER_SIGMA_PX), truncate=FEATHER_TRUNCATE
+    )
+    alpha = np.maximum(alpha, mask)[..., None]  # inside the mask: fully generated
     blended = alpha * generated.astype(np.float32) + (1 - alpha) * source.astype(np.float32)
     out = np.round(blended).astype(np.uint8)
     keep = alpha[..., 0] == 0
-    out[keep] = source[keep]      # bit-exact where no blending reaches
+    out[keep] = source[keep]  # bit-exact where no blending reaches
     return out
 
 
@@ -60,8 +62,9 @@ def write_reel(path: Path, samples: list[dict], frame_rate: float) -> Path:
     return path
 
 
-def animated_previews(reel: Path, frames_per_sample: int, folder: Path, width: int = 960,
-                      fps: float = 8.0) -> list[Path]:
+def animated_previews(
+    reel: Path, frames_per_sample: int, folder: Path, width: int = 960, fps: float = 8.0
+) -> list[Path]:
     """One small animated WebP per sample of a reel (all four panels, `width` px wide, `fps`
     frames per second), small enough to show inline in a Prefect artifact."""
     import av
@@ -73,11 +76,12 @@ def animated_previews(reel: Path, frames_per_sample: int, folder: Path, width: i
         frames = [frame.to_image() for frame in container.decode(stream)]
     paths = []
     for index, start in enumerate(range(0, len(frames), frames_per_sample), 1):
-        picked = frames[start:start + frames_per_sample:step]
+        picked = frames[start : start + frames_per_sample : step]
         height = round(picked[0].height * width / picked[0].width / 2) * 2
         picked = [image.resize((width, height), Image.Resampling.LANCZOS) for image in picked]
         path = folder / f"preview-{index}.webp"
-        picked[0].save(path, save_all=True, append_images=picked[1:], duration=int(1000 / fps), loop=0,
-                       quality=60, method=4)
+        picked[0].save(
+            path, save_all=True, append_images=picked[1:], duration=int(1000 / fps), loop=0, quality=60, method=4
+        )
         paths.append(path)
     return paths

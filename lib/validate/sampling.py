@@ -8,6 +8,7 @@ matches the guided prediction's spread to the conditional one's.
 The kept region and both references are conditioned by lib.model.conditioning.build_inputs, the very
 code training uses, with the same reference conventions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,11 +17,20 @@ import numpy as np
 import torch
 
 from lib.core import precision
-from lib.model.conditioning import (ConditioningSettings, Example, ModelInputs, build_inputs, pack_audio, pack_video,
-                              predict, unpack_audio, unpack_video)
 from lib.core.settings import SamplerSettings
+from lib.model.conditioning import (
+    ConditioningSettings,
+    Example,
+    ModelInputs,
+    build_inputs,
+    pack_audio,
+    pack_video,
+    predict,
+    unpack_audio,
+    unpack_video,
+)
 
-__all__ = ["SamplerSettings"]   # re-exported: the settings live in lib.core.settings
+__all__ = ["SamplerSettings"]  # re-exported: the settings live in lib.core.settings
 
 
 def sigma_schedule(scheduler, steps: int, tokens: int) -> torch.Tensor:
@@ -37,8 +47,12 @@ def sigma_schedule(scheduler, steps: int, tokens: int) -> torch.Tensor:
 
 def _pass_arguments(transformer, settings: SamplerSettings) -> dict[str, dict]:
     block = min(settings.stg_block, transformer.config.num_layers - 1)
-    return {"cond": {}, "uncond": {}, "stg": {"spatio_temporal_guidance_blocks": [block]},
-            "modality": {"isolate_modalities": True}}
+    return {
+        "cond": {},
+        "uncond": {},
+        "stg": {"spatio_temporal_guidance_blocks": [block]},
+        "modality": {"isolate_modalities": True},
+    }
 
 
 def _rescale(guided: torch.Tensor, cond: torch.Tensor, factor: float, rows: torch.Tensor | None) -> torch.Tensor:
@@ -50,8 +64,15 @@ def _rescale(guided: torch.Tensor, cond: torch.Tensor, factor: float, rows: torc
     return factor * guided * ratio + (1 - factor) * guided
 
 
-def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs | None, settings: SamplerSettings,
-              sigma: torch.Tensor, video: torch.Tensor, audio: torch.Tensor):
+def guided_x0(
+    transformer,
+    cond: ModelInputs,
+    uncond: ModelInputs | None,
+    settings: SamplerSettings,
+    sigma: torch.Tensor,
+    video: torch.Tensor,
+    audio: torch.Tensor,
+):
     """Guided clean-latent predictions (video, audio) at noise level `sigma` from states (video, audio)."""
     arguments = _pass_arguments(transformer, settings)
     x0 = {}
@@ -59,23 +80,34 @@ def guided_x0(transformer, cond: ModelInputs, uncond: ModelInputs | None, settin
         inputs = uncond if name == "uncond" else cond
         video_v, audio_v = predict(transformer, inputs, **arguments[name])
         x0[name] = (video - sigma * video_v, audio - sigma * audio_v)
-    scales = {"uncond": (settings.video_guidance - 1, settings.audio_guidance - 1),
-              "stg": (settings.stg_scale, settings.stg_scale),
-              "modality": (settings.modality_scale - 1, settings.modality_scale - 1)}
+    scales = {
+        "uncond": (settings.video_guidance - 1, settings.audio_guidance - 1),
+        "stg": (settings.stg_scale, settings.stg_scale),
+        "modality": (settings.modality_scale - 1, settings.modality_scale - 1),
+    }
     guided = list(x0["cond"])
     for name, (video_scale, audio_scale) in scales.items():
         if name in x0:
             guided[0] = guided[0] + video_scale * (x0["cond"][0] - x0[name][0])
             guided[1] = guided[1] + audio_scale * (x0["cond"][1] - x0[name][1])
     regenerated = cond.video_mask > 0
-    return (_rescale(guided[0], x0["cond"][0], settings.guidance_rescale, regenerated),
-            _rescale(guided[1], x0["cond"][1], settings.guidance_rescale, None))
+    return (
+        _rescale(guided[0], x0["cond"][0], settings.guidance_rescale, regenerated),
+        _rescale(guided[1], x0["cond"][1], settings.guidance_rescale, None),
+    )
 
 
 @torch.no_grad()
-def sample(transformer, scheduler, example: Example, negative_text: dict[str, torch.Tensor],
-           settings: SamplerSettings, conditioning: ConditioningSettings = ConditioningSettings(),
-           dtype: torch.dtype | None = None, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    transformer,
+    scheduler,
+    example: Example,
+    negative_text: dict[str, torch.Tensor],
+    settings: SamplerSettings,
+    conditioning: ConditioningSettings = ConditioningSettings(),
+    dtype: torch.dtype | None = None,
+    on_step=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate the masked video region and the whole target audio for `example`.
 
     `example.target_video` holds the source's latents (its kept tokens stay clean throughout);
@@ -93,8 +125,16 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
     unconditional.text = negative_text
     sigmas = sigma_schedule(scheduler, settings.steps, len(clean_video)).to(device)
     for done, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:]), 1):
-        state = dict(video_sigma=sigma, audio_sigma=sigma, video_noise=video, audio_noise=audio,
-                     noisy_video=video, noisy_audio=audio, conditioning=conditioning, dtype=dtype)
+        state = dict(
+            video_sigma=sigma,
+            audio_sigma=sigma,
+            video_noise=video,
+            audio_noise=audio,
+            noisy_video=video,
+            noisy_audio=audio,
+            conditioning=conditioning,
+            dtype=dtype,
+        )
         cond = build_inputs(transformer, example, **state)
         # The negative-prompt call only when CFG is on: building it is a full input assembly per step.
         uncond = build_inputs(transformer, unconditional, **state) if "uncond" in settings.passes() else None
@@ -108,5 +148,7 @@ def sample(transformer, scheduler, example: Example, negative_text: dict[str, to
     mask = example.video_mask.reshape(-1, 1).to(device)
     video = torch.where(mask, video, clean_video.to(device))  # kept tokens: exactly the source
     frames, height, width = example.video_mask.shape
-    return (unpack_video(video.cpu(), (frames, height, width)),
-            unpack_audio(audio.cpu(), example.target_audio.shape[0]))
+    return (
+        unpack_video(video.cpu(), (frames, height, width)),
+        unpack_audio(audio.cpu(), example.target_audio.shape[0]),
+    )
