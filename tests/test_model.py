@@ -1,5 +1,6 @@
-"""lib/model.py and lib/model/latents.py on the tiny preset: determinism, the real loading path, shapes,
-normalization identical to the diffusers pipeline's, and a transformer forward on our outputs."""
+"""The lib/model package (its components and loading) and lib/model/latents.py on the tiny preset:
+determinism, the real loading path, shapes, normalization identical to the diffusers pipeline's, and
+a transformer forward on our outputs."""
 
 from __future__ import annotations
 
