@@ -17,35 +17,35 @@ from prefect.states import Completed, Failed
 
 from flows.form import titled
 from flows.gpu_handoff import deployment_available
-from flows.train_lora import REFUSALS, refused
+from flows.refusals import refused
 from lib.core import storage
 from lib.core.batch import (
     EntryOutcome,
-    Planned,
+    ResolvedEntry,
     child_run_name,
     failed_message,
     parse_manifest,
-    plan_entries,
+    resolve_entries,
     still_running,
     summary_rows,
 )
-from lib.core.errors import DownloadError
+from lib.core.errors import REFUSALS, DownloadError
 from lib.core.redact import redact_url
 from tasks.batch import TRAIN_DEPLOYMENT, not_checked, skipped, train_entry, unchanged_since
 from tasks.secrets import resolve_url
 
 
-def read_manifest(manifest_url: str) -> list[Planned]:
+def read_manifest(manifest_url: str) -> list[ResolvedEntry]:
     """`manifest_url` may be `secret://NAME` (tasks/secrets.py); messages name it redacted."""
     manifest_file = storage.fetch_with_retries(
         resolve_url(manifest_url, "manifest_url"), storage.work_dir() / "downloads"
     )
     text = Path(manifest_file.path).read_text(errors="replace")
     Path(manifest_file.path).unlink(missing_ok=True)
-    return plan_entries(parse_manifest(text, redact_url(manifest_url)))
+    return resolve_entries(parse_manifest(text, redact_url(manifest_url)))
 
 
-def _decide(entries: list[Planned]) -> tuple[list[EntryOutcome], list[Planned]]:
+def _decide(entries: list[ResolvedEntry]) -> tuple[list[EntryOutcome], list[ResolvedEntry]]:
     """Summary rows for entries that will not train (invalid, unchanged, unreachable), and the rest."""
     outcomes, changed = [], []
     for entry in entries:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from lib.core.batch import EntryOutcome, child_run_name, failed_message, parse_manifest, plan_entries
+from lib.core.batch import EntryOutcome, child_run_name, failed_message, parse_manifest, resolve_entries
 from lib.core.errors import InvalidRequest
 
 MANIFEST = """
@@ -25,17 +25,17 @@ entries:
 
 
 def test_defaults_entry_fields_and_output_folders():
-    planned = {p.name: p for p in plan_entries(parse_manifest(MANIFEST, "manifest.yaml"))}
-    anna, smoke = planned["voice-anna"].request, planned["smoke-fx"].request
+    resolved = {p.name: p for p in resolve_entries(parse_manifest(MANIFEST, "manifest.yaml"))}
+    anna, smoke = resolved["voice-anna"].request, resolved["smoke-fx"].request
     assert (anna.rank, anna.number_of_steps, anna.trigger_phrase) == (16, 500, "repl4ce")
     assert anna.output_url == "s3://studio/nightly/voice-anna"
     assert smoke.rank == 64 and smoke.output_url == "s3://other/smoke"  # its own fields win
-    assert planned["broken"].request is None and "rank" in planned["broken"].problem
+    assert resolved["broken"].request is None and "rank" in resolved["broken"].problem
 
 
 def test_json_manifest_is_read_too():
     text = json.dumps({"entries": [{"name": "a", "request": {"training_data_url": "a.zip"}}]})
-    [entry] = plan_entries(parse_manifest(text, "m.json"))
+    [entry] = resolve_entries(parse_manifest(text, "m.json"))
     assert entry.request.training_data_url == "a.zip" and entry.request.output_url == ""
 
 
@@ -75,9 +75,9 @@ def test_readme_manifest_is_valid():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### Batch retraining", 1)[1]
     text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
-    planned = plan_entries(parse_manifest(text, "README"))
-    assert [p.name for p in planned] == ["voice-anna", "smoke-fx"] and all(p.request for p in planned)
-    assert planned[0].request.output_url == "s3://studio-loras/nightly/voice-anna"
+    resolved = resolve_entries(parse_manifest(text, "README"))
+    assert [p.name for p in resolved] == ["voice-anna", "smoke-fx"] and all(p.request for p in resolved)
+    assert resolved[0].request.output_url == "s3://studio-loras/nightly/voice-anna"
 
 
 @pytest.mark.usefixtures("prefect_harness")

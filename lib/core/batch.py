@@ -44,8 +44,8 @@ class Manifest(BaseModel):
     entries: list[BatchEntry] = Field(min_length=1)
 
 
-class Planned(BaseModel):
-    """One entry after validation: its request, or why it cannot run."""
+class ResolvedEntry(BaseModel):
+    """One entry with the defaults applied and validated: its request, or why it cannot run."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -79,18 +79,18 @@ def parse_manifest(text: str, source: str) -> Manifest:
     return manifest
 
 
-def plan_entries(manifest: Manifest) -> list[Planned]:
+def resolve_entries(manifest: Manifest) -> list[ResolvedEntry]:
     """Every entry's request = defaults, then its own fields, then its output folder."""
-    planned = []
+    resolved = []
     for entry in manifest.entries:
         fields = manifest.defaults | entry.request
         if manifest.output_url and "output_url" not in entry.request:
             fields["output_url"] = posixpath.join(manifest.output_url.rstrip("/"), entry.name)
         try:
-            planned.append(Planned(name=entry.name, request=TrainRequest.model_validate(fields)))
+            resolved.append(ResolvedEntry(name=entry.name, request=TrainRequest.model_validate(fields)))
         except ValidationError as error:
-            planned.append(Planned(name=entry.name, problem=_explain(error)))
-    return planned
+            resolved.append(ResolvedEntry(name=entry.name, problem=_explain(error)))
+    return resolved
 
 
 def child_run_name(prefix: str, name: str, now: datetime | None = None) -> str:
