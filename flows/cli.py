@@ -27,16 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lib.core.config import TrainRequest
-from lib.core.errors import (
-    Av2AvError,
-    CacheUnavailable,
-    DownloadError,
-    InvalidDataset,
-    InvalidRequest,
-    ModelUnavailable,
-    TrainingDiverged,
-    UploadError,
-)
+from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, Av2AvError, InvalidDataset, InvalidRequest
 from lib.core.progress import MODE_ENV
 from lib.core.redact import redact_text, redact_url
 
@@ -48,7 +39,7 @@ CHECK_FLAGS = {  # flag -> request field
     "--auto-scale-input": "auto_scale_input",
     "--trigger-phrase": "trigger_phrase",
 }
-EXIT_OK, EXIT_DOWNLOAD, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _add_field_flag(parser: argparse.ArgumentParser, flag: str, field_name: str) -> None:
@@ -118,23 +109,10 @@ def _explain(error: ValidationError) -> str:
 
 
 def _refusal(error: BaseException) -> tuple[int, str] | None:
-    """An expected refusal -> (exit status, the one line to print, URLs redacted); None for a real bug."""
-    refusal = _classify(error)
-    return refusal and (refusal[0], redact_text(refusal[1]))
-
-
-def _classify(error: BaseException) -> tuple[int, str] | None:
-    if isinstance(error, (InvalidDataset, TrainingDiverged)):
-        return EXIT_INVALID, error.message
-    if isinstance(error, (InvalidRequest, ModelUnavailable)):
-        label = "Model unavailable" if isinstance(error, ModelUnavailable) else "Invalid request"
-        return EXIT_INVALID, f"{label}: {error.message}"
-    if isinstance(error, UploadError):
-        return EXIT_DOWNLOAD, f"Upload failed: {error.message}"
-    if isinstance(error, CacheUnavailable):
-        return EXIT_DOWNLOAD, f"Cache unavailable: {error.message}"
-    if isinstance(error, DownloadError):
-        return EXIT_DOWNLOAD, f"Download failed: {error.message}"
+    """An expected refusal -> (exit status, the one line to print, URLs redacted); None for a real bug.
+    Each refusal declares both on its class (lib/core/errors.py)."""
+    if isinstance(error, REFUSALS):
+        return error.exit_status, redact_text(error.refusal_line())
     return None
 
 
@@ -196,7 +174,7 @@ def run_plan(args: argparse.Namespace) -> int:
     try:
         gpu_memory = args.gpu_memory if args.gpu_memory is not None else declared_gpu_memory()
     except InvalidRequest as error:
-        print(f"Invalid request: {error.message}", file=sys.stderr)
+        print(error.refusal_line(), file=sys.stderr)
         return EXIT_INVALID
     plan = plan_memory(request, "cuda" if request.model != "tiny" else "cpu", gpu_memory)
     print(json.dumps(plan.as_dict()) if args.json else format_plan(plan, request))
@@ -216,13 +194,13 @@ def run_train(args: argparse.Namespace) -> int:
     began = started()
     try:
         with stop_signals(), local_server():
-            from flows.train_lora import FAILED_STATE_NAMES, train_lora
+            from flows.train_lora import train_lora
 
-            with quiet_console(tuple(name for _, name in FAILED_STATE_NAMES)):
+            with quiet_console(REFUSAL_STATE_NAMES):
                 state = train_lora(request, return_state=True)
     except ServerStartFailed as error:
         print(str(error), file=sys.stderr)
-        return EXIT_DOWNLOAD
+        return EXIT_FAILED
     except BaseException as error:
         signum = stop_signal(error)
         if signum is None:
@@ -257,7 +235,7 @@ def _train_outcome(state, as_json: bool, seconds: float) -> int:
     refusal = _refusal(error) if isinstance(error, BaseException) else None
     if refusal is None:
         print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
-        return EXIT_DOWNLOAD
+        return EXIT_FAILED
     if isinstance(error, InvalidDataset) and error.report.get("triplets"):  # a table only when it has rows
         print(render_text(error.report))
     print(refusal[1], file=sys.stderr)

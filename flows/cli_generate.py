@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from lib.core.errors import Av2AvError
+from lib.core.errors import REFUSAL_STATE_NAMES, Av2AvError
 from lib.core.generate import GenerateRequest
 from lib.core.redact import redact_text, redact_url
 
@@ -86,9 +86,8 @@ def _run_flow(request: GenerateRequest):
     try:
         with stop_signals(), local_server():
             from flows.generate import generate
-            from flows.train_lora import FAILED_STATE_NAMES
 
-            with quiet_console(tuple(name for _, name in FAILED_STATE_NAMES)):
+            with quiet_console(REFUSAL_STATE_NAMES):
                 return generate(request, return_state=True)
     except ServerStartFailed as error:
         print(str(error), file=sys.stderr)

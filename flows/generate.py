@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.form import titled
 from flows.gpu_handoff import deployment_available, gpu_memory_declared
 from flows.gpu_wait import run_on_gpu_pool
-from flows.train_lora import REFUSALS, refused, run_name, staging_id, step
+from flows.refusals import refused
+from flows.run_context import run_name, stage, staging_id
 from lib.core.cache import Cache, check_cache_location
-from lib.core.errors import InvalidRequest
+from lib.core.errors import REFUSALS, InvalidRequest
 from lib.core.generate import GeneratePlan, GenerateRequest, plan_generation, refuse_contradictions
 from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner, run_entry
 from lib.core.redact import redact_json, redact_url
@@ -33,7 +36,7 @@ GPU_DEPLOYMENT = os.environ.get("AV2AV_GENERATE_GPU_DEPLOYMENT", "generate-gpu/g
 
 
 @flow(name="generate", log_prints=True)
-def generate(request: GenerateRequest):
+def generate(request: Annotated[GenerateRequest, titled("Generation request")]):
     """Generate a clip with a trained LoRA; returns result.json's content.
 
     A LoRA that cannot work (not a LoRA, another model's, contradicting the request) ends the run
@@ -54,7 +57,7 @@ def _generate(request: GenerateRequest) -> dict:
     cache, run_id = Cache.current(), staging_id()
     output_url = request.output_url or str(Path("outputs") / run_name())
     shown = redact_url(request.lora_url)
-    with step("read the LoRA"):
+    with stage("read the LoRA"):
         lora_file, lora = tasks.open_lora(request, cache)
     refuse_contradictions(request, lora, shown)
     log.info(
@@ -75,13 +78,13 @@ def _generate(request: GenerateRequest) -> dict:
     plan = plan_generation(request, lora, shown)
     mark_owner(cache.path(run_entry(run_id)), run_id)
     log.info("fetching and conforming the source, mask and reference(s)")
-    with step("inputs"):
+    with stage("inputs"):
         clip = tasks.prepare_inputs(request, plan.prompt, cache)
     shared = cache.share(Path(lora_file.path), f"{run_entry(run_id)}/lora.safetensors")
-    with step("generate"):
+    with stage("generate"):
         produced = run_gpu(plan, clip, shared.model_copy(update={"sha256": lora.sha256}), run_id, cache)
     files = {name: path for name, path in produced.items() if name != "preview.webp"}
-    with step("upload"):
+    with stage("upload"):
         result = tasks.upload_generated(files, output_url, result_extra(request, plan), produced.get("preview.webp"))
     cache.remove(run_entry(run_id))
     print(f"Outputs: {redact_url(output_url)}")

@@ -5,36 +5,24 @@ deployment when one exists, else in-process), uploads the outputs.
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import FailedRun
-from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed
 
 from flows.form import titled
 from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
 from flows.prepare import prefect_steps, prepare_dataset
+from flows.refusals import refused
+from flows.run_context import run_name, stage, staging_id
 from lib.core.cache import Cache, check_cache_location
 from lib.core.config import TrainRequest
-from lib.core.errors import (
-    Av2AvError,
-    CacheUnavailable,
-    DownloadError,
-    InvalidDataset,
-    InvalidRequest,
-    ModelUnavailable,
-    StepFailed,
-    TrainingDiverged,
-    UploadError,
-)
+from lib.core.errors import REFUSALS, UploadError
 from lib.core.housekeeping import mark_owner, run_entry, stale_after_text
 from lib.core.plan import plan_run, run_fingerprint
 from lib.core.progress import announce
-from lib.core.redact import redact_text, redact_url
+from lib.core.redact import redact_url
 from lib.model import check_model_source
 from lib.publish.outputs import billing_units, write_config
 from lib.publish.upload import check_output_location
@@ -45,84 +33,11 @@ from tasks.housekeeping import sweep_stale_runs
 from tasks.outputs import last_success, prepare_validation, remember_success, upload
 
 
-@contextmanager
-def step(name: str):
-    """Says the step began (CLI and run page alike); errors name the step: ours keep their type
-    (and 422 text), others are wrapped."""
-    announce(f"{name} ...", get_run_logger().info)
-    try:
-        yield
-    except Av2AvError:
-        raise
-    except Exception as error:
-        raise StepFailed(redact_text(f"Step '{name}' failed: {type(error).__name__}: {error}")) from error
-
-
-# Expected refusals -> the Failed state's name (the one table; the CLI maps the same classes).
-FAILED_STATE_NAMES = (
-    (InvalidDataset, "InvalidDataset"),
-    (InvalidRequest, "InvalidRequest"),
-    (ModelUnavailable, "ModelUnavailable"),
-    (UploadError, "UploadFailed"),
-    (DownloadError, "DownloadFailed"),
-    (CacheUnavailable, "CacheUnavailable"),
-    (TrainingDiverged, "TrainingDiverged"),
-)
-REFUSALS = tuple(kind for kind, _ in FAILED_STATE_NAMES)
-
-
-def refused(error: Av2AvError) -> State:
-    """One clear log line and a Failed state named for the cause (billed 0), no traceback."""
-    name = next(name for kind, name in FAILED_STATE_NAMES if isinstance(error, kind))
-    message = redact_text(error.message)  # lib's messages are redacted already; so is an upload's URL here
-    get_run_logger().error("%s: %s", name, message)
-    return Failed(name=name, message=message, data=error)
-
-
-class _QuietRefusals(logging.Filter):
-    """Each expected refusal is stated once, by `refused`, in the user's words. Prefect would also
-    log it as the task's exception (with a traceback), as the task's and the flow's final state,
-    and, when a worker ends a Failed run, as the engine re-raising it: four more copies of one
-    fact. Those are dropped here (retry notices stay), and so are the routine "Finished in state
-    Completed()" lines of tasks. A Failed state our flow returns (a refusal, a batch with failed
-    entries) is re-raised by the engine as FailedRun: said already, dropped too. StepFailed
-    wraps real bugs: its traceback stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.name == "prefect.task_runs" and message.startswith("Finished in state Completed("):
-            return False
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, FailedRun):  # the engine re-raising a Failed state a flow of ours returned
-            return False
-        if isinstance(error, Av2AvError) and not isinstance(error, StepFailed):
-            return "Retry" in message  # a transient failure about to be retried is news; the rest is a repeat
-        return not (message.startswith("Finished in state") and _names_a_refusal(message))
-
-
-def _names_a_refusal(message: str) -> bool:
-    names = (
-        {name for _, name in FAILED_STATE_NAMES} | {kind.__name__ for kind in REFUSALS} | {"ArchiveError", "MediaError"}
-    )
-    return any(f"{name}(" in message or f"{name}:" in message for name in names)
-
-
-for _logger in ("prefect.flow_runs", "prefect.task_runs"):
-    logging.getLogger(_logger).addFilter(_QuietRefusals())
-
-
-def run_name() -> str:
-    return flow_run.get_name() or "local-run"
-
-
-def staging_id() -> str:
-    """Names this run's private staging folder, `runs/<id>` in the cache (concurrent runs never
-    share one; housekeeping asks Prefect whether the run of that id is still going)."""
-    return str(flow_run.get_id() or run_name())
-
-
 @flow(name="train-lora", log_prints=True)
-def train_lora(request: TrainRequest, skip_if_unchanged: Annotated[bool, titled("Skip if unchanged")] = False):
+def train_lora(
+    request: Annotated[TrainRequest, titled("Training request")],
+    skip_if_unchanged: Annotated[bool, titled("Skip if unchanged")] = False,
+):
     """Train a masked audio+video LoRA from a zip of triplets; returns result.json's content.
 
     Dataset problems end the run Failed, named InvalidDataset (the 422 text as message);
@@ -156,7 +71,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     check_output_location(output_url)
     check_cache_location(cache)
     sweep_stale_runs(cache)
-    with step("fetch"):
+    with stage("fetch"):
         zip_file = ingest.fetch_training_data(request.training_data_url, Path(cache.local))
     fingerprint = run_fingerprint(request, zip_file.sha256)
     previous = last_success(request) if skip_if_unchanged else None
@@ -166,7 +81,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
             f"since run '{previous.get('flow_run')}'; nothing retrained, nothing billed."
         )
     mark_owner(staging, run_id)
-    with step("prepare dataset"):
+    with stage("prepare dataset"):
         prepared = prepare_dataset(
             request,
             staging / "report.json",
@@ -175,14 +90,14 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
             prefect_steps(get_run_logger().info),
             cache,
         )
-    with step("validation samples"):
+    with stage("validation samples"):
         validation_clips = prepare_validation(request, cache)
     announce(
         f"{prepared.report['accepted']} triplet(s) accepted, {len(validation_clips)} validation sample(s)",
         get_run_logger().info,
     )
     plan = plan_run(request, validation_clips, plan_offloads=offload_decision(memory))
-    with step("training"):
+    with stage("training"):
         trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], run_id, cache)
     files = dict(trained["files"])
     files["config.json"] = write_config(request, plan, staging / "config.json")
@@ -198,7 +113,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
         "fingerprint": fingerprint,
         "checkpoints_kept_in": trained.get("checkpoints_kept_in"),
     }
-    with step("upload"):
+    with stage("upload"):
         try:
             result = upload(files, output_url, extra, trained.get("previews", []))
         except UploadError as error:  # training is done: say where its results are
@@ -216,21 +131,3 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
         get_run_logger().warning("Could not remove the staging folder %s: %s", run_entry(run_id), error)
     print(f"Outputs: {redact_url(output_url)}")
     return result
-
-
-@flow(name="check-dataset", log_prints=True)
-def check_dataset(request: TrainRequest, report_path: str | None = None, debug_dataset_path: str | None = None) -> dict:
-    """Only the dataset checks: the per-triplet report, before any GPU is involved."""
-    try:
-        cache = Cache.current()
-        check_cache_location(cache)
-        prepared = prepare_dataset(
-            request,
-            Path(report_path) if report_path else None,
-            Path(debug_dataset_path) if debug_dataset_path else None,
-            steps=prefect_steps(get_run_logger().info),
-            cache=cache,
-        )
-    except REFUSALS as error:
-        return refused(error)
-    return prepared.report

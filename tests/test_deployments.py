@@ -42,7 +42,7 @@ def test_user_facing_forms_title_every_plain_parameter_in_words():
 
     for flow_fn in (train_lora, retrain_batch, generate):
         for name, field in parameter_schema(flow_fn).model_dump()["properties"].items():
-            assert field.get("title") and "_" not in field["title"], (flow_fn.name, name, field.get("title"))
+            assert field.get("title") not in (None, name) and "_" not in field["title"], (flow_fn.name, name)
             assert field.get("description"), (flow_fn.name, name)
 
 

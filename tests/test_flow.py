@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.train_lora import check_dataset, train_lora
+from flows.prepare import prefect_steps, prepare_dataset
+from flows.refusals import refused
+from flows.train_lora import train_lora
 from lib.core.config import TrainRequest
-from lib.core.errors import InvalidDataset
+from lib.core.errors import REFUSALS, InvalidDataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@flow(name="check-dataset")
+def check_dataset(request: TrainRequest, report_path: str | None = None) -> dict:
+    """train-lora's dataset stage alone (its tasks, its cache), as the CLI's `check` runs it."""
+    try:
+        prepared = prepare_dataset(
+            request, Path(report_path) if report_path else None, steps=prefect_steps(get_run_logger().info)
+        )
+    except REFUSALS as error:
+        return refused(error)
+    return prepared.report
 
 
 def _task_states(flow_state, expected: int = 12) -> dict[str, str]:
@@ -46,7 +62,7 @@ def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
 
 
 def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, decodes):
-    """The CPU-only `check-dataset` flow runs the same ingestion tasks as `train-lora`."""
+    """The dataset stage's tasks rerun from the content-addressed cache."""
     request = _request(sample_zip, tmp_path)
     first = check_dataset(request, str(tmp_path / "report.json"), return_state=True)
     assert first.is_completed(), first.message

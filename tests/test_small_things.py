@@ -55,12 +55,12 @@ def test_run_log_keeps_bugs_and_drops_repeats_of_a_refusal():
     flow returned, and the refusal's own exception record, are repeats; a bug keeps its traceback."""
     from prefect.exceptions import FailedRun
 
-    from flows.train_lora import _QuietRefusals
-    from lib.core.errors import InvalidDataset, StepFailed
+    from flows.refusals import QuietRefusals
+    from lib.core.errors import InvalidDataset, StageFailed
 
-    quiet = _QuietRefusals()
+    quiet = QuietRefusals()
     engine = "Engine execution exited with unexpected exception"
     assert not quiet.filter(_record("prefect.flow_runs", engine, FailedRun("2 of 3 entries failed")))
     assert not quiet.filter(_record("prefect.task_runs", "Task run failed", InvalidDataset("no triplets")))
     assert quiet.filter(_record("prefect.flow_runs", engine, ValueError("a bug")))
-    assert quiet.filter(_record("prefect.task_runs", "Task run failed", StepFailed("encode failed")))
+    assert quiet.filter(_record("prefect.task_runs", "Task run failed", StageFailed("encode failed")))

@@ -36,15 +36,27 @@ class ArchiveCode(str, Enum):
 
 
 class Av2AvError(Exception):
-    """Base of every error we raise on purpose; `code` is machine-readable, str() is for people."""
+    """Base of every error we raise on purpose; `code` is machine-readable, str() is for people.
+
+    An expected refusal (REFUSALS, below) also says how it is shown, in one place for every front
+    end: `state_name` names the run's Failed state, `exit_status` is the CLI's, and `label` the
+    words the CLI puts before the message (None: the message says it all). The others are not
+    refusals: they keep their traceback."""
 
     code: str = "error"
+    state_name: str | None = None
+    exit_status: int = 1
+    label: str | None = None
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+
+    def refusal_line(self) -> str:
+        """The one line a front end prints for this refusal."""
+        return f"{self.label}: {self.message}" if self.label else self.message
 
 
 class TransferError(Av2AvError):
@@ -62,12 +74,14 @@ class DownloadError(TransferError):
     """The training data (or a validation file) could not be fetched."""
 
     code = "download_failed"
+    state_name, label = "DownloadFailed", "Download failed"
 
 
 class UploadError(TransferError):
     """Writing to output_url failed."""
 
     code = "upload_failed"
+    state_name, label = "UploadFailed", "Upload failed"
 
 
 class TransientDownloadError(DownloadError, TransientError):
@@ -90,6 +104,7 @@ class InvalidRequest(Av2AvError):
     """A parameter cannot be honoured (e.g. resume_from names no usable checkpoint). Billed 0."""
 
     code = "invalid_request"
+    state_name, exit_status, label = "InvalidRequest", 2, "Invalid request"
 
 
 class ModelUnavailable(Av2AvError):
@@ -97,6 +112,7 @@ class ModelUnavailable(Av2AvError):
     dataset work, and the message says where it looked and how to point elsewhere."""
 
     code = "model_unavailable"
+    state_name, exit_status, label = "ModelUnavailable", 2, "Model unavailable"
 
 
 class TrainingDiverged(Av2AvError):
@@ -104,12 +120,14 @@ class TrainingDiverged(Av2AvError):
     nothing and is billed 0; the message says at which step and what to try."""
 
     code = "training_diverged"
+    state_name, exit_status = "TrainingDiverged", 2
 
 
 class InvalidDataset(Av2AvError):
     """No triplet qualifies (HTTP-422 style). Carries the report so the caller can show it."""
 
     code = "invalid_dataset"
+    state_name, exit_status = "InvalidDataset", 2
 
     def __init__(self, message: str, report: dict | None = None):
         super().__init__(message)
@@ -121,6 +139,7 @@ class CacheUnavailable(Av2AvError):
     the request. Checked before any dataset work; billed 0."""
 
     code = "cache_unavailable"
+    state_name, label = "CacheUnavailable", "Cache unavailable"
 
 
 class CacheMiss(CacheUnavailable):
@@ -130,11 +149,25 @@ class CacheMiss(CacheUnavailable):
     code = "cache_miss"
 
 
-class StepFailed(Av2AvError):
-    """A step failed for a reason that is not an expected refusal (a bug, or a machine problem);
-    the message names the step. Never billed as success; logged with its traceback."""
+class StageFailed(Av2AvError):
+    """A pipeline stage (fetch, prepare dataset, training, upload ...) failed for a reason that is
+    not an expected refusal (a bug, or a machine problem); the message names the stage. Never
+    billed as success; logged with its traceback."""
 
-    code = "step_failed"
+    code = "stage_failed"
+
+
+# The expected refusals: a run ends Failed under the class's state_name, billed 0, said once.
+REFUSALS: tuple[type[Av2AvError], ...] = (
+    InvalidDataset,
+    InvalidRequest,
+    ModelUnavailable,
+    UploadError,
+    DownloadError,
+    CacheUnavailable,
+    TrainingDiverged,
+)
+REFUSAL_STATE_NAMES = tuple(kind.state_name for kind in REFUSALS)
 
 
 class MissingExtra(ImportError):
