@@ -8,7 +8,7 @@
     av2av generate --config generate.json      (flows/cli_generate.py; `plan` takes a generate.json too)
 
 Flags take their help, defaults and choices from the request model (lib/core/config.py). `check` runs
-the dataset steps without Prefect (no server, no model libraries), so it starts in about a second.
+the dataset stage without Prefect (no server, no model libraries), so it starts in about a second.
 Expected refusals print one line per problem, never a traceback. Exit status: 0 success; 2 the
 request, the dataset or the model's weights are unusable (nothing qualifies, a bad parameter,
 ModelUnavailable); 1 a download or upload failed, or anything else went wrong.
@@ -119,7 +119,7 @@ def _refusal(error: BaseException) -> tuple[int, str] | None:
 def run_check(args: argparse.Namespace) -> int:
     request = _request(args)
     print(f"Checking {redact_url(request.training_data_url)} ...", file=sys.stderr, flush=True)
-    from flows.prepare import local_steps, prepare_dataset  # no Prefect: nothing to start, nothing to log
+    from flows.prepare import local_operations, prepare_dataset  # no Prefect: nothing to start, nothing to log
     from lib.core.cache import Cache, check_cache_location
     from lib.ingest.report import render_text
 
@@ -127,7 +127,11 @@ def run_check(args: argparse.Namespace) -> int:
         cache = Cache.current()
         check_cache_location(cache)
         document = prepare_dataset(
-            request, report_path=args.report, debug_dataset_path=args.debug_dataset, steps=local_steps(), cache=cache
+            request,
+            report_path=args.report,
+            debug_dataset_path=args.debug_dataset,
+            operations=local_operations(),
+            cache=cache,
         ).report
     except Av2AvError as error:
         refusal = _refusal(error)

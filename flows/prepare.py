@@ -1,7 +1,7 @@
 """Dataset preparation, the CPU half of `train-lora`: fetch → extract → match → check → conform →
-report, with the same orchestration for two step sets:
-- `prefect_steps()`: Prefect tasks (cached by content, retried, with artifacts) inside a flow run;
-- `local_steps()`: the same lib calls, no Prefect at all, for `av2av check` (no server to start,
+report, with the same orchestration for two ways of calling its operations:
+- `prefect_operations()`: Prefect tasks (cached by content, retried, with artifacts) inside a flow run;
+- `local_operations()`: the same lib calls, no Prefect at all, for `av2av check` (no server to start,
   no task engine; conformed clips are still reused from the content-addressed cache).
 """
 
@@ -34,7 +34,7 @@ class PreparedDataset(BaseModel):
 
 
 @dataclass(frozen=True)
-class Steps:
+class DatasetOperations:
     fetch: Callable  # (url, local folder) -> FileRef
     extract: Callable  # (zip FileRef, local folder, display name) -> ExtractedArchive
     match: Callable  # (ExtractedArchive) -> MatchOutcome
@@ -42,11 +42,11 @@ class Steps:
     conform: Callable  # (Triplet, TripletCheck, ConformSettings, Cache) -> TripletResult
     report: Callable  # (results, rejections, warnings, errors, report path) -> report dict
     debug: Callable  # (accepted results, report, destination) -> FileRef
-    map_triplets: Callable  # (step, label, per-triplet argument lists, shared arguments) -> results
+    map_triplets: Callable  # (operation, label, per-triplet argument lists, shared arguments) -> results
     notify: Callable = lambda text: None  # a line for the user, e.g. which triplets were dropped
 
 
-def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
+def prefect_operations(log: Callable[[str], None] | None = None) -> DatasetOperations:
     from prefect import unmapped
 
     from tasks import ingest
@@ -59,7 +59,7 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
                 progress.update(done)
         return [future.result() for future in futures]
 
-    return Steps(
+    return DatasetOperations(
         fetch=ingest.fetch_training_data,
         extract=ingest.extract_archive,
         match=ingest.match_files,
@@ -72,7 +72,7 @@ def prefect_steps(log: Callable[[str], None] | None = None) -> Steps:
     )
 
 
-def local_steps() -> Steps:
+def local_operations() -> DatasetOperations:
     from lib.core import storage
     from lib.ingest import archive, conform, dataset, debug_dataset, report
 
@@ -96,7 +96,7 @@ def local_steps() -> Steps:
                 progress.update(done)
         return [future.result() for future in futures]
 
-    return Steps(
+    return DatasetOperations(
         fetch=fetch,
         extract=archive.extract_cached,
         match=lambda extracted: dataset.match_extracted(extracted.root, extracted.names),
@@ -126,30 +126,30 @@ def prepare_dataset(
     report_path: Path | None = None,
     debug_dataset_path: Path | None = None,
     zip_file: FileRef | None = None,
-    steps: Steps | None = None,
+    operations: DatasetOperations | None = None,
     cache: Cache | None = None,
 ) -> PreparedDataset:
     """Fetch (unless given), extract, match, check and conform; InvalidDataset when nothing qualifies.
     Conformed clips go to `cache` (this worker's, by default) for the GPU pool to read."""
-    steps = steps or prefect_steps()
+    operations = operations or prefect_operations()
     cache = cache or Cache.current()
     local = Path(cache.local)
-    zip_file = zip_file or steps.fetch(request.training_data_url, local)
+    zip_file = zip_file or operations.fetch(request.training_data_url, local)
     try:
-        extracted = steps.extract(zip_file, local, display_name(request.training_data_url))
+        extracted = operations.extract(zip_file, local, display_name(request.training_data_url))
     except ArchiveError as error:
-        document = steps.report([], [], [], [{"code": error.code, "message": error.message}], report_path)
+        document = operations.report([], [], [], [{"code": error.code, "message": error.message}], report_path)
         raise_if_unusable(document)
-    matched = steps.match(extracted)
-    checks = steps.map_triplets(steps.check, "checking triplets", [matched.triplets], (cache,))
-    results = steps.map_triplets(
-        steps.conform, "fitting triplets", [matched.triplets, checks], (conform_settings(request), cache)
+    matched = operations.match(extracted)
+    checks = operations.map_triplets(operations.check, "checking triplets", [matched.triplets], (cache,))
+    results = operations.map_triplets(
+        operations.conform, "fitting triplets", [matched.triplets, checks], (conform_settings(request), cache)
     )
-    document = steps.report(results, matched.rejections, matched.warnings, [], report_path)
-    steps.notify(summary(document))
+    document = operations.report(results, matched.rejections, matched.warnings, [], report_path)
+    operations.notify(summary(document))
     accepted = [r for r in results if r.status == "accepted"]
     debug = None
     if debug_dataset_path is not None and accepted:
-        debug = steps.debug(accepted, document, debug_dataset_path)
+        debug = operations.debug(accepted, document, debug_dataset_path)
     raise_if_unusable(document)
     return PreparedDataset(report=document, accepted=accepted, debug_dataset=debug)

@@ -13,7 +13,7 @@ from prefect.states import Completed
 
 from flows.form import titled
 from flows.gpu_handoff import gpu_memory_declared, run_gpu_flow
-from flows.prepare import prefect_steps, prepare_dataset
+from flows.prepare import prefect_operations, prepare_dataset
 from flows.refusals import refused
 from flows.run_context import run_name, stage, staging_id
 from lib.core.cache import Cache, check_cache_location
@@ -87,7 +87,7 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
             staging / "report.json",
             staging / "debug_dataset.zip" if request.debug_dataset else None,
             zip_file,
-            prefect_steps(get_run_logger().info),
+            prefect_operations(get_run_logger().info),
             cache,
         )
     with stage("validation samples"):

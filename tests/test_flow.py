@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.prepare import prefect_steps, prepare_dataset
+from flows.prepare import prefect_operations, prepare_dataset
 from flows.refusals import refused
 from flows.train_lora import train_lora
 from lib.core.config import TrainRequest
@@ -24,7 +24,7 @@ def check_dataset(request: TrainRequest, report_path: str | None = None) -> dict
     """train-lora's dataset stage alone (its tasks, its cache), as the CLI's `check` runs it."""
     try:
         prepared = prepare_dataset(
-            request, Path(report_path) if report_path else None, steps=prefect_steps(get_run_logger().info)
+            request, Path(report_path) if report_path else None, operations=prefect_operations(get_run_logger().info)
         )
     except REFUSALS as error:
         return refused(error)
