@@ -84,6 +84,16 @@ class Stack:
     def local_cache(self, pool: str) -> Path:
         return self.root / f"{pool}-machine" / "cache"
 
+    def empty_cache(self, *prefixes: str) -> None:
+        """Remove these kinds of cache entries from the bucket and both machines' local folders, so
+        a test can count what one run makes whatever ran before it."""
+        for prefix in prefixes:
+            if self.s3.exists(f"{BUCKET}/cache/{prefix}"):
+                self.s3.rm(f"{BUCKET}/cache/{prefix}", recursive=True)
+            for pool in ("cpu", "gpu"):
+                shutil.rmtree(self.local_cache(pool) / prefix, ignore_errors=True)
+        self.s3.invalidate_cache()
+
     def bucket_entries(self, *prefixes: str) -> dict[str, str]:
         """Cache entries in the bucket under `prefixes` (not their .sha256 checksum records), with their
         ETag and modification time."""

@@ -144,9 +144,17 @@ def _train_into_bucket(stack: Stack, name: str) -> tuple[dict, dict]:
     return run, json.loads(stack.s3.cat_file(f"{BUCKET}/outputs/{name}/result.json"))
 
 
-def test_train_lora_runs_on_both_pools(stack):
+@pytest.fixture(scope="module")
+def first_training(stack) -> tuple[dict, dict]:
+    """One train-lora run into the bucket from an empty cache, shared by the tests that look at
+    what it made and reused (whichever of them runs first, whatever ran before)."""
+    stack.empty_cache(*CACHED)
+    return _train_into_bucket(stack, "ok")
+
+
+def test_train_lora_runs_on_both_pools(stack, first_training):
     gpu = stack.deployment("train-lora-gpu", "train-lora-gpu")
-    run, result = _train_into_bucket(stack, "ok")
+    run, result = first_training
     assert run["work_pool_name"] == "cpu"
     assert result["billing_units"] == 100 and result["steps"] == 100
     assert result["accepted_triplets"] == 2 and result["flow_run"] == run["name"]
@@ -223,7 +231,7 @@ def test_train_lora_runs_on_both_pools(stack):
     assert "training: 100/100 steps" in logs and "Traceback" not in logs, logs
 
 
-def test_rerun_after_cleaning_both_local_caches_reuses_the_bucket(stack):
+def test_rerun_after_cleaning_both_local_caches_reuses_the_bucket(stack, first_training):
     """Both machines lose their local cache folder between two runs with the same data: the second
     run completes, refetching from the bucket; no cache entry is recomputed or rewritten."""
     before = stack.bucket_entries(*CACHED)

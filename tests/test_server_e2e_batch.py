@@ -1,5 +1,5 @@
-"""`retrain-batch` end to end, on the stack of tests/e2e_stack.py (after test_server_e2e.py, whose
-first run counts cache entries from an empty bucket): a manifest of three LoRAs (one
+"""`retrain-batch` end to end, on the stack of tests/e2e_stack.py (its own data and outputs: it
+runs before or after the other e2e files): a manifest of three LoRAs (one
 with a bad request) served over loopback; the changed entries train as `train-lora` runs through
 the deployment (CPU pool, then the GPU pool, one GPU run at a time); a rerun skips what did not
 change; changing one dataset retrains exactly that one."""
