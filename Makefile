@@ -1,10 +1,10 @@
-# Quick start: `make demo` and `make test`. Both create .venv and install on first use.
+# Quick start: `make demo` and `make test` (`make test-fast` for the inner loop). All create .venv and install on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR := outputs/demo
 
-.PHONY: demo test install bench clean pools deploy serve
+.PHONY: demo test test-fast lint install bench clean pools deploy serve
 
 $(BIN)/av2av: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ demo: install
 	$(BIN)/av2av train --config $(DEMO_DIR)/request.json
 	@echo "Outputs: $(abspath $(DEMO_DIR))/run/ (lora.safetensors, config.json, validation.mp4, loss.png, report.json, debug_dataset.zip, result.json)"
 
-test: install
+test: install   # everything CI runs: lint, then every test tier
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+test-fast: install   # unit tests only (no e2e stack, no slow real-width or training-run tests): under 2 min
+	$(BIN)/python -m pytest -m "not e2e and not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	$(BIN)/python bench/ingest.py
