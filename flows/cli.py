@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from flows.serve import quiet_telemetry
 from lib.core.config import TrainRequest
 from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, Av2AvError, InvalidDataset, InvalidRequest
 from lib.core.progress import MODE_ENV
@@ -248,10 +249,9 @@ def _train_outcome(state, as_json: bool, seconds: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # Telemetry off unless turned on (flows/serve.py says how); the local ephemeral API's telemetry
-    # write would also race its own startup on SQLite ("database is locked").
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The local ephemeral API's telemetry write would also race its own startup on SQLite
+    # ("database is locked").
+    quiet_telemetry()
     # A live bar on a terminal, plain progress lines when piped (lib/core/progress.py); for this command
     # only, so an in-process caller (a test, a notebook) keeps its own setting afterwards.
     previous = os.environ.get(MODE_ENV)
