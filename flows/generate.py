@@ -8,23 +8,21 @@ else in this process) encodes, samples and decodes; the outputs are uploaded to 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from flows.form import titled
-from flows.gpu_handoff import deployment_available, gpu_memory_declared
-from flows.gpu_wait import run_on_gpu_pool
+from flows.gpu_handoff import GpuFlow, gpu_memory_declared, hand_off
 from flows.refusals import refused
 from flows.run_context import run_name, stage, staging_id
 from lib.core.cache import Cache, check_cache_location
 from lib.core.errors import REFUSALS, InvalidRequest
 from lib.core.generate import GeneratePlan, GenerateRequest, plan_generation, refuse_contradictions
-from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner, run_entry
+from lib.core.handback import GpuResult
+from lib.core.housekeeping import mark_owner, run_entry
 from lib.core.redact import redact_json, redact_url
 from lib.core.storage import FileRef
 from lib.model import check_model_source
@@ -33,6 +31,7 @@ from tasks import generate as tasks
 from tasks.housekeeping import sweep_stale_runs
 
 GPU_DEPLOYMENT = os.environ.get("AV2AV_GENERATE_GPU_DEPLOYMENT", "generate-gpu/generate-gpu")
+GENERATE_GPU = GpuFlow(GPU_DEPLOYMENT, "flows.generate_gpu:generate_gpu", InvalidRequest, GpuResult)
 
 
 @flow(name="generate", log_prints=True)
@@ -83,9 +82,9 @@ def _generate(request: GenerateRequest) -> dict:
     shared = cache.share(Path(lora_file.path), f"{run_entry(run_id)}/lora.safetensors")
     with stage("generate"):
         produced = run_gpu(plan, clip, shared.model_copy(update={"sha256": lora.sha256}), run_id, cache)
-    files = {name: path for name, path in produced.items() if name != "preview.webp"}
+        files, previews = produced.local_files(cache), produced.local_previews(cache)
     with stage("upload"):
-        result = tasks.upload_generated(files, output_url, result_extra(request, plan), produced.get("preview.webp"))
+        result = tasks.upload_generated(files, output_url, result_extra(request, plan), next(iter(previews), None))
     cache.remove(run_entry(run_id))
     print(f"Outputs: {redact_url(output_url)}")
     return result
@@ -123,33 +122,6 @@ def result_extra(request: GenerateRequest, plan: GeneratePlan) -> dict:
     }
 
 
-def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache: Cache) -> dict[str, Path]:
-    """Run `generate-gpu` as `<this run's name>-gpu` (its deployment on the GPU pool, else in this
-    process); returns its files as local paths here."""
-    parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
-    if not deployment_available(GPU_DEPLOYMENT):
-        from flows.generate_gpu import generate_gpu  # torch and the model stack: only in-process
-
-        state = generate_gpu.with_options(flow_run_name=name)(
-            plan, clip, lora, run_id, cache.location, parent_run_id=parent_id, return_state=True
-        )
-        if state.name == "InvalidRequest":
-            raise InvalidRequest(state.message)
-        result = state.result()
-    else:
-        parameters = {
-            "plan": plan.model_dump(mode="json"),
-            "clip": clip.model_dump(),
-            "lora": lora.model_dump(),
-            "run_id": run_id,
-            "cache_url": cache.location,
-            "parent_run_id": parent_id,
-        }
-        run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
-        if run.state and run.state.name == "InvalidRequest":
-            raise InvalidRequest(run.state.message)
-        if not run.state or not run.state.is_completed():
-            message = run.state.message if run.state else "no state"
-            raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
-        result = json.loads(cache.open_entry(f"{gpu_entry(run_id)}/{GPU_RESULT}").read_text())
-    return {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
+def run_gpu(plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache: Cache) -> GpuResult:
+    """`generate-gpu` on the plan, the conformed inputs and the LoRA file; its outputs, as cache references."""
+    return hand_off(GENERATE_GPU, {"plan": plan, "clip": clip, "lora": lora}, run_id, cache)

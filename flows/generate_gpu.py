@@ -6,10 +6,6 @@ with the decoders (sample, tiled decode)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -17,10 +13,12 @@ from prefect.states import Failed
 from lib.core.cache import Cache
 from lib.core.errors import InvalidRequest
 from lib.core.generate import GeneratePlan
-from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner, run_entry
+from lib.core.handback import GpuResult, hand_back, share
+from lib.core.housekeeping import gpu_entry, mark_owner, run_entry
 from lib.core.storage import FileRef
+from lib.model import process_cache
+from lib.validate.generate import PREVIEW_IMAGE
 from tasks import generate as tasks
-from tasks import model_cache
 from tasks.housekeeping import sweep_stale_runs
 from tasks.parent_run import ParentRun, ui_link
 
@@ -28,10 +26,11 @@ from tasks.parent_run import ParentRun, ui_link
 @flow(name="generate-gpu", log_prints=True)
 def generate_gpu(
     plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache_url: str, parent_run_id: str | None = None
-) -> dict:
+) -> GpuResult:
     """Encode the prompts and inputs (cached), attach the LoRA, sample, decode; the clip and its
-    preview go to the cache's `runs/<run_id>/gpu/`, where the CPU flow picks them up. A LoRA whose
-    weights do not fit the model ends Failed, named InvalidRequest, before any denoising."""
+    preview go to the cache's `runs/<run_id>/gpu/`, where the CPU flow picks them up; returns what
+    it handed back there. A LoRA whose weights do not fit the model ends Failed, named
+    InvalidRequest, before any denoising."""
     try:
         return _generate_gpu(plan, clip, lora, run_id, cache_url, parent_run_id)
     except InvalidRequest as error:
@@ -41,7 +40,7 @@ def generate_gpu(
 
 def _generate_gpu(
     plan: GeneratePlan, clip: FileRef, lora: FileRef, run_id: str, cache_url: str, parent_run_id: str | None
-) -> dict:
+) -> GpuResult:
     cache = Cache.current(cache_url)
     sweep_stale_runs(cache, location=False)  # the CPU flow sweeps the location
     output = cache.path(gpu_entry(run_id))
@@ -58,8 +57,10 @@ def _generate_gpu(
             plan, cache.open(clip), cache.open(latents), cache.open(negative), cache.open(lora), output, parent_run_id
         )
     finally:
-        model_cache.forget()  # the cached transformer now carries this LoRA
-    return hand_back(cache, run_id, files)
+        process_cache.forget()  # the cached transformer now carries this LoRA
+    previews = {name: files.pop(name) for name in [PREVIEW_IMAGE] if name in files}  # the run page's, not uploaded
+    result = GpuResult(files=share(cache, run_id, files), previews=list(share(cache, run_id, previews).values()))
+    return hand_back(cache, run_id, result, clear=run_entry(run_id))  # this worker keeps nothing of the run
 
 
 def _link_parent(parent_run_id: str | None) -> None:
@@ -73,14 +74,3 @@ def _link_parent(parent_run_id: str | None) -> None:
             key="gpu-run",
         )
         parent.info(f"GPU sub-run: {name} (its logs hold the details; progress is mirrored here)")
-
-
-def hand_back(cache: Cache, run_id: str, files: dict[str, Path]) -> dict:
-    """Publish the outputs, and this result for a CPU flow in another process, to the cache."""
-    folder = gpu_entry(run_id)
-    result = {"files": {name: cache.share(path, f"{folder}/{name}").model_dump() for name, path in files.items()}}
-    with cache.writing(f"{folder}/{GPU_RESULT}") as partial:
-        Path(partial).write_text(json.dumps(result))
-    if cache.shared:  # everything is at the location now: this worker keeps nothing of the run
-        shutil.rmtree(cache.path(run_entry(run_id)), ignore_errors=True)
-    return result

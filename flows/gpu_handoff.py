@@ -1,27 +1,43 @@
-"""Hand the heavy half to `train-lora-gpu`: through its deployment (GPU work pool) when this run
-itself came from a deployment and the GPU deployment exists, else in this process (CLI, tests,
-`flow.serve`). Clips go by cache entry and hash, outputs come back the same way
-(`runs/<run id>/gpu/` in the cache): the two workers share the cache *location* (a folder on one
-machine, an object-store URL across machines), never a filesystem.
+"""Hand the heavy half of a flow to its GPU flow (`train-lora-gpu`, `generate-gpu`): through its
+deployment (GPU work pool) when this run itself came from a deployment and the GPU deployment
+exists, else in this process (CLI, tests, `flow.serve`). Inputs go by cache entry and hash, the
+result comes back typed (lib/core/handback.py: its files as cache references, in
+`runs/<run id>/gpu/`): the two workers share the cache *location* (a folder on one machine, an
+object-store URL across machines), never a filesystem.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Generic
 
 from prefect import get_run_logger
 from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel
 
 from flows.gpu_wait import run_on_gpu_pool
 from lib.core.cache import Cache
-from lib.core.errors import TrainingDiverged
-from lib.core.housekeeping import GPU_RESULT, gpu_entry
+from lib.core.errors import Av2AvError, TrainingDiverged
+from lib.core.handback import Result, TrainingGpuResult, handed_back
 from lib.core.plan import RunPlan
 from lib.core.storage import FileRef
 
 GPU_DEPLOYMENT = os.environ.get("AV2AV_GPU_DEPLOYMENT", "train-lora-gpu/train-lora-gpu")
+
+
+@dataclass(frozen=True)
+class GpuFlow(Generic[Result]):
+    """A GPU flow as its CPU flow hands work to it."""
+
+    deployment: str  # its deployment on the GPU pool
+    entrypoint: str  # "module:flow", imported only to run it in this process (torch and the model stack)
+    refusal: type[Av2AvError]  # its expected refusal: a Failed state of this class's name, raised here again
+    result: type[Result]  # what it returns (and writes to the cache for a CPU flow in another process)
+
+
+TRAIN_LORA_GPU = GpuFlow(GPU_DEPLOYMENT, "flows.train_lora_gpu:train_lora_gpu", TrainingDiverged, TrainingGpuResult)
 
 
 def deployment_available(name: str) -> bool:
@@ -55,34 +71,39 @@ def gpu_memory_declared(gpu_deployment: str = GPU_DEPLOYMENT) -> float | None:
     return float(declared) if declared else None
 
 
-def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache) -> dict[str, Path | dict]:
-    """Run the GPU half as `<this run's name>-gpu`, giving it this run's id so it links back and
-    mirrors its progress here. Returns its result with every file as a local path here."""
+def hand_off(gpu: GpuFlow[Result], parameters: dict[str, Any], run_id: str, cache: Cache) -> Result:
+    """Run `gpu` as `<this run's name>-gpu` with `parameters` (its own; the run id, the cache
+    location and this run's id are added, so it links back and mirrors its progress here) and
+    wait for it. Returns its typed result; its expected refusal is raised again here."""
     parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
-    if not deployment_available(GPU_DEPLOYMENT):
-        from flows.train_lora_gpu import train_lora_gpu  # torch and the model stack: only in-process
+    common = {"run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
+    if not deployment_available(gpu.deployment):
+        module, _, attribute = gpu.entrypoint.partition(":")
+        gpu_flow = getattr(importlib.import_module(module), attribute)
+        state = gpu_flow.with_options(flow_run_name=name)(**parameters, **common, return_state=True)
+        if state.name == gpu.refusal.__name__:
+            raise gpu.refusal(state.message)
+        return gpu.result.model_validate(state.result())
+    run = run_on_gpu_pool(gpu.deployment, _jsonable(parameters | common), name, get_run_logger().info)
+    if run.state and run.state.name == gpu.refusal.__name__:
+        raise gpu.refusal(run.state.message)
+    if not run.state or not run.state.is_completed():
+        message = run.state.message if run.state else "no state"
+        raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
+    return handed_back(cache, run_id, gpu.result)
 
-        state = train_lora_gpu.with_options(flow_run_name=name)(
-            plan, clips, run_id, cache.location, parent_run_id=parent_id, return_state=True
-        )
-        if state.name == "TrainingDiverged":
-            raise TrainingDiverged(state.message)
-        result = state.result()
-    else:
-        parameters = {
-            "plan": plan.model_dump(mode="json"),
-            "clips": [c.model_dump() for c in clips],
-            "run_id": run_id,
-            "cache_url": cache.location,
-            "parent_run_id": parent_id,
-        }
-        run = run_on_gpu_pool(GPU_DEPLOYMENT, parameters, name, get_run_logger().info)
-        if run.state and run.state.name == "TrainingDiverged":
-            raise TrainingDiverged(run.state.message)
-        if not run.state or not run.state.is_completed():
-            message = run.state.message if run.state else "no state"
-            raise RuntimeError(f"GPU flow run '{run.name}' ended {run.state.name if run.state else '?'}: {message}")
-        result = json.loads(cache.open_entry(f"{gpu_entry(run_id)}/{GPU_RESULT}").read_text())
-    files = {name: cache.open(FileRef(**ref)) for name, ref in result["files"].items()}
-    previews = [cache.open(FileRef(**ref)) for ref in result["previews"]]
-    return result | {"files": files, "previews": previews}
+
+def _jsonable(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Deployment parameters: models (and lists of them) as their JSON documents."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        return [plain(item) for item in value] if isinstance(value, list) else value
+
+    return {key: plain(value) for key, value in parameters.items()}
+
+
+def run_gpu_flow(plan: RunPlan, clips: list[FileRef], run_id: str, cache: Cache) -> TrainingGpuResult:
+    """`train-lora-gpu` on the run plan and the conformed clips; what it trained, as cache references."""
+    return hand_off(TRAIN_LORA_GPU, {"plan": plan, "clips": clips}, run_id, cache)

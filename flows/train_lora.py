@@ -99,23 +99,23 @@ def _train(request: TrainRequest, skip_if_unchanged: bool):
     plan = plan_run(request, validation_clips, plan_offloads=offload_decision(memory))
     with stage("training"):
         trained = run_gpu_flow(plan, [r.clip for r in prepared.accepted], run_id, cache)
-    files = dict(trained["files"])
+        files, previews = trained.local_files(cache), trained.local_previews(cache)
     files["config.json"] = write_config(request, plan, staging / "config.json")
     files["report.json"] = staging / "report.json"
     if prepared.debug_dataset is not None:
         files["debug_dataset.zip"] = Path(prepared.debug_dataset.path)
     extra = {
         "billing_units": billing_units(request),
-        "final_loss": trained["final_loss"],
-        "steps": trained["steps"],
+        "final_loss": trained.final_loss,
+        "steps": trained.steps,
         "accepted_triplets": prepared.report["accepted"],
         "flow_run": run_name(),
         "fingerprint": fingerprint,
-        "checkpoints_kept_in": trained.get("checkpoints_kept_in"),
+        "checkpoints_kept_in": trained.checkpoints_kept_in,
     }
     with stage("upload"):
         try:
-            result = upload(files, output_url, extra, trained.get("previews", []))
+            result = upload(files, output_url, extra, previews)
         except UploadError as error:  # training is done: say where its results are
             raise type(error)(
                 f"{error.message} The trained files are kept in {staging} on the CPU worker "

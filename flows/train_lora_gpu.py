@@ -6,8 +6,6 @@ worker's local copy, so the two pools need no shared filesystem."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,33 +14,17 @@ from prefect.states import Failed
 
 from lib.core.cache import Cache
 from lib.core.errors import TrainingDiverged
-from lib.core.housekeeping import GPU_RESULT, gpu_entry, mark_owner
-from lib.core.plan import RunPlan
+from lib.core.handback import TrainingGpuResult
+from lib.core.housekeeping import gpu_entry, mark_owner
+from lib.core.plan import RunPlan, ValidationInputs
 from lib.core.progress import Progress, listening
-from lib.core.storage import FileRef, work_dir
-from lib.publish.outputs import loss_curve
-from lib.train.worker import TrainJob
-from lib.validate.reel import animated_previews
-from tasks import model_cache
+from lib.core.storage import FileRef
+from lib.model import process_cache
+from lib.publish.outputs import hand_back_training
+from lib.train.worker import TrainJob, checkpoint_folder
 from tasks.housekeeping import sweep_stale_runs
-from tasks.parent_run import ParentRun
-from tasks.training import encode_latents, encode_texts, render_validation, run_and_parent_logger, train_lora_task
-
-
-def checkpoint_folder(run_id: str) -> Path:
-    """Where checkpoints are kept on the GPU worker: outside the run's staging folder, which is
-    removed after upload, so a run can be resumed from them (README, "Checkpoints")."""
-    return work_dir() / "checkpoints" / run_id
-
-
-def files_to_upload(output: Path, checkpoints: list[Path], upload_checkpoints: bool) -> dict[str, Path]:
-    """The LoRA, loss curve and reels; checkpoints (optimizer state included) only when asked."""
-    names = ["lora.safetensors", "loss.png", "validation.mp4"]
-    files = {name: output / name for name in names if (output / name).is_file()}
-    files |= {path.name: path for path in sorted(output.glob("validation-step*.mp4"))}
-    if upload_checkpoints:
-        files |= {f"checkpoints/{path.name}": path for path in checkpoints}
-    return files
+from tasks.parent_run import ParentRun, run_and_parent_logger
+from tasks.training import encode_latents, encode_texts, render_validation, train_lora_task
 
 
 def _encode(clips: list[FileRef], plan: RunPlan, cache: Cache, label: str, log) -> list[FileRef]:
@@ -64,9 +46,9 @@ def train_lora_gpu(
     cache_url: str,
     gpus: int | None = None,
     parent_run_id: str | None = None,
-) -> dict:
+) -> TrainingGpuResult:
     """Encode (cached) → train → validate; the LoRA, loss curve and reels go to the cache's
-    `runs/<run_id>/`, where the CPU flow picks them up.
+    `runs/<run_id>/gpu/`, where the CPU flow picks them up; returns what it handed back there.
 
     `clips`: conformed clips, by cache entry and hash. `cache_url`: the cache location the CPU flow
     wrote them to (a folder on one machine, an object-store URL across machines). `gpus` None uses
@@ -83,7 +65,7 @@ def train_lora_gpu(
 
 def _train_gpu(
     plan: RunPlan, clips: list[FileRef], run_id: str, cache_url: str, gpus: int | None, parent_run_id: str | None
-) -> dict:
+) -> TrainingGpuResult:
     cache = Cache.current(cache_url)
     sweep_stale_runs(cache, location=False)  # the CPU flow sweeps the location
     output = cache.path(gpu_entry(run_id))
@@ -98,57 +80,22 @@ def _train_gpu(
             negative_text = encode_texts([*clips, *plan.validation.clips], plan, cache)
             latents = _encode(clips, plan, cache, "encoding training clips", log)
             validation_latents = _encode(plan.validation.clips, plan, cache, "encoding validation samples", log)
-            local_clips = [ref.model_copy(update={"path": str(cache.open(ref))}) for ref in plan.validation.clips]
-            if negative_text is not None:
-                negative_text = negative_text.model_copy(update={"path": str(cache.open(negative_text))})
-            validation = plan.validation.model_copy(
-                update={"latents": validation_latents, "clips": local_clips, "negative_text": negative_text}
+            # The plan stays as derived; what only this worker knows travels beside it in the job.
+            validation = ValidationInputs.on_this_worker(
+                cache, plan.validation.clips, validation_latents, negative_text
             )
-            plan = plan.model_copy(update={"validation": validation})
             job = TrainJob(
                 plan=plan,
                 latents=[ref.path for ref in latents],
+                validation=validation,
                 output_dir=str(output),
                 checkpoint_dir=str(checkpoint_folder(run_id)),
             )
             losses = train_lora_task(job, gpus, parent_run_id)
             if validation.clips:
-                render_validation(plan, output / "validation.mp4", output / "lora.safetensors", parent_run_id)
+                render_validation(
+                    plan, validation, output / "validation.mp4", output / "lora.safetensors", parent_run_id
+                )
     finally:
-        model_cache.forget()  # the cached transformer now carries this run's LoRA
-    loss_curve(losses, output / "loss.png")
-    checkpoints = sorted(Path(job.checkpoint_dir).glob("*.safetensors"))
-    files = files_to_upload(output, checkpoints, plan.upload_checkpoints)
-    previews = []
-    if "validation.mp4" in files:
-        previews = animated_previews(files["validation.mp4"], plan.validation_conform.number_of_frames, output)
-    return _hand_back(cache, run_id, files, previews, losses, job.checkpoint_dir if checkpoints else None)
-
-
-def _hand_back(
-    cache: Cache,
-    run_id: str,
-    files: dict[str, Path],
-    previews: list[Path],
-    losses: list[float],
-    checkpoints_kept_in: str | None,
-) -> dict:
-    """Publish the outputs (and this result, for a CPU flow in another process) to the cache."""
-    folder = gpu_entry(run_id)
-    shared = {name: cache.share(path, f"{folder}/{name}") for name, path in files.items()}
-    result = {
-        "files": {name: ref.model_dump() for name, ref in shared.items()},
-        "final_loss": losses[-1],
-        "steps": len(losses),
-        "checkpoints_kept_in": checkpoints_kept_in,
-        "previews": [cache.share(path, f"{folder}/{path.name}").model_dump() for path in previews],
-    }
-    with cache.writing(f"{folder}/{GPU_RESULT}") as partial:
-        Path(partial).write_text(json.dumps(result))
-    if cache.shared:  # everything is at the location now; this worker keeps only its checkpoints
-        shutil.rmtree(cache.path(folder), ignore_errors=True)
-        try:
-            cache.path(folder).parent.rmdir()  # runs/<id>, unless the CPU flow stages there too
-        except OSError:
-            pass
-    return result
+        process_cache.forget()  # the cached transformer now carries this run's LoRA
+    return hand_back_training(cache, run_id, plan, losses, output, Path(job.checkpoint_dir))

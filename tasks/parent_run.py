@@ -6,8 +6,11 @@ itself. Without this the user's run sits silent while the work happens in a run 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from uuid import UUID
 
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.logging.loggers import flow_run_logger
@@ -60,3 +63,26 @@ class ParentRun:
             key="gpu-run",
         )
         self.info(f"GPU sub-run: {name} (its logs hold the details; progress is mirrored here)")
+
+
+def run_and_parent_logger(parent: ParentRun) -> Callable[[str], None]:
+    """Log to this run and mirror the line onto the run the user started."""
+    logger = get_run_logger()
+
+    def log(line: str) -> None:
+        logger.info(line)
+        parent.info(line)
+
+    return log
+
+
+def progress_artifacts(parent: ParentRun, description: str, key: str) -> Callable[[float], None]:
+    """A progress artifact on this run and on the parent; the returned call sets both (percent)."""
+    artifacts = [create_progress_artifact(progress=0.0, key=key, description=description)]
+    artifacts += [a for a in [parent.artifact("progress", 0.0, description, key=key)] if a]
+
+    def update(percent: float) -> None:
+        for artifact_id in artifacts:
+            update_progress_artifact(artifact_id=artifact_id, progress=percent)
+
+    return update

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from lib.core.errors import TransientDownloadError, TransientError
 from lib.core.storage import after_attempts
 
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
-def retry_transient(task, task_run, state) -> bool:
+
+def retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     """Prefect `retry_condition_fn`: True only for a TransientError (download or upload)."""
     try:
         state.result()

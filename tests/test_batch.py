@@ -86,6 +86,8 @@ def test_batch_without_workers_trains_in_process(sample_zip, tmp_path, monkeypat
     one is reported; the state is Failed naming it; a rerun skips the unchanged entry."""
     import flows.train_lora as train_lora_module
     from flows.retrain_batch import retrain_batch
+    from lib.core.handback import TrainingGpuResult
+    from lib.core.storage import FileRef
 
     trainings = []
 
@@ -94,12 +96,9 @@ def test_batch_without_workers_trains_in_process(sample_zip, tmp_path, monkeypat
         staging = cache.path(f"runs/{run_id}/gpu")
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")
-        return {
-            "files": {"lora.safetensors": staging / "lora.safetensors"},
-            "final_loss": 1.0,
-            "steps": 100,
-            "previews": [],
-        }
+        return TrainingGpuResult(
+            files={"lora.safetensors": FileRef.of(staging / "lora.safetensors")}, final_loss=1.0, steps=100
+        )
 
     monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
     manifest = tmp_path / "manifest.yaml"
@@ -182,6 +181,8 @@ def test_batch_logs_children_live_and_its_summary_points_at_real_outputs(sample_
     import flows.retrain_batch as batch_module
     import flows.train_lora as train_lora_module
     from lib.core.errors import TrainingDiverged
+    from lib.core.handback import TrainingGpuResult
+    from lib.core.storage import FileRef
 
     def fake_gpu_flow(plan, clips, run_id, cache):
         time.sleep(1.0)  # long enough for a few still-running lines
@@ -190,12 +191,9 @@ def test_batch_logs_children_live_and_its_summary_points_at_real_outputs(sample_
         staging = cache.path(f"runs/{run_id}/gpu")
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")
-        return {
-            "files": {"lora.safetensors": staging / "lora.safetensors"},
-            "final_loss": 1.0,
-            "steps": 100,
-            "previews": [],
-        }
+        return TrainingGpuResult(
+            files={"lora.safetensors": FileRef.of(staging / "lora.safetensors")}, final_loss=1.0, steps=100
+        )
 
     monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
     monkeypatch.setattr(batch_module, "PROGRESS_EVERY_S", 0.3)

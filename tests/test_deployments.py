@@ -70,6 +70,8 @@ def test_prefect_yaml_deployments():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
+    from lib.core.handback import TrainingGpuResult
+    from lib.core.storage import FileRef
     from lib.media.synthetic import make_sample_zip
 
     sample_zip = make_sample_zip(tmp_path / "data" / "triplets.zip", triplets=3, duration_s=0.5)
@@ -80,12 +82,9 @@ def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
         trainings.append(len(clips))
         staging.mkdir(parents=True, exist_ok=True)
         (staging / "lora.safetensors").write_bytes(b"lora")
-        return {
-            "files": {"lora.safetensors": staging / "lora.safetensors"},
-            "final_loss": 1.0,
-            "steps": 100,
-            "previews": [],
-        }
+        return TrainingGpuResult(
+            files={"lora.safetensors": FileRef.of(staging / "lora.safetensors")}, final_loss=1.0, steps=100
+        )
 
     monkeypatch.setattr(train_lora_module, "run_gpu_flow", fake_gpu_flow)
     parameters = _deployments()["retrain-nightly"]["parameters"]

@@ -33,8 +33,7 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
     import lib.train.training
     from flows.train_lora_gpu import train_lora_gpu
     from lib.core.plan import plan_run
-    from lib.model import resident
-    from tasks import model_cache
+    from lib.model import process_cache, resident
 
     shutil.copytree(training_data.cache_root / "conformed", tmp_path / "conformed")  # clips only: encode afresh
     monkeypatch.setenv("AV2AV_CACHE_DIR", str(tmp_path))
@@ -53,12 +52,12 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
     seen, original_step = [], lib.train.training.training_step
 
     def recording_step(*args, **kwargs):
-        components = model_cache.for_plan(plan)
+        components = process_cache.for_plan(plan)
         seen.append((set(resident(components)), components.ledger))
         return original_step(*args, **kwargs)
 
     monkeypatch.setattr(lib.train.training, "training_step", recording_step)
-    model_cache.forget()
+    process_cache.forget()
     state = train_lora_gpu(plan, training_data.clips, "ledger", str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
     assert len(seen) == 3 and all(parts == {"transformer"} for parts, _ in seen), seen

@@ -93,11 +93,12 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     """encode -> train -> periodic reel -> final reel through the GPU flow, the base in bf16."""
     import dataclasses
 
-    from flows.train_lora_gpu import files_to_upload, train_lora_gpu
+    from flows.train_lora_gpu import train_lora_gpu
     from lib.core.cache import Cache
     from lib.core.plan import plan_run, validation_conform_settings
     from lib.ingest.validation import prepare_samples
     from lib.media.synthetic import make_box_mask, make_clip
+    from lib.publish.outputs import files_to_upload
 
     monkeypatch.setenv("AV2AV_COMPUTE_DTYPE", "bf16")
     cache = Cache.at(training_data.cache_root)  # where the training clips are
@@ -130,13 +131,13 @@ def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp
     output = cache.path(f"runs/{run_id}/gpu")
     result = train_lora_gpu(plan, training_data.clips[:1], run_id, cache.location)
     # checkpoints stay on the worker (upload_checkpoints is off by default)
-    assert set(result["files"]) == {"lora.safetensors", "loss.png", "validation.mp4", "validation-step000002.mp4"}
-    assert result["steps"] == 4
-    kept = sorted(p.name for p in Path(result["checkpoints_kept_in"]).iterdir())
+    assert set(result.files) == {"lora.safetensors", "loss.png", "validation.mp4", "validation-step000002.mp4"}
+    assert result.steps == 4
+    kept = sorted(p.name for p in Path(result.checkpoints_kept_in).iterdir())
     assert kept == ["checkpoint-000002.safetensors", "checkpoint-000004.safetensors"]
-    assert not str(result["checkpoints_kept_in"]).startswith(str(output))  # outlives the staging folder
-    checkpoints = sorted(Path(result["checkpoints_kept_in"]).iterdir())
-    assert set(files_to_upload(output, checkpoints, upload_checkpoints=True)) == set(result["files"]) | {
+    assert not str(result.checkpoints_kept_in).startswith(str(output))  # outlives the staging folder
+    checkpoints = sorted(Path(result.checkpoints_kept_in).iterdir())
+    assert set(files_to_upload(output, checkpoints, upload_checkpoints=True)) == set(result.files) | {
         "checkpoints/checkpoint-000002.safetensors",
         "checkpoints/checkpoint-000004.safetensors",
     }

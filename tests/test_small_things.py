@@ -36,7 +36,7 @@ def test_the_batch_form_help_survives_html_and_points_to_the_manifest_format():
 
 
 def test_the_outputs_table_names_result_json():
-    from tasks.outputs import outputs_markdown
+    from lib.publish.markdown import outputs_markdown
 
     result = {"outputs": {"lora.safetensors": {"url": "/out/lora.safetensors", "size": 10, "sha256": "a" * 64}}}
     markdown = outputs_markdown(result, {}, None, [], "/out")

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from lib.core.cache import content_key
+from lib.core.cache import Cache, content_key
 from lib.core.config import TrainRequest
 from lib.core.settings import ConditioningSettings, ConformSettings, SamplerSettings, TrainSettings
 from lib.core.storage import FileRef
@@ -24,12 +24,33 @@ class ValidationPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    clips: list[FileRef] = []  # conformed validation samples
-    latents: list[FileRef] = []  # their cached latents, filled in on the GPU side
-    negative_text: FileRef | None = None  # the negative prompt's text inputs, filled in on the GPU side
+    clips: list[FileRef] = []  # conformed validation samples, by cache entry and hash
     negative_prompt: str
     sampler: SamplerSettings
     every: int | None = None  # also render every N training steps
+
+
+class ValidationInputs(BaseModel):
+    """The validation samples as files on the GPU worker, found there once they are encoded: their
+    conformed clips, their latents and the negative prompt's text inputs. Kept beside the run plan
+    (in the training job), which stays as the CPU flow derived it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    clips: list[str] = []
+    latents: list[str] = []
+    negative_text: str | None = None
+
+    @classmethod
+    def on_this_worker(
+        cls, cache: Cache, clips: list[FileRef], latents: list[FileRef], negative_text: FileRef | None
+    ) -> ValidationInputs:
+        """`clips` and `negative_text` fetched from the cache to this worker; `latents` are here already."""
+        return cls(
+            clips=[str(cache.open(ref)) for ref in clips],
+            latents=[ref.path for ref in latents],
+            negative_text=str(cache.open(negative_text)) if negative_text is not None else None,
+        )
 
 
 class RunPlan(BaseModel):
@@ -151,6 +172,11 @@ def parameters_key(request: TrainRequest) -> str:
 # The recipe's version: bump when the same request and data train a different LoRA, so a nightly
 # retrain runs once more (2: Lightricks' σ shift, LR schedule, weight decay and mask rule).
 RECIPE_VERSION = "2"
+
+
+def success_variable_name(request: TrainRequest) -> str:
+    """The Prefect Variable holding the last successful run with these parameters (skip_if_unchanged)."""
+    return f"av2av_last_success_{parameters_key(request)}"
 
 
 def run_fingerprint(request: TrainRequest, dataset_sha256: str) -> str:

@@ -1,5 +1,6 @@
 """The run's descriptive outputs: config.json (what the LoRA is and how it was trained) and
-the loss curve. The LoRA file itself is lib/train/lora_io.py's."""
+the loss curve; and what the GPU half hands back of a run (`hand_back_training`). The LoRA file
+itself is lib/train/lora_io.py's."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.core.cache import Cache
 from lib.core.config import TrainRequest
+from lib.core.handback import TrainingGpuResult, hand_back, share
+from lib.core.housekeeping import gpu_entry
 from lib.core.plan import RunPlan
 from lib.core.redact import redact_json
 from lib.train.lora_io import TARGET_MODULES, TRAINING_TYPE
+from lib.validate.reel import animated_previews
 
 
 def billing_units(request: TrainRequest) -> int:
@@ -100,3 +105,35 @@ def loss_curve(losses: list[float], path: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def files_to_upload(output: Path, checkpoints: list[Path], upload_checkpoints: bool) -> dict[str, Path]:
+    """The LoRA, loss curve and reels; checkpoints (optimizer state included) only when asked."""
+    names = ["lora.safetensors", "loss.png", "validation.mp4"]
+    files = {name: output / name for name in names if (output / name).is_file()}
+    files |= {path.name: path for path in sorted(output.glob("validation-step*.mp4"))}
+    if upload_checkpoints:
+        files |= {f"checkpoints/{path.name}": path for path in checkpoints}
+    return files
+
+
+def hand_back_training(
+    cache: Cache, run_id: str, plan: RunPlan, losses: list[float], output: Path, checkpoint_dir: Path
+) -> TrainingGpuResult:
+    """After training, on the GPU worker: the loss curve, the files to upload from `output` (and
+    `checkpoint_dir`'s checkpoints when the plan uploads them), animated previews of the final
+    reel; all shared through the cache with the result that lists them."""
+    loss_curve(losses, output / "loss.png")
+    checkpoints = sorted(checkpoint_dir.glob("*.safetensors"))
+    files = files_to_upload(output, checkpoints, plan.upload_checkpoints)
+    previews = []
+    if "validation.mp4" in files:
+        previews = animated_previews(files["validation.mp4"], plan.validation_conform.number_of_frames, output)
+    result = TrainingGpuResult(
+        files=share(cache, run_id, files),
+        previews=list(share(cache, run_id, {path.name: path for path in previews}).values()),
+        final_loss=losses[-1],
+        steps=len(losses),
+        checkpoints_kept_in=str(checkpoint_dir) if checkpoints else None,
+    )
+    return hand_back(cache, run_id, result, clear=gpu_entry(run_id))

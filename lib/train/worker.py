@@ -1,5 +1,6 @@
 """A training job: the unit the GPU flow runs in-process, or launches under `torchrun` for
-multi-GPU (DDP). `python -m lib.train.worker job.json` is the torchrun entry point.
+multi-GPU (DDP). `python -m lib.train.worker job.json` is the torchrun entry point; `launch` starts
+it, `attach_trained_lora` puts what the ranks trained onto the launching process's transformer.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.core import precision
 from lib.core.errors import TrainingDiverged
-from lib.core.plan import RunPlan
+from lib.core.plan import RunPlan, ValidationInputs
+from lib.core.storage import work_dir
+from lib.model import process_cache
 from lib.model.encoding import load_example
-from lib.train.lora_io import lora_state_dict, save_lora
+from lib.model.lifetime import free_device_memory
+from lib.train.lora_io import add_lora, load_lora_state, lora_state_dict, read_lora, save_lora
 from lib.train.training import TrainResult, distributed, train
 
 DIVERGED_NOTE = "diverged.txt"  # under torchrun: the message the launching task raises again
@@ -30,12 +35,22 @@ def distributed_rank() -> int:
 
 
 class TrainJob(BaseModel):
+    """The run plan as derived on the CPU side, and beside it what only the GPU worker knows: the
+    local paths of the training latents and of the validation inputs, and where to write."""
+
     model_config = ConfigDict(frozen=True)
 
     plan: RunPlan
     latents: list[str]
+    validation: ValidationInputs = ValidationInputs()  # for the periodic reels (in-process training)
     output_dir: str  # lora.safetensors, losses.json
     checkpoint_dir: str | None = None
+
+
+def checkpoint_folder(run_id: str) -> Path:
+    """Where checkpoints are kept on the GPU worker: outside the run's staging folder, which is
+    removed after upload, so a run can be resumed from them (README, "Checkpoints")."""
+    return work_dir() / "checkpoints" / run_id
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -87,6 +102,45 @@ def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
         )
         (output / "losses.json").write_text(json.dumps(result.losses))
     return result
+
+
+def launch(job: TrainJob, gpus: int) -> list[float]:
+    """Train under torchrun, one process per GPU; returns the losses rank 0 wrote. This process's
+    model is dropped first (every rank loads its own) and its cached CUDA blocks handed back. A
+    diverged run raises TrainingDiverged with the ranks' message."""
+    process_cache.forget()
+    free_device_memory()
+    output = Path(job.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    job_file = output / "train_job.json"
+    job_file.write_text(job.model_dump_json())
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "lib.train.worker",
+        str(job_file),
+    ]
+    completed = subprocess.run(command, env=os.environ.copy())
+    if completed.returncode:
+        note = output / DIVERGED_NOTE
+        if note.is_file():  # torchrun reports its own exit status, not the worker's
+            raise TrainingDiverged(note.read_text())
+        raise subprocess.CalledProcessError(completed.returncode, command)
+    return json.loads((output / "losses.json").read_text())
+
+
+def attach_trained_lora(transformer, lora_path: str | Path, seed: int) -> None:
+    """The LoRA from `lora_path` onto `transformer` when it carries none (the ranks trained in
+    other processes, under torchrun); a transformer trained in this process keeps its own."""
+    if getattr(transformer, "peft_config", None):
+        return
+    state, info = read_lora(lora_path)
+    add_lora(transformer, info["rank"], seed)
+    load_lora_state(transformer, state)
 
 
 def main(argv: list[str]) -> int:

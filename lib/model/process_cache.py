@@ -29,7 +29,8 @@ def components(
 
 
 def for_plan(plan):
-    """The components a run plan names (its model, weights source, text encoder source, precision)."""
+    """The components a run plan names (its model, weights source, text encoder source, precision):
+    a training run's RunPlan or a generation's GeneratePlan."""
     return components(plan.model, plan.model_source, plan.text_encoder_source, plan.base_precision)
 
 
