@@ -22,15 +22,7 @@ for _name in (
 ):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-from lib.model.components import (
-    MODULE_NAMES,
-    Components,
-    build_tiny,
-    config_hash,
-    model_spec,
-    save_pretrained,
-    to_pipeline,
-)
+from lib.model.components import Components, config_hash, model_spec, save_pretrained, to_pipeline
 from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
 from lib.model.lifetime import acquire, keep_only, release, resident
 from lib.model.loading import (
@@ -40,11 +32,11 @@ from lib.model.loading import (
     TEXT_ENCODER_ENV,
     check_model_source,
     load_model,
-    load_pretrained,
-    load_single_file,
     open_model,
     save_single_file,
 )
+from lib.model.parts import MODULE_NAMES
+from lib.model.tiny import build_tiny
 
 __all__ = [
     "MODULE_NAMES",
@@ -62,8 +54,6 @@ __all__ = [
     "TEXT_ENCODER_ENV",
     "check_model_source",
     "load_model",
-    "load_pretrained",
-    "load_single_file",
     "open_model",
     "save_single_file",
     "acquire",

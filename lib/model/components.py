@@ -1,5 +1,5 @@
-"""The loaded model as one value (`Components`), the tiny preset, and what the rest of lib/ may
-ask of a model (`model_spec`, `to_pipeline`, the cache identity) without touching its classes."""
+"""The loaded model as one value (`Components`), its cache identity, and what the rest of lib/ may
+ask of a model (`model_spec`, `to_pipeline`) without touching its classes."""
 
 from __future__ import annotations
 
@@ -13,21 +13,9 @@ from typing import Any
 import torch
 
 from lib.core.cache import content_key
-from lib.model.configs import (
-    TINY_AUDIO_VAE,
-    TINY_CONNECTORS,
-    TINY_GEMMA_TEXT,
-    TINY_GEMMA_VISION,
-    TINY_MAX_SEQUENCE_LENGTH,
-    TINY_SCHEDULER,
-    TINY_SPECIALS,
-    TINY_TRANSFORMER,
-    TINY_VAE,
-    TINY_VOCODER,
-)
-
-MAX_SEQUENCE_LENGTH = 1024  # LTX2Pipeline's default prompt length
-MODULE_NAMES = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
+from lib.model.configs import MAX_SEQUENCE_LENGTH
+from lib.model.lifetime import Ledger
+from lib.model.parts import EXTRAS, MODULE_NAMES
 
 
 @dataclass
@@ -45,84 +33,8 @@ class Components:
     dtype: torch.dtype
     spec: dict = field(default_factory=dict)  # model_spec, computed while every part was known
     loader: Callable[[str], Any] | None = None  # loads a released part again (lib.model.lifetime)
-    ledger: Any = field(default_factory=lambda: _new_ledger())
+    ledger: Ledger = field(default_factory=Ledger)
     base_precision: str = "bf16"
-
-
-def _new_ledger():
-    from lib.model.lifetime import Ledger
-
-    return Ledger()
-
-
-def build_tiny(seed: int = 0) -> Components:
-    """Every 2.3 class with tiny random weights (fp32, CPU, eval). Same seed, same weights."""
-    from diffusers import (
-        AutoencoderKLLTX2Audio,
-        AutoencoderKLLTX2Video,
-        FlowMatchEulerDiscreteScheduler,
-        LTX2VideoTransformer3DModel,
-    )
-    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
-
-    builders = dict(
-        transformer=lambda: LTX2VideoTransformer3DModel(**TINY_TRANSFORMER),
-        vae=lambda: AutoencoderKLLTX2Video(**TINY_VAE),
-        audio_vae=lambda: AutoencoderKLLTX2Audio(**TINY_AUDIO_VAE),
-        vocoder=lambda: LTX2VocoderWithBWE(**TINY_VOCODER),
-        connectors=lambda: LTX2TextConnectors(**TINY_CONNECTORS),
-        text_encoder=_tiny_text_encoder,
-    )
-    parts = {}
-    # Each part gets its own seed so one part's weights don't depend on how the others were built;
-    # fork_rng keeps the caller's global RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        for index, (name, build) in enumerate(builders.items()):
-            torch.manual_seed(seed * 1000 + index)
-            parts[name] = build().eval()
-        _randomize_latent_stats(parts["vae"], parts["audio_vae"])
-    parts["tokenizer"] = _tiny_tokenizer()
-    parts["scheduler"] = FlowMatchEulerDiscreteScheduler(**TINY_SCHEDULER)
-    return _with_identity(parts, "tiny", f"seed{seed}", torch.device("cpu"), torch.float32)
-
-
-def _tiny_text_encoder():
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
-
-    config = Gemma3Config(
-        text_config=dict(vocab_size=len(_tiny_vocab()), **TINY_GEMMA_TEXT),
-        vision_config=TINY_GEMMA_VISION,
-        mm_tokens_per_image=4,
-        boi_token_index=5,
-        eoi_token_index=6,
-        image_token_index=7,
-    )
-    return Gemma3ForConditionalGeneration(config)
-
-
-def _tiny_vocab() -> dict[str, int]:
-    # Specials, then byte fallback for anything, then "▁" and a-z so plain words stay short.
-    tokens = [*TINY_SPECIALS, *(f"<0x{b:02X}>" for b in range(256)), "▁", *"abcdefghijklmnopqrstuvwxyz"]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def _tiny_tokenizer():
-    from transformers import GemmaTokenizer
-
-    tokenizer = GemmaTokenizer(vocab=_tiny_vocab(), merges=[])
-    # model_max_length travels with the saved tokenizer; model_spec reads it for the prompt length.
-    tokenizer.model_max_length = TINY_MAX_SEQUENCE_LENGTH
-    return tokenizer
-
-
-def _randomize_latent_stats(vae, audio_vae) -> None:
-    # Real checkpoints carry dataset statistics; the classes default to mean 0 / std 1, which would
-    # let a missing or misplaced normalization pass every test. Make them non-trivial.
-    for module in (vae, audio_vae):
-        size = module.latents_mean.shape
-        module.latents_mean.copy_(0.1 * torch.randn(size))
-        module.latents_std.copy_(0.75 + 0.5 * torch.rand(size))
 
 
 def save_pretrained(components: Components, folder: str | Path) -> None:
@@ -182,9 +94,11 @@ def _max_sequence_length(components: Components) -> int:
 _VOLATILE_KEYS = {"dtype", "torch_dtype", "transformers_version", "name_or_path", "architectures"}
 
 
-def _with_identity(
+def assemble(
     parts: dict, preset: str, origin: str, device: torch.device, dtype: torch.dtype, base_precision: str = "bf16"
 ) -> Components:
+    """`Components` over `parts` (every part and extra, loaded or a meta shell), with its cache
+    identity and `model_spec` computed from them."""
     identity = _identity(preset, origin, dtype, config_hash(parts), base_precision)
     components = Components(**parts, identity=identity, device=device, dtype=dtype, base_precision=base_precision)
     components.spec = compute_spec(components)
@@ -201,7 +115,7 @@ def _identity(preset: str, origin: str, dtype: torch.dtype, config_hash: str, ba
 def config_hash(parts) -> str:
     """sha256 (16 hex) over every component's config, minus fields that vary with how it was loaded."""
     if isinstance(parts, Components):
-        parts = {name: getattr(parts, name) for name in (*MODULE_NAMES, "tokenizer", "scheduler")}
+        parts = {name: getattr(parts, name) for name in (*MODULE_NAMES, *EXTRAS)}
     return content_key("model-configs", "1", **{name: _describe(part) for name, part in sorted(parts.items())})[:16]
 
 

@@ -9,9 +9,13 @@ download and the real architecture can be built on the meta device.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from lib.model.parts import MODULE_NAMES, TEXT_ENCODER
+
 LTX23_CONFIG_DIR = Path(__file__).with_name("ltx23")
+MAX_SEQUENCE_LENGTH = 1024  # LTX2Pipeline's default prompt length
 TINY_MAX_SEQUENCE_LENGTH = 32  # a multiple of the tiny connectors' 8 registers; keeps tests cheap
 
 # What makes a transformer 2.3 rather than 2.0; checked when loading a folder.
@@ -202,3 +206,60 @@ TINY_SPECIALS = (
     "<end_of_image>",
     "<image_soft_token>",
 )
+
+
+def tiny_vocab() -> dict[str, int]:
+    """The tiny tokenizer's vocabulary: specials, then byte fallback for anything, then "▁" and a-z
+    so plain words stay short."""
+    tokens = [*TINY_SPECIALS, *(f"<0x{b:02X}>" for b in range(256)), "▁", *"abcdefghijklmnopqrstuvwxyz"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def tiny_text_encoder_config():
+    """The tiny preset's Gemma3Config."""
+    from transformers import Gemma3Config
+
+    return Gemma3Config(
+        text_config=dict(vocab_size=len(tiny_vocab()), **TINY_GEMMA_TEXT),
+        vision_config=TINY_GEMMA_VISION,
+        mm_tokens_per_image=4,
+        boi_token_index=5,
+        eoi_token_index=6,
+        image_token_index=7,
+    )
+
+
+_TINY = {
+    "transformer": TINY_TRANSFORMER,
+    "vae": TINY_VAE,
+    "audio_vae": TINY_AUDIO_VAE,
+    "vocoder": TINY_VOCODER,
+    "connectors": TINY_CONNECTORS,
+}
+
+
+def part_config(model: str, name: str):
+    """The config `name` of `model` ("tiny" or "ltx-2.3") is built from, without building it: a
+    plain dict (the shipped config.json at real size), or for the text encoder a Gemma3Config."""
+    if name == TEXT_ENCODER:
+        return tiny_text_encoder_config() if model == "tiny" else _shipped_gemma_config()
+    if model == "tiny":
+        return _TINY[name]
+    return json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
+
+
+def _shipped_gemma_config():
+    from transformers import Gemma3Config
+
+    found = json.loads((LTX23_CONFIG_DIR / TEXT_ENCODER / "config.json").read_text())
+    return Gemma3Config(**{k: v for k, v in found.items() if k not in ("architectures", "model_type")})
+
+
+def architecture_configs(model: str) -> dict:
+    """`part_config` of every part of `model`."""
+    return {name: part_config(model, name) for name in MODULE_NAMES}
+
+
+def max_sequence_length(model: str) -> int:
+    """The prompt length, in tokens, the text encoder is run at for `model`."""
+    return TINY_MAX_SEQUENCE_LENGTH if model == "tiny" else MAX_SEQUENCE_LENGTH

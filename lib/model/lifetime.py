@@ -24,12 +24,19 @@ from dataclasses import dataclass, field
 import torch
 
 from lib.core.progress import announce
+from lib.model.parts import MODULE_NAMES
 from lib.model.quantize import module_bytes
 
 TEXT_PARTS = ("text_encoder", "connectors")
 MEDIA_ENCODE_PARTS = ("vae", "audio_vae")
 DECODE_PARTS = ("vae", "audio_vae", "vocoder")
-TRAIN_PARTS = ("transformer",)
+# What each stage of a training run keeps resident (lib/train/memory_plan.py plans each).
+STAGE_PARTS = {
+    "text": TEXT_PARTS,
+    "encode": MEDIA_ENCODE_PARTS,
+    "train": ("transformer",),
+    "validate": ("transformer", *DECODE_PARTS),
+}
 _device_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
@@ -57,8 +64,6 @@ class Ledger:
 
 def resident(components) -> dict[str, int]:
     """Bytes of every part now loaded (a released part is None)."""
-    from lib.model.components import MODULE_NAMES
-
     return {name: module_bytes(part) for name in MODULE_NAMES if (part := getattr(components, name)) is not None}
 
 
@@ -100,8 +105,6 @@ def release(components, *names: str) -> None:
 
 def keep_only(components, *names: str):
     """Release every part but `names`, then load `names`: the residency a stage wants."""
-    from lib.model.components import MODULE_NAMES
-
     release(components, *(name for name in MODULE_NAMES if name not in names))
     return acquire(components, *names)
 

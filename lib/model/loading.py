@@ -13,12 +13,13 @@ import torch
 
 from lib.core import precision
 from lib.core.errors import ModelUnavailable
-from lib.model import parts, single_file
-from lib.model.components import MODULE_NAMES, Components
-from lib.model.configs import LTX23_CONFIG_DIR, LTX23_FLAGS
+from lib.model import part_loaders, single_file
+from lib.model.components import Components
+from lib.model.configs import LTX23_FLAGS
 from lib.model.lifetime import acquire
+from lib.model.parts import CHECKPOINT_PARTS, MODULE_NAMES
 from lib.model.quantize import check_base_precision
-from lib.model.single_file import split_checkpoint, to_lightricks_key
+from lib.model.single_file import CONFIGS_METADATA_KEY, split_checkpoint, to_lightricks_key
 
 PRESETS = ("tiny", "ltx-2.3")
 DEFAULT_LTX23_SOURCE = "diffusers/LTX-2.3-Diffusers"
@@ -26,7 +27,6 @@ DEFAULT_TEXT_ENCODER_SOURCE = "google/gemma-3-12b-it-qat-q4_0-unquantized"  # Li
 SOURCE_ENV = "AV2AV_MODEL_SOURCE"
 TEXT_ENCODER_ENV = "AV2AV_TEXT_ENCODER_SOURCE"
 HUB_TIMEOUT_S = 10
-CONFIGS_METADATA_KEY = "av2av_diffusers_configs"
 HOW_TO_POINT = (
     "Set the request's model_source (or $AV2AV_MODEL_SOURCE on the GPU worker) to a diffusers "
     "folder, a hub id, or Lightricks' single-file .safetensors (with text_encoder_source or "
@@ -102,7 +102,7 @@ def _check_single_file(path: str) -> None:
             f"({type(error).__name__}: {error}). {HOW_TO_POINT}"
         ) from error
     _check_version(path, metadata)  # first: a 2.5 transformer file also lacks the VAEs, but that is not the news
-    missing = [name for name in ("transformer", "connectors", "vae", "audio_vae", "vocoder") if not parts[name]]
+    missing = [name for name in CHECKPOINT_PARTS if not parts[name]]
     if missing:
         raise ModelUnavailable(
             f"model_source: {path} holds no weights for {', '.join(missing)}; expected "
@@ -124,7 +124,7 @@ def _check_version(path: str, metadata: dict) -> None:
 def _check_architecture(path: str, metadata: dict) -> None:
     """The file's own `config` must describe the configs we will build (the shipped 2.3 ones, or
     those a file written here names), so a resized or renamed variant fails here, by name."""
-    configs = _configs_json(metadata)
+    configs = single_file.declared_configs_json(metadata)
     _check_is_23(configs["transformer"], path)
     differences = single_file.config_differences(single_file.lightricks_section(metadata), configs)
     if differences:
@@ -132,17 +132,6 @@ def _check_architecture(path: str, metadata: dict) -> None:
         raise ModelUnavailable(
             f"model_source: {path} declares a different architecture in its config metadata: {shown}. {HOW_TO_POINT}"
         )
-
-
-def _configs_json(metadata: dict) -> dict[str, dict]:
-    """The transformer and connectors configs `_configs` would use, read as plain JSON (no diffusers
-    import: the early check stays cheap)."""
-    if CONFIGS_METADATA_KEY in metadata:
-        return json.loads(metadata[CONFIGS_METADATA_KEY])
-    return {
-        name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
-        for name in ("transformer", "connectors")
-    }
 
 
 def _check_folder_or_hub(source: str, marker: str, what: str) -> None:
@@ -193,39 +182,15 @@ def open_model(
     dtype = dtype or precision.compute_dtype(device)
     check_base_precision(base_precision, device)
     if model == "tiny":
-        return parts.open_tiny(device, dtype, base_precision)
+        return part_loaders.open_tiny(device, dtype, base_precision)
     source, text_encoder = resolve_sources(source, text_encoder_source)
     if is_single_file(source):
         _check_single_file(source)
-        return parts.open_single_file(source, text_encoder, device, dtype, base_precision, _configs)
+        return part_loaders.open_single_file(source, text_encoder, device, dtype, base_precision)
     source = str(Path(source).resolve()) if Path(source).is_dir() else str(source)
     # Read the small config first: a 2.0 checkpoint should fail before tens of GB are loaded.
     _check_is_23(_load_transformer_config(source), source)
-    return parts.open_pretrained(source, device, dtype, base_precision)
-
-
-def load_pretrained(
-    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
-) -> Components:
-    """Load a diffusers-format LTX-2.3 folder or hub id."""
-    return load_model("ltx-2.3", device, dtype, source)
-
-
-def load_single_file(path: str, text_encoder_source: str, device: torch.device, dtype: torch.dtype) -> Components:
-    """Lightricks' one-file 2.3 checkpoint + a Gemma 3 folder -> components, each loaded strictly."""
-    return load_model("ltx-2.3", device, dtype, path, text_encoder_source)
-
-
-def _classes() -> dict:
-    return parts.classes()
-
-
-def _configs(metadata: dict) -> dict[str, dict]:
-    """Component configs: the real 2.3 ones shipped here, unless the file names its own (files
-    written by `save_single_file` do, so other architectures such as the tiny preset round-trip)."""
-    if CONFIGS_METADATA_KEY in metadata:
-        return json.loads(metadata[CONFIGS_METADATA_KEY])
-    return {name: cls.load_config(str(LTX23_CONFIG_DIR / name)) for name, cls in _classes().items()}
+    return part_loaders.open_pretrained(source, device, dtype, base_precision)
 
 
 def save_single_file(components: Components, path: str | Path) -> Path:
@@ -235,7 +200,7 @@ def save_single_file(components: Components, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     tensors, configs = {}, {}
-    for name in _classes():
+    for name in CHECKPOINT_PARTS:
         module = getattr(components, name)
         configs[name] = dict(module.config)
         for key, tensor in module.state_dict().items():

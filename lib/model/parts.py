@@ -1,231 +1,46 @@
-"""Opening a model part by part: shells on the meta device give the spec and cache identity at
-once, and each source (tiny preset, diffusers folder or hub id, Lightricks single file + Gemma)
-supplies a loader that brings one part onto the device in the compute dtype, quantizing the frozen
-transformer and text encoder when `base_precision` asks (lib/model/quantize.py)."""
+"""The model's parts, listed once: every other module reads their names and classes from here.
+
+A part's name is also its subfolder in a diffusers folder (and in lib/model/ltx23/, the shipped
+2.3 configs) and its field on `Components`. The text encoder (Gemma 3, a transformers class)
+comes from its own folder; the other five are diffusers classes and are what Lightricks' single
+file holds. Which stage needs which part is lib/model/lifetime.py's.
+"""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-
-import torch
-
-from lib.core.errors import ModelUnavailable
-from lib.model.components import MODULE_NAMES, Components, _with_identity, build_tiny
-from lib.model.configs import LTX23_CONFIG_DIR
-from lib.model.quantize import TEXT_ENCODER_QUANTIZED, TRANSFORMER_QUANTIZED, place_quantized, text_encoder_precision
-from lib.model.single_file import split_checkpoint, to_diffusers_key
+# Load order, and the order the tiny preset seeds its parts in (lib/model/tiny.py): changing it
+# changes the tiny weights.
+MODULE_NAMES = ("transformer", "vae", "audio_vae", "vocoder", "connectors", "text_encoder")
+TEXT_ENCODER = "text_encoder"
+CHECKPOINT_PARTS = tuple(name for name in MODULE_NAMES if name != TEXT_ENCODER)  # in Lightricks' file
+EXTRAS = ("tokenizer", "scheduler")  # the non-module parts, also a subfolder each
 
 
-def classes() -> dict:
+def diffusers_classes() -> dict[str, type]:
+    """The diffusers class of every part but the text encoder."""
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
 
-    return {
+    classes = {
         "transformer": LTX2VideoTransformer3DModel,
-        "connectors": LTX2TextConnectors,
         "vae": AutoencoderKLLTX2Video,
         "audio_vae": AutoencoderKLLTX2Audio,
         "vocoder": LTX2VocoderWithBWE,
+        "connectors": LTX2TextConnectors,
     }
+    return {name: classes[name] for name in CHECKPOINT_PARTS}
 
 
-def shell(name: str, config) -> torch.nn.Module:
-    """A part built from its config with its weights on the meta device (exact shapes, no memory);
-    buffers the config computes (rope tables, statistics) stay real, as `from_pretrained` leaves them."""
-    from accelerate import init_empty_weights
+def text_encoder_class() -> type:
+    from transformers import Gemma3ForConditionalGeneration
 
-    with init_empty_weights():
-        if name == "text_encoder":
-            from transformers import Gemma3ForConditionalGeneration
-
-            return Gemma3ForConditionalGeneration(config)
-        return classes()[name].from_config(config)
+    return Gemma3ForConditionalGeneration
 
 
-class FusedRMSNorm(torch.nn.Module):
-    """Diffusers' weight-less RMSNorm as torch's fused `rms_norm`, run with autocast off.
-
-    Same output as diffusers' (both normalize in fp32 and return the input's dtype), but
-    diffusers' Python version keeps an fp32 copy of its input for backward where CUDA's fused
-    kernel keeps only the per-row rstd. Autocast must be off around it: torch >= 2.12 puts
-    `rms_norm` on CUDA autocast's fp32 list (pytorch#174824), which would cast a bf16 input to fp32
-    (a kept fp32 copy again) and return fp32, unlike diffusers. Casting the result back instead
-    would give the same values but keep that fp32 copy."""
-
-    def __init__(self, dim: torch.Size, eps: float):
-        super().__init__()
-        self.dim, self.eps = torch.Size(dim), eps
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        device = hidden.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return torch.nn.functional.rms_norm(hidden, self.dim, eps=self.eps)
-        return torch.nn.functional.rms_norm(hidden, self.dim, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.dim)}, eps={self.eps}"
-
-
-def fuse_rms_norms(module: torch.nn.Module) -> torch.nn.Module:
-    """Swap diffusers' weight-less RMSNorm (the blocks' norm1/2/3 and cross-modal norms) for
-    `FusedRMSNorm`, in place: the same output in the input's dtype, with or without autocast,
-    and about 0.5 GB less kept per recomputed block at the default request. Parameter-free, so
-    state dicts and LoRA keys are unchanged."""
-    from diffusers.models.normalization import RMSNorm
-
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is RMSNorm and child.weight is None and child.bias is None:
-                setattr(parent, child_name, FusedRMSNorm(child.dim, child.eps))
-    return module
-
-
-def place(
-    name: str, module: torch.nn.Module, device: torch.device, dtype: torch.dtype, base_precision: str
-) -> torch.nn.Module:
-    """Onto the device, quantized where the base precision asks, the transformer's norms fused;
-    eval mode."""
-    if name == "transformer":
-        fuse_rms_norms(module)
-    if name == "transformer" and base_precision != "bf16":
-        place_quantized(module, device, base_precision, TRANSFORMER_QUANTIZED, dtype)
-    elif name == "text_encoder" and base_precision != "bf16":
-        place_quantized(module, device, text_encoder_precision(base_precision), TEXT_ENCODER_QUANTIZED, dtype)
-    else:
-        module.to(device)
-    return module.eval()
-
-
-def _lazy(
-    shells: dict,
-    extras: dict,
-    preset: str,
-    origin: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    base_precision: str,
-    load: Callable[[str], torch.nn.Module],
-) -> Components:
-    components = _with_identity({**shells, **extras}, preset, origin, device, dtype, base_precision)
-    for name in MODULE_NAMES:
-        setattr(components, name, None)
-    components.loader = lambda name: place(name, load(name), device, dtype, base_precision)
-    return components
-
-
-def open_tiny(device: torch.device, dtype: torch.dtype, base_precision: str) -> Components:
-    tiny = build_tiny()
-    modules = {name: getattr(tiny, name) for name in MODULE_NAMES}
-    extras = {"tokenizer": tiny.tokenizer, "scheduler": tiny.scheduler}
-    # Each load is a fresh copy of the seeded build, as a reload from disk would be.
-    return _lazy(
-        modules,
-        extras,
-        "tiny",
-        "seed0",
-        device,
-        dtype,
-        base_precision,
-        lambda name: copy.deepcopy(modules[name]).to(dtype=dtype),
-    )
-
-
-def open_pretrained(source: str, device: torch.device, dtype: torch.dtype, base_precision: str) -> Components:
-    """A diffusers folder or hub id: one subfolder per part."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from transformers import AutoConfig, AutoTokenizer, Gemma3ForConditionalGeneration
-
-    shells = {name: shell(name, cls.load_config(source, subfolder=name)) for name, cls in classes().items()}
-    shells["text_encoder"] = shell("text_encoder", AutoConfig.from_pretrained(source, subfolder="text_encoder"))
-    extras = {
-        "tokenizer": AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler"),
-    }
-
-    def load(name: str) -> torch.nn.Module:
-        if name == "text_encoder":
-            return Gemma3ForConditionalGeneration.from_pretrained(source, subfolder=name, dtype=dtype)
-        return classes()[name].from_pretrained(source, subfolder=name, torch_dtype=dtype)
-
-    return _lazy(shells, extras, "ltx-2.3", source, device, dtype, base_precision, load)
-
-
-def open_single_file(
-    path: str,
-    text_encoder_source: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    base_precision: str,
-    read_configs: Callable[[dict], dict],
-) -> Components:
-    """Lightricks' one-file checkpoint (transformer, connectors, VAEs, vocoder) + a Gemma 3 folder.
-
-    Each part's tensors are read one by one into its meta shell (`assign`), so host memory never
-    holds a second copy of the 19 B transformer.
-    """
-    from pathlib import Path
-
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoTokenizer, Gemma3ForConditionalGeneration
-
-    with safe_open(path, framework="pt") as handle:
-        configs = read_configs(handle.metadata() or {})
-    shells = {name: shell(name, configs[name]) for name in classes()}
-    shells["text_encoder"] = shell("text_encoder", AutoConfig.from_pretrained(text_encoder_source))
-    extras = {
-        "tokenizer": AutoTokenizer.from_pretrained(text_encoder_source),
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(str(LTX23_CONFIG_DIR / "scheduler")),
-    }
-    # Quantized parts are read on the CPU and quantized block by block on the device.
-    read_on = "cpu" if base_precision != "bf16" else str(device)
-
-    def load(name: str) -> torch.nn.Module:
-        if name == "text_encoder":
-            return Gemma3ForConditionalGeneration.from_pretrained(text_encoder_source, dtype=dtype)
-        module = shell(name, configs[name])
-        with safe_open(path, framework="pt", device=read_on) as handle:
-            keys = split_checkpoint(handle.keys())[name]
-            # On CPU, get_tensor returns views into the mapped file at arbitrary offsets; owned
-            # (aligned) copies compute bit-identically to a diffusers-folder load.
-            state = {
-                new: handle.get_tensor(key).to(dtype=dtype, copy=read_on == "cpu")
-                for key in keys
-                if (new := to_diffusers_key(name, key)) is not None
-            }
-        load_strict(module, state, name, path)
-        return module
-
-    return _lazy(
-        shells, extras, "ltx-2.3", f"{Path(path).resolve()}+{text_encoder_source}", device, dtype, base_precision, load
-    )
-
-
-def load_strict(module: torch.nn.Module, state: dict, name: str, path: str) -> None:
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelUnavailable(
-            f"model_source: {path} does not match LTX-2.3's {name}: {len(missing)} weights "
-            f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
-        )
-    module.load_state_dict(state, strict=True, assign=True)
-
-
-def random_transformer(model: str, device: torch.device, dtype: torch.dtype, base_precision: str = "bf16"):
-    """The transformer with random weights built directly on `device` in `dtype` (no download, no
-    host copy): the real 2.3 architecture from its shipped config, or the tiny preset's."""
-    from lib.model.footprint import architecture_configs
-
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(0)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # a 19 B transformer would not fit in fp32 first
-        try:
-            module = classes()["transformer"].from_config(architecture_configs(model)["transformer"])
-        finally:
-            torch.set_default_dtype(previous)
-    return place("transformer", module, torch.device(device), dtype, base_precision)
+def build(name: str, config):
+    """A part built from its config (a dict, or the text encoder's Gemma3Config) on torch's current
+    default device: random weights, or shapes only on the meta device."""
+    if name == TEXT_ENCODER:
+        return text_encoder_class()(config)
+    return diffusers_classes()[name].from_config(config)

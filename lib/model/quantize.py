@@ -23,8 +23,8 @@ from lib.core.errors import InvalidRequest
 BASE_PRECISIONS = ("bf16", "int8", "fp8", "nf4")
 CPU_PACK_ROWS = 32  # bitsandbytes' block_n for its AVX512-BF16 CPU kernel
 FP8_CAPABILITY = (8, 9)
-NF4_BLOCK = 64  # bitsandbytes' 4-bit block size: one absmax per 64 weights
-NF4_SECOND_BLOCK = 256  # double quantization: the absmaxes in int8, one fp32 scale per 256
+NF4_BLOCK = 64  # the 4-bit block size (bitsandbytes' default): one absmax per 64 weights
+NF4_SECOND_BLOCK = 256  # bitsandbytes' double quantization: the absmaxes in int8, one fp32 scale per 256
 TRANSFORMER_QUANTIZED = "transformer_blocks."
 TEXT_ENCODER_QUANTIZED = "language_model.layers."
 
@@ -114,7 +114,11 @@ def _nf4(linear: torch.nn.Linear, compute_dtype: torch.dtype) -> torch.nn.Module
         device="meta",
     )
     quantized.weight = bnb.nn.Params4bit(
-        linear.weight.data.to("cpu", compute_dtype), requires_grad=False, quant_type="nf4", compress_statistics=True
+        linear.weight.data.to("cpu", compute_dtype),
+        requires_grad=False,
+        blocksize=NF4_BLOCK,
+        quant_type="nf4",
+        compress_statistics=True,
     )
     if linear.bias is not None:
         quantized.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)

@@ -17,6 +17,8 @@ Lightricks' own metadata says what a file is: `config` (the architecture, which 
 from) and, in newer files, `model_version`; LTX-2.5 files also name their Gemma 4
 (`gemma_source_checkpoint`). `checkpoint_version` reads them, `lightricks_config` writes the
 `config` of a diffusers transformer + connectors, and `config_differences` compares the two.
+Files written here also carry every part's diffusers config (`CONFIGS_METADATA_KEY`), so any
+size round-trips; `diffusers_configs` reads them, or the shipped 2.3 ones.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from __future__ import annotations
 import json
 import re
 
+from lib.model.configs import LTX23_CONFIG_DIR
+from lib.model.parts import CHECKPOINT_PARTS, diffusers_classes
+
+CONFIGS_METADATA_KEY = "av2av_diffusers_configs"
 TRANSFORMER_PREFIX = "model.diffusion_model."
 CONNECTOR_PREFIXES = (
     "video_embeddings_connector",
@@ -106,7 +112,7 @@ DROPPED = ("per_channel_statistics.channel", "per_channel_statistics.mean-of-std
 
 def split_checkpoint(keys) -> dict[str, list[str]]:
     """Checkpoint keys per diffusers component (unknown keys under "unknown")."""
-    parts: dict[str, list[str]] = {name: [] for name in ("transformer", "connectors", *COMPONENT_PREFIXES, "unknown")}
+    parts: dict[str, list[str]] = {name: [] for name in (*CHECKPOINT_PARTS, "unknown")}
     for key in keys:
         if key.startswith(TRANSFORMER_PREFIX) or key.startswith(CONNECTOR_PREFIXES):
             inner = key.removeprefix(TRANSFORMER_PREFIX)
@@ -172,6 +178,29 @@ def _inverse_table(component: str, key: str) -> dict[str, str]:
         excluded = "up_blocks" if key.startswith("encoder.") else "down_blocks"
         table = {old: new for old, new in table.items() if not old.startswith(excluded)}
     return {new: old for old, new in table.items() if new and new != old}
+
+
+# --- our metadata: every part's diffusers config -----------------------------------------------------
+
+
+def diffusers_configs(metadata: dict[str, str]) -> dict[str, dict]:
+    """Every part's diffusers config: those the file names (files written by
+    lib.model.loading.save_single_file do, so other architectures such as the tiny preset
+    round-trip), else the real 2.3 ones shipped here."""
+    if CONFIGS_METADATA_KEY in metadata:
+        return json.loads(metadata[CONFIGS_METADATA_KEY])
+    return {name: cls.load_config(str(LTX23_CONFIG_DIR / name)) for name, cls in diffusers_classes().items()}
+
+
+def declared_configs_json(metadata: dict[str, str]) -> dict[str, dict]:
+    """The transformer and connectors configs `diffusers_configs` would give, read as plain JSON (no
+    diffusers import: an early check stays cheap)."""
+    if CONFIGS_METADATA_KEY in metadata:
+        return json.loads(metadata[CONFIGS_METADATA_KEY])
+    return {
+        name: json.loads((LTX23_CONFIG_DIR / name / "config.json").read_text())
+        for name in ("transformer", "connectors")
+    }
 
 
 # --- Lightricks' metadata: which LTX a file is, and the `config` ltx-core builds from ---------------

@@ -3,18 +3,12 @@ LoRA file's tensor shapes must match (lib/train/lora_file.py)."""
 
 from __future__ import annotations
 
-import json
-
-from lib.model.configs import LTX23_CONFIG_DIR, TINY_TRANSFORMER
+from lib.model.configs import part_config
 
 
 def transformer_widths(model: str) -> tuple[int, int, int]:
     """(video width, audio width, blocks): heads x head size of each stream, and the block count."""
-    config = (
-        TINY_TRANSFORMER
-        if model == "tiny"
-        else json.loads((LTX23_CONFIG_DIR / "transformer" / "config.json").read_text())
-    )
+    config = part_config(model, "transformer")
     return (
         config["num_attention_heads"] * config["attention_head_dim"],
         config["audio_num_attention_heads"] * config["audio_attention_head_dim"],

@@ -6,8 +6,8 @@ train (the transformer, the LoRA with its gradients and optimizer state, the act
 validate (the transformer with the LoRA, the decoders, sampling). The peak is the largest stage.
 Parameter counts come from the real architecture built on the meta device and training
 activations from a meta-device training pass at the request's token counts, run as CUDA runs it
-(autocast's casts, peft's, the quantized kernels' dequantized weights; lib/model/footprint.py,
-lib/train/footprint.py); bench/real_width_block.py holds its per-block figures against one real
+(autocast's casts, peft's, the quantized kernels' dequantized weights; lib/model/meta_model.py,
+lib/train/step_cost.py); bench/real_width_block.py holds its per-block figures against one real
 block. The smaller stages' activations are estimated from the widths.
 """
 
@@ -20,20 +20,15 @@ from functools import lru_cache
 
 from lib.core.config import BUCKETS, TrainRequest
 from lib.core.errors import InvalidRequest
+from lib.model.configs import max_sequence_length, part_config
+from lib.model.lifetime import STAGE_PARTS
+from lib.model.quantize import NF4_BLOCK, NF4_SECOND_BLOCK, text_encoder_precision
 
 GB = 1e9
 GPU_MEMORY_ENV = "AV2AV_GPU_MEMORY_GB"
-VIDEO_STRIDE, FRAME_STRIDE = 32, 8  # the video VAE's compression (both presets)
-AUDIO_RATE, MEL_HOP, AUDIO_STRIDE = 16_000, 160, 4
 BACKWARD_WORKING = 0.8
 RESERVE = 0.08  # CUDA context, allocator fragmentation: a plan fits in 92 % of the card
 FP32, LORA_BYTES = 4, {"adamw": 4 + 4 + 8, "adamw8bit": 4 + 4 + 2}  # weights, grads, moments
-STAGE_PARTS = {
-    "text": ("text_encoder", "connectors"),
-    "encode": ("vae", "audio_vae"),
-    "train": ("transformer",),
-    "validate": ("transformer", "vae", "audio_vae", "vocoder"),
-}
 
 
 @dataclass(frozen=True)
@@ -79,14 +74,19 @@ class MemoryPlan:
 
 
 def latent_shapes(request: TrainRequest) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
-    """(F, h, w) of the target and the reference, and audio latents per track, for a request."""
+    """(F, h, w) of the target and the reference, and audio latents per track, for a request: the
+    video VAE's strides, and the audio VAE's mel frames grouped as the transformer's config says
+    (`audio_scale_factor` mel frames per latent; the audio VAE's class fixes it, not its config)."""
+    vae, audio_vae = part_config(request.model, "vae"), part_config(request.model, "audio_vae")
+    spatial, temporal = vae["spatial_compression_ratio"], vae["temporal_compression_ratio"]
     width, height = request.bucket
-    frames = (request.number_of_frames - 1) // FRAME_STRIDE + 1
-    target = (frames, height // VIDEO_STRIDE, width // VIDEO_STRIDE)
+    frames = (request.number_of_frames - 1) // temporal + 1
+    target = (frames, height // spatial, width // spatial)
     scale = request.reference_downscale_factor  # 1 where the bucket has no exact 1/2
-    reference = (frames, max(1, height // scale // VIDEO_STRIDE), max(1, width // scale // VIDEO_STRIDE))
-    samples = request.number_of_frames / request.frame_rate * AUDIO_RATE
-    return target, reference, math.ceil((int(samples) // MEL_HOP + 1) / AUDIO_STRIDE)
+    reference = (frames, max(1, height // scale // spatial), max(1, width // scale // spatial))
+    samples = request.number_of_frames / request.frame_rate * audio_vae["sample_rate"]
+    mel_frames = int(samples) // audio_vae["mel_hop_length"] + 1
+    return target, reference, math.ceil(mel_frames / part_config(request.model, "transformer")["audio_scale_factor"])
 
 
 def quantized_bytes(weights: int, rows: int, precision: str, base: int) -> int:
@@ -96,13 +96,14 @@ def quantized_bytes(weights: int, rows: int, precision: str, base: int) -> int:
     if precision == "fp8":
         return weights + rows * FP32  # float8 values + an fp32 per-row scale
     if precision == "nf4":
-        return weights // 2 + weights // 64 + weights // (64 * 256) * FP32  # 4 bits + double-quantized absmax
+        # 4 bits, an int8 absmax per block, an fp32 scale per block of those (double quantization)
+        return weights // 2 + weights // NF4_BLOCK + weights // (NF4_BLOCK * NF4_SECOND_BLOCK) * FP32
     return weights * base
 
 
 @lru_cache(maxsize=4)
 def _counts(model: str):
-    from lib.model.footprint import count_parts
+    from lib.model.meta_model import count_parts
 
     return count_parts(model)
 
@@ -130,7 +131,7 @@ def _weight_bytes(count, precision: str | None, base: int) -> int:
 def block_bytes(model: str, target, reference, audio: int, rank: int, base_precision: str) -> tuple[int, int]:
     """(base weights, activations kept for its backward) of one transformer block on CUDA, as the
     plan counts them: what bench/real_width_block.py measures on a real-width block."""
-    from lib.model.footprint import count_block
+    from lib.model.meta_model import count_block
 
     counted = _activations(model, tuple(target), tuple(reference), audio, rank, "cuda", base_precision)
     return _weight_bytes(count_block(model), base_precision, 2), counted.per_layer
@@ -160,8 +161,6 @@ def plan_memory(
 
 
 def _plan(request: TrainRequest, device: str, gpu_memory: float | None, offload: bool) -> MemoryPlan:
-    from lib.model.quantize import text_encoder_precision
-
     base = 2 if device == "cuda" else 4
     counts = _counts(request.model)
     precisions = {"transformer": request.base_precision, "text_encoder": text_encoder_precision(request.base_precision)}
@@ -216,14 +215,10 @@ def _stage_activations(request: TrainRequest, counts, base: int, largest_trainin
     """Estimates for the no-gradient stages: the text encoder's hidden states (every layer is
     kept: the connectors read them all), the VAE encoder's widest feature maps (three alive at
     once), and sampling (the widest tensors of one block per guidance pass) plus a tiled decode."""
-    from lib.model.footprint import architecture_configs
-
-    configs = architecture_configs(request.model)
-    gemma = configs["text_encoder"]
-    text_config = gemma.text_config if gemma is not None else None
-    hidden, layers = (text_config.hidden_size, text_config.num_hidden_layers) if text_config else (32, 2)
-    text = (layers + 1) * (1024 if request.model != "tiny" else 32) * hidden * base * 2
-    vae = configs["vae"]
+    text_config = part_config(request.model, "text_encoder").text_config
+    hidden, layers = text_config.hidden_size, text_config.num_hidden_layers
+    text = (layers + 1) * max_sequence_length(request.model) * hidden * base * 2
+    vae = part_config(request.model, "vae")
     width, height = request.bucket
     first = vae["block_out_channels"][0]
     encode = 3 * request.number_of_frames * (height // vae["patch_size"]) * (width // vae["patch_size"]) * first * base
