@@ -1,4 +1,6 @@
-"""House rule: lib/ does the work and never imports Prefect; only the lib/model/ package builds LTX parts."""
+"""House rules: lib/ does the work and never imports Prefect; only the lib/model/ package builds LTX
+parts; a stage imports only the stages before it; and no module of lib/ imports itself again through
+others (no import circle, function-local imports included)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def test_lib_is_only_stage_packages():
     assert loose == [] and {p.name for p in (ROOT / "lib").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(
         STAGE_ORDER
     )
+
 
 TASK_BODY_MAX_STATEMENTS = 15
 
@@ -145,3 +148,82 @@ def test_task_modules_are_thin():
     ]
     assert long_tasks == [] and not_glue == [], long_tasks + not_glue
 
+
+def _lib_modules() -> dict[str, str]:
+    """The source of every module of lib/ by its dotted name (a package's __init__.py by the
+    package's name)."""
+    modules = {}
+    for path in (ROOT / "lib").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name if parts[-1] != "__init__" else f"{name}.__init__"] = path.read_text()
+    return modules
+
+
+def _import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """module -> the modules among `sources` it imports, from every import statement wherever it
+    stands: a function-local import is an edge too (one that only dodges a circle is still a
+    circle). `from package import name` is an edge to the submodule when `name` is one, else to
+    the package. Keys ending in `.__init__` are packages; the graph names them without it."""
+    modules = {name.removesuffix(".__init__") for name in sources}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for key, source in sources.items():
+        module = key.removesuffix(".__init__")
+        package = module if key.endswith(".__init__") else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                edges |= {known(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, one level up per extra dot
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base))
+        graph[module] = edges - {None, module}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None (depth-first, colouring modules on the path)."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once fully explored
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                return [*path[path.index(imported) :], module, imported] if imported in path else [module, imported]
+            if imported not in state and (cycle := visit(imported, [*path, module])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module, [])):
+            return cycle
+    return None
+
+
+def test_the_import_graph_sees_function_local_and_relative_imports():
+    sources = {
+        "lib.a.__init__": "from lib.a.b import run\n",
+        "lib.a.b": "def run():\n    from . import c\n",
+        "lib.a.c": "def later():\n    from lib.a import b\n",
+        "lib.a.d": "import lib.a.c\n",
+    }
+    graph = _import_graph(sources)
+    assert graph == {"lib.a": {"lib.a.b"}, "lib.a.b": {"lib.a.c"}, "lib.a.c": {"lib.a.b"}, "lib.a.d": {"lib.a.c"}}
+    assert _find_cycle(graph) == ["lib.a.b", "lib.a.c", "lib.a.b"]
+    assert _find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_lib_has_no_import_circle():
+    cycle = _find_cycle(_import_graph(_lib_modules()))
+    assert cycle is None, "import circle in lib/: " + " -> ".join(cycle or [])
