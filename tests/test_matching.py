@@ -21,7 +21,7 @@ def test_complete_triplets_in_folders_with_captions():
             "two_mask.avi",
         ]
     )
-    rows = matching.manifest.to_dict("records")
+    rows = [row.model_dump() for row in matching.manifest]
     assert [r["name"] for r in rows] == ["one", "two"]
     assert rows[0]["mask"] == "b/one_mask.PNG" and rows[0]["caption"] == "one.txt"
     assert not matching.rejections
@@ -30,7 +30,7 @@ def test_complete_triplets_in_folders_with_captions():
 def test_missing_parts_are_rejected_with_reason():
     matching = match_triplets(["a_start.mp4", "a_mask.png", "b_end.mp4", "b_mask.png", "c_start.mp4", "c_end.mp4"])
     assert _reasons(matching) == {"a": "missing_end", "b": "missing_start", "c": "missing_mask"}
-    assert matching.manifest.empty
+    assert matching.manifest == []
     assert "b_start" in next(r.message for r in matching.rejections if r.name == "b")
 
 
@@ -87,7 +87,7 @@ def test_avchd_clips_are_accepted_and_decode(tmp_path):
     as_transport_stream(make_clip(tmp_path / "b.mp4", 1.0, seed=2), tmp_path / "cam_end.m2ts")
     make_box_mask(tmp_path / "cam_mask.png", (320, 180), (0.3, 0.3, 0.7, 0.7))
     matching = match_triplets(["cam_start.MTS", "cam_end.m2ts", "cam_mask.png"])
-    assert matching.rejections == [] and list(matching.manifest["name"]) == ["cam"]
+    assert matching.rejections == [] and [row.name for row in matching.manifest] == ["cam"]
     check = check_triplet(triplets_from_manifest(matching.manifest, tmp_path)[0])
     assert check.reason is None, check.message
     assert check.target.duration_s > 0.9

@@ -1,4 +1,4 @@
-"""Matching archive files into triplets, and the manifest's schema (docs/architecture.md, "Dataset").
+"""Matching archive files into triplets, and the manifest's rows (docs/architecture.md, "Dataset").
 
 `<name>_start.<video>`, `<name>_end.<video>`, `<name>_mask.<image|video>`, optional `<name>.txt`.
 Base names match case-sensitively; extensions case-insensitively; folders are allowed but a
@@ -11,9 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
-import pandera.pandas as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lib.core.errors import Reason
 from lib.core.storage import FileRef
@@ -23,21 +21,35 @@ VIDEO_EXTS = frozenset({".mp4", ".mov", ".webm", ".mkv", ".avi", ".mts", ".m2ts"
 ROLES = ("start", "end", "mask")
 
 
-def _path_ending_in(extensions: frozenset[str]) -> pa.Column:
-    return pa.Column(str, checks=pa.Check(lambda s: s.str.lower().str.endswith(tuple(extensions)), element_wise=False))
+class ManifestRow(BaseModel):
+    """One complete triplet's archive paths, validated where `match_triplets` builds it. A typed row,
+    not a DataFrame checked by a schema: the manifest is only ever read back row by row
+    (`triplets_from_manifest`), never written out or queried as a table. Names are unique by
+    construction (one row per base name)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    start: str
+    end: str
+    mask: str
+    caption: str | None = None  # the .txt file, when there is one
+
+    @field_validator("start", "end")
+    @classmethod
+    def _video(cls, path: str) -> str:
+        return _ending_in(path, VIDEO_EXTS)
+
+    @field_validator("mask")
+    @classmethod
+    def _video_or_image(cls, path: str) -> str:
+        return _ending_in(path, VIDEO_EXTS | IMAGE_EXTS)
 
 
-MANIFEST_SCHEMA = pa.DataFrameSchema(
-    {
-        "name": pa.Column(str, unique=True, checks=pa.Check.str_length(min_value=1)),
-        "start": _path_ending_in(VIDEO_EXTS),
-        "end": _path_ending_in(VIDEO_EXTS),
-        "mask": _path_ending_in(VIDEO_EXTS | IMAGE_EXTS),
-        "caption": pa.Column(str, nullable=True),
-    },
-    strict=True,
-    coerce=False,
-)
+def _ending_in(path: str, extensions: frozenset[str]) -> str:
+    if not path.lower().endswith(tuple(extensions)):
+        raise ValueError(f"{path} does not end in one of {', '.join(sorted(extensions))}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class Rejection:
 class Matching:
     """Result of matching: the manifest of complete triplets, plus what could not be matched."""
 
-    manifest: pd.DataFrame
+    manifest: list[ManifestRow]
     rejections: list[Rejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -146,16 +158,15 @@ def match_triplets(names: list[str]) -> Matching:
             )
             continue
         rows.append(
-            {
-                "name": base,
-                "start": parts["start"][0],
-                "end": parts["end"][0],
-                "mask": parts["mask"][0],
-                "caption": (parts.get("caption") or [None])[0],
-            }
+            ManifestRow(
+                name=base,
+                start=parts["start"][0],
+                end=parts["end"][0],
+                mask=parts["mask"][0],
+                caption=(parts.get("caption") or [None])[0],
+            )
         )
-    manifest = pd.DataFrame(rows, columns=["name", "start", "end", "mask", "caption"]).astype(str)
-    return Matching(MANIFEST_SCHEMA.validate(manifest), rejections, warnings)
+    return Matching(rows, rejections, warnings)
 
 
 class Triplet(BaseModel):
@@ -188,11 +199,11 @@ def read_caption(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace").strip()
 
 
-def triplets_from_manifest(manifest: pd.DataFrame, root: Path) -> list[Triplet]:
+def triplets_from_manifest(manifest: list[ManifestRow], root: Path) -> list[Triplet]:
     """Hash each file of each manifest row (the content keys every later cache uses)."""
     triplets = []
-    for row in manifest.itertuples(index=False):
-        caption = read_caption(root / row.caption) if isinstance(row.caption, str) else ""
+    for row in manifest:
+        caption = read_caption(root / row.caption) if row.caption is not None else ""
         triplets.append(
             Triplet(
                 name=row.name,
