@@ -1,5 +1,5 @@
 """GPU acceptance: the full-size LTX-2.3 transformer with random weights (no download) trained
-with the project's own loop (lib.train.training.train: LoRA, AdamW, gradient checkpointing on CUDA) at
+with the project's own loop (lib.train.training.fit: LoRA, AdamW, gradient checkpointing on CUDA) at
 the default request (medium 1:1, 89 frames, rank 32), once per base precision. Per precision:
 peak memory, median step time, MFU (model FLOPs from a meta-device FLOP count ÷ the device's
 dense bf16 peak) and the memory plan's prediction (`av2av plan`) with measured ÷ predicted.
@@ -94,8 +94,9 @@ def rss_bytes() -> int:
 
 def measure(preset: str, precision: str, steps: int) -> dict:
     """Train `steps` steps in this process; peak memory, step times, losses."""
-    from lib.model.parts import random_transformer
-    from lib.train.training import TrainSettings, train
+    from lib.core.settings import ConditioningSettings
+    from lib.model.part_loaders import random_transformer
+    from lib.train.training import TrainSettings, fit
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -114,7 +115,17 @@ def measure(preset: str, precision: str, steps: int) -> dict:
         optimizer=request.optimizer,
         offload_activations=request.offload_activations == "on",
     )
-    result = train(transformer, examples, settings, on_step=lambda event: stamps.append(time.perf_counter()))
+    conditioning = ConditioningSettings(
+        reference_audio_positions=request.reference_audio_positions,
+        reference_downscale=request.reference_downscale_factor,
+    )
+    result = fit(
+        transformer,
+        examples,
+        settings,
+        on_step=lambda event: stamps.append(time.perf_counter()),
+        conditioning=conditioning,
+    )
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:

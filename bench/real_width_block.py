@@ -1,7 +1,7 @@
 """The memory plan's per-block figures against one real-width LTX-2.3 block, on CPU.
 
 One block of the real 2.3 transformer (width 4096 video / 2048 audio, from the shipped config with
-`num_layers=1`) is loaded as training loads it (`lib.model.parts.place`: norms fused, the base
+`num_layers=1`) is loaded as training loads it (`lib.model.part_loaders.place`: norms fused, the base
 quantized), gets the rank-32 LoRA of `lib.train.lora_io.add_lora`, and runs a training forward
 and backward on random latents of the default request, under bf16 autocast with CUDA's policies
 emulated where the CPU's differ (`cuda_emulation`): `rms_norm` is on CUDA autocast's fp32 list
@@ -48,6 +48,18 @@ def default_shapes(frames: int | None = None):
     if frames is None:
         return target, reference, audio
     return (frames, *target[1:]), (frames, *reference[1:]), audio
+
+
+def default_layout():
+    """The default request's reference layout, as lib/train/footprint.py counts it."""
+    from lib.core.config import TrainRequest
+    from lib.core.settings import ConditioningSettings
+
+    request = TrainRequest(training_data_url="bench.zip")
+    return ConditioningSettings(
+        reference_audio_positions=request.reference_audio_positions,
+        reference_downscale=request.reference_downscale_factor,
+    )
 
 
 class _FusedRmsNorm(torch.autograd.Function):
@@ -108,17 +120,18 @@ def cuda_emulation(fused_kernel: bool = True):
 
 def build_block(precision: str):
     """A one-block real-width transformer, placed and given its LoRA as training does."""
-    from lib.model.footprint import architecture_configs
-    from lib.model.parts import classes, place
+    from lib.model.configs import part_config
+    from lib.model.part_loaders import place
+    from lib.model.parts import build
     from lib.train.lora_io import add_lora
 
-    config = {**architecture_configs("ltx-2.3")["transformer"], "num_layers": 1}
+    config = {**part_config("ltx-2.3", "transformer"), "num_layers": 1}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
-            transformer = classes()["transformer"].from_config(config)
+            transformer = build("transformer", config)
         finally:
             torch.set_default_dtype(previous)
     place("transformer", transformer, torch.device("cpu"), torch.bfloat16, precision)
@@ -127,8 +140,8 @@ def build_block(precision: str):
 
 
 def example_inputs(transformer, target, reference, audio: int):
-    from lib.model.components import MAX_SEQUENCE_LENGTH
     from lib.model.conditioning import Example, build_inputs
+    from lib.model.configs import MAX_SEQUENCE_LENGTH
 
     config, generator = transformer.config, torch.Generator().manual_seed(0)
     mel = 16
@@ -157,6 +170,7 @@ def example_inputs(transformer, target, reference, audio: int):
         torch.tensor(0.5),
         rand(tokens, config.in_channels),
         rand(audio, config.audio_in_channels),
+        conditioning=default_layout(),
         dtype=torch.bfloat16,
     )
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib.core.cache import Cache  # noqa: E402
+from lib.core.settings import ConditioningSettings  # noqa: E402
 from lib.core.storage import FileRef  # noqa: E402
 from lib.ingest.conform import ConformSettings, check_triplet, conform_triplet  # noqa: E402
 from lib.ingest.dataset import Triplet  # noqa: E402
@@ -28,6 +29,9 @@ from lib.model import build_tiny  # noqa: E402
 from lib.model.conditioning import build_inputs  # noqa: E402
 from lib.model.encoding import encode_clip, load_example  # noqa: E402
 from lib.train.training import TrainSettings, setup, step  # noqa: E402
+
+# encode_clip's default keeps the reference at the target's size; the reference audio is aligned
+SAME_SIZE_ALIGNED = ConditioningSettings(reference_audio_positions="aligned", reference_downscale=1)
 
 STEPS = 60
 
@@ -71,7 +75,9 @@ def main() -> None:
         examples = [load_example(latents_file.path)]
 
         transformer = components.transformer
-        trainer = setup(transformer, TrainSettings(rank=32, steps=10_000, learning_rate=1e-4))
+        trainer = setup(
+            transformer, TrainSettings(rank=32, steps=10_000, learning_rate=1e-4), conditioning=SAME_SIZE_ALIGNED
+        )
         optimizer = trainer.optimizer
 
         def full_step():
@@ -85,6 +91,7 @@ def main() -> None:
             torch.tensor(0.5),
             torch.randn(example.video_mask.numel(), example.target_video.shape[0]),
             torch.randn(example.target_audio.shape[1], example.target_audio.shape[0] * example.target_audio.shape[2]),
+            conditioning=SAME_SIZE_ALIGNED,
         )
 
         def bare_step():

@@ -12,7 +12,7 @@ from lib.train import training
 from lib.train.lora_io import lora_state_dict, save_lora
 from lib.train.training import TrainSettings
 from tests.test_pipeline import _request
-from tests.training_fixtures import fresh_transformer, single_thread, training_data
+from tests.training_fixtures import SAME_SIZE_ALIGNED, fresh_transformer, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
 
@@ -22,12 +22,12 @@ def poison_step(monkeypatch, at_call: int, value: float = float("nan")) -> None:
     real, calls = training.training_step, []
 
     def poisoned(*args, **kwargs):
-        loss, parts = real(*args, **kwargs)
+        loss, loss_terms = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == at_call:
             loss = loss * value
-            parts = {**parts, "loss": loss.item()}
-        return loss, parts
+            loss_terms = {**loss_terms, "loss": loss.item()}
+        return loss, loss_terms
 
     monkeypatch.setattr(training, "training_step", poisoned)
 
@@ -42,11 +42,11 @@ def test_a_non_finite_loss_stops_training_at_that_step_with_the_lora_untouched(t
         if event["step"] == 2:
             after_step_2.update({name: tensor.clone() for name, tensor in lora_state_dict(healthy).items()})
 
-    training.train(healthy, training_data.examples, settings, on_step=snapshot)
+    training.fit(healthy, training_data.examples, settings, on_step=snapshot, conditioning=SAME_SIZE_ALIGNED)
     poison_step(monkeypatch, at_call=3, value=value)
     transformer = fresh_transformer(training_data)
     with pytest.raises(TrainingDiverged) as stopped:
-        training.train(transformer, training_data.examples, settings)
+        training.fit(transformer, training_data.examples, settings, conditioning=SAME_SIZE_ALIGNED)
     assert stopped.value.message.startswith("Training diverged at step 3 of 6: the loss is ")
     assert "learning_rate (this run: 0.002; 0.0005 is a safe next try)" in stopped.value.message
     assert after_step_2

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.train.training import TrainSettings, train
-from tests.training_fixtures import single_thread, training_data
+from lib.train.training import TrainSettings, fit
+from tests.training_fixtures import SAME_SIZE_ALIGNED, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,7 +36,8 @@ def _check(name: str, values: list[float], rtol: float) -> None:
 def test_seeded_training_losses(training_data):
     transformer = copy.deepcopy(training_data.components.transformer)
     settings = TrainSettings(rank=8, steps=8, learning_rate=1e-2, seed=0, warmup_steps=2)
-    _check("training_losses_rank8_8steps", train(transformer, training_data.examples, settings).losses, rtol=1e-4)
+    result = fit(transformer, training_data.examples, settings, conditioning=SAME_SIZE_ALIGNED)
+    _check("training_losses_rank8_8steps", result.losses, rtol=1e-4)
 
 
 def test_sampler_output(training_data):
@@ -51,6 +52,7 @@ def test_sampler_output(training_data):
         training_data.examples[0],
         negative,
         SamplerSettings(steps=3, seed=0),
+        conditioning=SAME_SIZE_ALIGNED,
     )
     summary = [
         video.double().sum().item(),

@@ -28,8 +28,8 @@ from lib.core.settings import TrainSettings
 from lib.model import LTX23_CONFIG_DIR, build_tiny, check_model_source, load_model, save_single_file
 from lib.model.conditioning import TIMESTEP_SCALE, build_inputs
 from lib.model.configs import TINY_CONNECTORS, TINY_GEMMA_TEXT
-from lib.model.loading import CONFIGS_METADATA_KEY
 from lib.model.single_file import (
+    CONFIGS_METADATA_KEY,
     TRANSFORMER_PREFIX,
     checkpoint_version,
     config_differences,
@@ -38,7 +38,14 @@ from lib.model.single_file import (
     to_lightricks_key,
 )
 from lib.train.lora_io import add_lora, load_lora_state, read_lora, save_lora
-from tests.training_fixtures import fixed_draw, single_thread, synthetic_example, train_fresh, training_data
+from tests.training_fixtures import (
+    SAME_SIZE_ALIGNED,
+    fixed_draw,
+    single_thread,
+    synthetic_example,
+    train_fresh,
+    training_data,
+)
 
 __all__ = ["single_thread", "training_data"]  # fixtures, imported so pytest finds them here
 
@@ -217,7 +224,13 @@ def _inputs(components, seed: int = 0) -> dict:
     example = synthetic_example(components, seed=seed)
     _, _, video_noise, audio_noise = fixed_draw(example, seed)
     return build_inputs(
-        components.transformer, example, torch.tensor(0.5), torch.tensor(0.25), video_noise, audio_noise
+        components.transformer,
+        example,
+        torch.tensor(0.5),
+        torch.tensor(0.25),
+        video_noise,
+        audio_noise,
+        conditioning=SAME_SIZE_ALIGNED,
     ).kwargs
 
 

@@ -18,8 +18,8 @@ from lib.core.config import TrainRequest
 from lib.core.errors import InvalidRequest
 from lib.model import build_tiny, load_model, to_pipeline
 from lib.train.lora_io import read_lora, save_lora
-from lib.train.training import TrainSettings, train
-from tests.training_fixtures import evaluation_loss, fixed_inputs, single_thread, training_data
+from lib.train.training import TrainSettings, fit
+from tests.training_fixtures import SAME_SIZE_ALIGNED, evaluation_loss, fixed_inputs, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,8 @@ def test_quantized_base_trains_and_its_lora_loads_into_the_unquantized_pipeline(
     weight = transformer.transformer_blocks[0].attn1.to_q.weight
     assert type(weight).__name__ == QUANTIZED_WEIGHT[precision]
     before = evaluation_loss(transformer, training_data.examples)
-    result = train(transformer, training_data.examples, TrainSettings(rank=8, steps=20, learning_rate=1e-2))
+    settings = TrainSettings(rank=8, steps=20, learning_rate=1e-2)
+    result = fit(transformer, training_data.examples, settings, conditioning=SAME_SIZE_ALIGNED)
     after = evaluation_loss(transformer, training_data.examples)
     print(f"{precision}: evaluation loss {before:.4f} -> {after:.4f}")
     assert len(result.losses) == 20 and after < 0.95 * before
@@ -114,16 +115,17 @@ def test_adamw8bit_keeps_8bit_state_trains_and_resumes_from_its_checkpoint(train
     settings = TrainSettings(rank=8, steps=12, learning_rate=1e-2, optimizer="adamw8bit", checkpoint_every=6)
     transformer = copy.deepcopy(training_data.components.transformer)
     before = evaluation_loss(transformer, training_data.examples)
-    result = train(transformer, training_data.examples, settings, checkpoint_dir=tmp_path)
+    result = fit(transformer, training_data.examples, settings, checkpoint_dir=tmp_path, conditioning=SAME_SIZE_ALIGNED)
     assert evaluation_loss(transformer, training_data.examples) < 0.95 * before
     with safe_open(result.checkpoints[0], framework="pt") as handle:
         dtypes = {handle.get_tensor(k).dtype for k in handle.keys() if k.startswith("optim.")}
     assert torch.uint8 in dtypes, dtypes  # the 8-bit moments
-    resumed = train(
+    resumed = fit(
         copy.deepcopy(training_data.components.transformer),
         training_data.examples,
         settings,
         resume_from=result.checkpoints[0],
+        conditioning=SAME_SIZE_ALIGNED,
     )
     assert resumed.losses == result.losses  # the nested 8-bit state came back exactly
 
@@ -212,7 +214,7 @@ def test_fused_norms_match_diffusers_bit_for_bit_in_the_inputs_dtype_under_cudas
     from diffusers.models.normalization import RMSNorm
 
     from bench.real_width_block import cuda_emulation
-    from lib.model.parts import FusedRMSNorm, fuse_rms_norms
+    from lib.model.fused_norm import FusedRMSNorm, fuse_rms_norms
 
     stock = torch.nn.Sequential(RMSNorm(256, eps=1e-6, elementwise_affine=False))
     fused = fuse_rms_norms(copy.deepcopy(stock))
@@ -230,7 +232,7 @@ def test_the_meta_count_keeps_what_a_fused_norm_keeps_under_cuda_autocast():
     """On the meta device the plan runs CUDA's autocast policy: the fused norm keeps its bf16
     input and an fp32 rstd per row and returns bf16; torch's RMSNorm there gets an fp32 copy of
     its input (kept) and returns fp32."""
-    from lib.model.parts import FusedRMSNorm
+    from lib.model.fused_norm import FusedRMSNorm
     from lib.train.footprint import _Saved, _Step
 
     rows, width = 96, 512

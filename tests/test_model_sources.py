@@ -57,7 +57,7 @@ def test_single_file_uses_lightricks_names(checkpoints):
 
 def test_single_file_loads_like_the_diffusers_folder(checkpoints, offline):
     from lib.model.conditioning import build_inputs
-    from tests.training_fixtures import synthetic_example
+    from tests.training_fixtures import SAME_SIZE_ALIGNED, synthetic_example
 
     from_folder = load_model("ltx-2.3", source=checkpoints["diffusers"], device="cpu", dtype=torch.float32)
     from_file = load_model(
@@ -78,6 +78,7 @@ def test_single_file_loads_like_the_diffusers_folder(checkpoints, offline):
         torch.tensor(0.5),
         torch.randn(example.video_mask.numel(), 8),
         torch.randn(example.target_audio.shape[1], 16),
+        conditioning=SAME_SIZE_ALIGNED,
     )
     with torch.no_grad():
         expected = from_folder.transformer(**inputs.kwargs)

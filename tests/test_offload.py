@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lib.train.training import TrainSettings, setup, step
-from tests.training_fixtures import fresh_transformer, single_thread, training_data
+from tests.training_fixtures import SAME_SIZE_ALIGNED, fresh_transformer, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
 STEPS = 3
@@ -17,7 +17,7 @@ STEPS = 3
 
 def _run(data, offload: bool):
     settings = TrainSettings(rank=8, steps=STEPS, learning_rate=1e-2, seed=5, offload_activations=offload)
-    trainer = setup(fresh_transformer(data), settings)
+    trainer = setup(fresh_transformer(data), settings, conditioning=SAME_SIZE_ALIGNED)
     if not offload:  # the same checkpointed step, on CPU, without moving anything
         trainer.transformer.enable_gradient_checkpointing()
     for _ in range(STEPS):
@@ -47,10 +47,14 @@ def test_offloading_moves_each_blocks_residual_stream_and_trains_bit_for_bit_the
 
 
 def test_offloading_is_off_unless_asked(training_data):
-    trainer = setup(fresh_transformer(training_data), TrainSettings(rank=8, steps=1, learning_rate=1e-2))
+    trainer = setup(
+        fresh_transformer(training_data),
+        TrainSettings(rank=8, steps=1, learning_rate=1e-2),
+        conditioning=SAME_SIZE_ALIGNED,
+    )
     assert trainer.offload is None and not trainer.transformer.is_gradient_checkpointing
     on = dataclasses.replace(trainer.settings, offload_activations=True)
-    assert setup(fresh_transformer(training_data), on).offload is not None
+    assert setup(fresh_transformer(training_data), on, conditioning=SAME_SIZE_ALIGNED).offload is not None
 
 
 def test_the_plans_host_memory_is_what_offloading_moves_per_step(training_data):

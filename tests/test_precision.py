@@ -14,8 +14,8 @@ from lib.core.config import TrainRequest, ValidationSample
 from lib.model import load_model, to_pipeline
 from lib.model.conditioning import build_inputs
 from lib.train.lora_io import add_lora, read_lora, save_lora
-from lib.train.training import TrainSettings, optimizer_step, train, training_step
-from tests.training_fixtures import CPU, fixed_draw, fixed_inputs, single_thread, training_data
+from lib.train.training import TrainSettings, fit, optimizer_step, training_step
+from tests.training_fixtures import CPU, SAME_SIZE_ALIGNED, fixed_draw, fixed_inputs, single_thread, training_data
 
 __all__ = ["single_thread", "training_data"]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -40,7 +40,13 @@ def test_lora_weights_and_optimizer_state_are_fp32_on_a_bf16_base(bf16, training
     optimizer = torch.optim.AdamW(list(lora.values()), lr=2e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     loss, _ = training_step(
-        transformer, transformer, training_data.examples, torch.Generator().manual_seed(0), CPU, dtype=torch.bfloat16
+        transformer,
+        transformer,
+        training_data.examples,
+        torch.Generator().manual_seed(0),
+        CPU,
+        conditioning=SAME_SIZE_ALIGNED,
+        dtype=torch.bfloat16,
     )
     optimizer_step(loss, list(lora.values()), optimizer, scheduler, grad_clip=1.0)
     lora_b = {name: p for name, p in lora.items() if ".lora_B." in name}
@@ -57,8 +63,12 @@ def test_training_keeps_lora_fp32_and_the_file_is_bf16(bf16, training_data, tmp_
     def inspect(event):
         dtypes.update(p.dtype for name, p in transformer.named_parameters() if "lora_" in name)
 
-    result = train(
-        transformer, training_data.examples, TrainSettings(rank=8, steps=6, learning_rate=1e-2), on_step=inspect
+    result = fit(
+        transformer,
+        training_data.examples,
+        TrainSettings(rank=8, steps=6, learning_rate=1e-2),
+        on_step=inspect,
+        conditioning=SAME_SIZE_ALIGNED,
     )
     assert dtypes == {torch.float32} and len(result.losses) == 6
     path = save_lora(transformer, tmp_path / "lora.safetensors", 8, {"base_model": "tiny"})
@@ -71,7 +81,9 @@ def test_training_keeps_lora_fp32_and_the_file_is_bf16(bf16, training_data, tmp_
     pipe.load_lora_weights(str(path))
     example = training_data.examples[0]
     inputs = fixed_inputs(pipe.transformer, example)
-    trained_inputs = build_inputs(transformer, example, *fixed_draw(example), dtype=torch.bfloat16)
+    trained_inputs = build_inputs(
+        transformer, example, *fixed_draw(example), conditioning=SAME_SIZE_ALIGNED, dtype=torch.bfloat16
+    )
     with torch.no_grad():
         loaded = pipe.transformer(**inputs.kwargs)
         base = build_tiny().transformer(**inputs.kwargs)
@@ -160,7 +172,7 @@ def test_fused_norms_change_no_output_bit_and_no_weight(dtype, training_data):
     loaded = load_model("tiny", device="cpu", dtype=dtype).transformer
     assert any(type(m) is RMSNorm and m.weight is None for m in stock.modules())
     assert not any(type(m) is RMSNorm and m.weight is None for m in loaded.modules())
-    from lib.model.parts import FusedRMSNorm
+    from lib.model.fused_norm import FusedRMSNorm
 
     assert sum(type(m) is FusedRMSNorm for m in loaded.modules()) == 8 * loaded.config.num_layers
     assert stock.state_dict().keys() == loaded.state_dict().keys()

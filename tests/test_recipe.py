@@ -9,7 +9,7 @@ import torch
 from lib.model import build_tiny
 from lib.train import training
 from lib.validate.sampling import SamplerSettings, sample
-from tests.training_fixtures import synthetic_example
+from tests.training_fixtures import SAME_SIZE_ALIGNED, synthetic_example
 
 DRAWS = 1_000_000
 # Sampling error of a quantile of 1M draws is < 0.003 here (density >= 0.1 between the 1st and
@@ -100,7 +100,12 @@ def _run(sampler_case, **settings):
     transformer.forward = counting
     try:
         video, audio = sample(
-            transformer, components.scheduler, example, negative, SamplerSettings(steps=3, **settings)
+            transformer,
+            components.scheduler,
+            example,
+            negative,
+            SamplerSettings(steps=3, **settings),
+            conditioning=SAME_SIZE_ALIGNED,
         )
     finally:
         transformer.forward = original

@@ -26,9 +26,10 @@ from lib.model.conditioning import (
     predict,
 )
 from lib.train.lora_io import PREFIX, TARGET_MODULES, read_lora, save_lora
-from lib.train.training import TrainSettings, train, training_step
+from lib.train.training import TrainSettings, fit, training_step
 from tests.training_fixtures import (
     CPU,
+    SAME_SIZE_ALIGNED,
     evaluation_loss,
     fixed_draw,
     fixed_inputs,
@@ -59,7 +60,8 @@ def _targeted_linear_names(transformer) -> list[str]:
 def test_overfits_two_triplets(training_data):
     transformer = fresh_transformer(training_data)
     before = evaluation_loss(transformer, training_data.examples)
-    result = train(transformer, training_data.examples, TrainSettings(rank=32, learning_rate=1e-2, steps=120, seed=0))
+    settings = TrainSettings(rank=32, learning_rate=1e-2, steps=120, seed=0)
+    result = fit(transformer, training_data.examples, settings, conditioning=SAME_SIZE_ALIGNED)
     after = evaluation_loss(transformer, training_data.examples)
     drop = 1 - after / before
     print(
@@ -95,7 +97,9 @@ def test_loss_gradient_is_zero_at_kept_and_reference_tokens(training_data):
         assert regenerated.any() and not regenerated.all()  # both kinds of token are present
         video_tokens, audio_tokens = regenerated.numel(), pack_audio(example.target_audio).shape[0]
         recorder = _LeafOutputs(base)
-        loss, _ = training_step(base, recorder, [example], torch.Generator().manual_seed(5), CPU)
+        loss, _ = training_step(
+            base, recorder, [example], torch.Generator().manual_seed(5), CPU, conditioning=SAME_SIZE_ALIGNED
+        )
         loss.backward()
         video_grad, audio_grad = recorder.video.grad[0], recorder.audio.grad[0]
         assert video_grad.shape[0] == 2 * video_tokens and audio_grad.shape[0] == 2 * audio_tokens
@@ -116,8 +120,10 @@ def test_kept_region_targets_carry_no_loss(training_data):
     draw = fixed_draw(example)
     kept_cells = ~example.video_mask  # (F, h, w)
     shifted = example.target_video + 3.0 * kept_cells[None].float()
-    original = build_inputs(base, example, *draw)
-    changed = build_inputs(base, dataclasses.replace(example, target_video=shifted), *draw)
+    original = build_inputs(base, example, *draw, conditioning=SAME_SIZE_ALIGNED)
+    changed = build_inputs(
+        base, dataclasses.replace(example, target_video=shifted), *draw, conditioning=SAME_SIZE_ALIGNED
+    )
     kept = ~example.video_mask.reshape(-1)
     assert not torch.equal(original.video_velocity[kept], changed.video_velocity[kept])
     assert torch.equal(original.video_velocity[~kept], changed.video_velocity[~kept])
@@ -125,9 +131,9 @@ def test_kept_region_targets_carry_no_loss(training_data):
 
     with torch.no_grad():
         video, audio = predict(base, original)
-    loss_original, parts_original = masked_loss(video, audio, original)
-    loss_changed, parts_changed = masked_loss(video, audio, changed)
-    assert loss_changed.item() == loss_original.item() and parts_changed == parts_original
+    loss_original, terms_original = masked_loss(video, audio, original)
+    loss_changed, terms_changed = masked_loss(video, audio, changed)
+    assert loss_changed.item() == loss_original.item() and terms_changed == terms_original
 
     def ignoring_mask(inputs):
         return dataclasses.replace(inputs, video_mask=torch.ones_like(inputs.video_mask))
@@ -135,7 +141,9 @@ def test_kept_region_targets_carry_no_loss(training_data):
     assert masked_loss(video, audio, ignoring_mask(changed))[0] != masked_loss(video, audio, ignoring_mask(original))[0]
 
     regenerated_shift = example.target_video + 3.0 * example.video_mask[None].float()
-    elsewhere = build_inputs(base, dataclasses.replace(example, target_video=regenerated_shift), *draw)
+    elsewhere = build_inputs(
+        base, dataclasses.replace(example, target_video=regenerated_shift), *draw, conditioning=SAME_SIZE_ALIGNED
+    )
     assert masked_loss(video, audio, elsewhere)[0] != loss_original
 
 
@@ -144,15 +152,15 @@ def test_reference_conditions_the_prediction(training_data):
     first, second = training_data.examples
     assert not torch.equal(first.reference_video, second.reference_video)
     draw = fixed_draw(first)
+
+    def inputs(example):
+        return build_inputs(base, example, *draw, conditioning=SAME_SIZE_ALIGNED)
+
     with torch.no_grad():
-        video, audio = predict(base, build_inputs(base, first, *draw))
-        again_video, again_audio = predict(base, build_inputs(base, first, *draw))
-        swapped_video, _ = predict(
-            base, build_inputs(base, dataclasses.replace(first, reference_video=second.reference_video), *draw)
-        )
-        _, swapped_audio = predict(
-            base, build_inputs(base, dataclasses.replace(first, reference_audio=second.reference_audio), *draw)
-        )
+        video, audio = predict(base, inputs(first))
+        again_video, again_audio = predict(base, inputs(first))
+        swapped_video, _ = predict(base, inputs(dataclasses.replace(first, reference_video=second.reference_video)))
+        _, swapped_audio = predict(base, inputs(dataclasses.replace(first, reference_audio=second.reference_audio)))
     assert torch.equal(video, again_video) and torch.equal(audio, again_audio)
     video_change = (swapped_video - video).abs().max().item()
     audio_change = (swapped_audio - audio).abs().max().item()
@@ -168,7 +176,7 @@ def test_model_inputs_layout(training_data):
     base = training_data.components.transformer
     example = training_data.examples[1]
     video_sigma, audio_sigma, video_noise, audio_noise = draw = fixed_draw(example)
-    inputs = build_inputs(base, example, *draw)
+    inputs = build_inputs(base, example, *draw, conditioning=SAME_SIZE_ALIGNED)
     kwargs = inputs.kwargs
     frames, height, width = example.video_mask.shape
     nv = frames * height * width
@@ -217,16 +225,15 @@ def test_model_inputs_layout(training_data):
     assert torch.equal(video_coords[0, 1, nv:, 0], 32.0 * h.reshape(-1))
     assert torch.equal(video_coords[0, 2, nv:, 0], 32.0 * w.reshape(-1))
     assert (video_coords[0, 0, nv:, 0].diff() >= 0).all()  # time never decreases along the tokens
-    # default "aligned": the reference audio takes the target's own time positions
+    # "aligned": the reference audio takes the target's own time positions
     audio_coords = kwargs["audio_coords"][0, 0]
     assert audio_coords.shape == (2 * na, 2)
     target_audio_coords = base.audio_rope.prepare_audio_coords(1, na, CPU)[0, 0]
     assert torch.equal(audio_coords[na:], target_audio_coords) and torch.equal(audio_coords[:na], target_audio_coords)
 
     # "before": strictly before the target, ending GAP seconds before 0, same spacing
-    before = build_inputs(base, example, *draw, conditioning=ConditioningSettings("before")).kwargs["audio_coords"][
-        0, 0
-    ]
+    before_layout = ConditioningSettings(reference_audio_positions="before", reference_downscale=1)
+    before = build_inputs(base, example, *draw, conditioning=before_layout).kwargs["audio_coords"][0, 0]
     assert torch.equal(before[na:], target_audio_coords)
     assert (before[:na] < 0).all()
     assert before[:na, 1].max().item() == pytest.approx(-REFERENCE_AUDIO_GAP_S, abs=1e-6)
@@ -240,9 +247,10 @@ def test_half_resolution_reference_covers_the_target_frame(training_data):
     full = synthetic_example(training_data.components, frames=3, height=8, width=8)
     half = synthetic_example(training_data.components, frames=3, height=8, width=8, reference_scale=2)
     tokens = {}
-    for name, example in (("full", full), ("half", half)):
+    for name, example, downscale in (("full", full, 1), ("half", half, 2)):
         draw = fixed_draw(example)
-        inputs = build_inputs(base, example, *draw)
+        layout = ConditioningSettings(reference_audio_positions="aligned", reference_downscale=downscale)
+        inputs = build_inputs(base, example, *draw, conditioning=layout)
         tokens[name] = inputs.kwargs["hidden_states"].shape[1] - inputs.video_tokens
         coords = inputs.kwargs["video_coords"][0]
         reference, target = coords[:, : tokens[name]], coords[:, tokens[name] :]

@@ -18,6 +18,7 @@ from lib.model.latents import encode_prompts
 from lib.validate.preview import render_reel, render_sample
 from lib.validate.reel import feather_band_px
 from lib.validate.sampling import SamplerSettings, sample
+from tests.training_fixtures import SAME_SIZE_ALIGNED  # encode_clip below keeps the reference at the target's size
 
 FRAMES = 9
 
@@ -71,6 +72,7 @@ def test_kept_region_is_the_source_pixel_for_pixel(prepared):
         prepared["latents"].path,
         prepared["negative"],
         SamplerSettings(steps=2),
+        conditioning=SAME_SIZE_ALIGNED,
     )
     mask = rendered["mask"]
     assert rendered["generated"].shape == rendered["source"].shape == (FRAMES, 288, 512, 3)
@@ -95,6 +97,7 @@ def test_stg_changes_the_output_and_zero_skips_the_extra_pass(prepared):
                 example,
                 prepared["negative"],
                 SamplerSettings(steps=3, stg_scale=stg),
+                conditioning=SAME_SIZE_ALIGNED,
             )
         finally:
             restore()
@@ -102,7 +105,14 @@ def test_stg_changes_the_output_and_zero_skips_the_extra_pass(prepared):
         # cond, uncond, modality isolation (+ STG) per step; tests/test_recipe.py covers the rest
         assert len(calls) == 3 * (4 if stg else 3) and len(perturbed) == (3 if stg else 0)
     assert not np.allclose(outputs[0.0][0].numpy(), outputs[1.0][0].numpy())
-    again = sample(transformer, components.scheduler, example, prepared["negative"], SamplerSettings(steps=3))
+    again = sample(
+        transformer,
+        components.scheduler,
+        example,
+        prepared["negative"],
+        SamplerSettings(steps=3),
+        conditioning=SAME_SIZE_ALIGNED,
+    )
     assert np.array_equal(again[0].numpy(), outputs[1.0][0].numpy()), "seeded: same settings, same output"
 
 
@@ -114,6 +124,7 @@ def test_reel_geometry_frames_and_audio(prepared):
         prepared["negative"],
         SamplerSettings(steps=2),
         prepared["folder"] / "reel.mp4",
+        conditioning=SAME_SIZE_ALIGNED,
     )
     with av.open(str(path)) as reel:
         video, audio = reel.streams.video[0], reel.streams.audio[0]

@@ -30,10 +30,12 @@ class TrainSettings:
 @dataclass(frozen=True)
 class ConditioningSettings:
     """How references are laid out; recorded in config.json and the LoRA's metadata, because an
-    inference tool must reproduce it for the LoRA to behave as trained."""
+    inference tool must reproduce it for the LoRA to behave as trained. No defaults: the run plan
+    takes both from the request (whose reference_downscale, 2, falls back to 1 where the bucket has
+    no exact half), a generation from the LoRA, and every other caller names the layout it means."""
 
-    reference_audio_positions: Literal["aligned", "before"] = "aligned"
-    reference_downscale: Literal[1, 2] = 1
+    reference_audio_positions: Literal["aligned", "before"]
+    reference_downscale: Literal[1, 2]
 
     def describe(self) -> dict:
         audio = (

@@ -100,7 +100,8 @@ def build_inputs(
     audio_noise: torch.Tensor,
     noisy_video: torch.Tensor | None = None,
     noisy_audio: torch.Tensor | None = None,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
     dtype: torch.dtype = torch.float32,
 ) -> ModelInputs:
     """Assemble the transformer call for one example at noise levels (video_sigma, audio_sigma) in [0, 1].

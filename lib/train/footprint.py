@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from lib.model.footprint import architecture_configs, build_on_meta
+from lib.core.settings import ConditioningSettings
+from lib.model.configs import architecture_configs
+from lib.model.meta_model import build_on_meta
 from lib.model.quantize import TRANSFORMER_QUANTIZED
 from lib.train.lora_io import TARGET_MODULES, add_lora
 
@@ -86,8 +88,9 @@ def count_activations(
     step = _Step(
         dtype if device == "cuda" and dtype != torch.float32 else None, device == "cuda", quantized, base_precision
     )
+    layout = _counted_layout(video_shape, reference_shape)
     with saved, step.around(transformer):
-        inputs = build_inputs(transformer, example, *draws, dtype=dtype)
+        inputs = build_inputs(transformer, example, *draws, conditioning=layout, dtype=dtype)
         video, audio = predict(transformer, inputs)
         # masked_loss's ops without its .item() calls (meta tensors hold no values)
         (video - inputs.video_velocity).pow(2).mean(dim=1).mul(inputs.video_mask).sum()
@@ -180,11 +183,20 @@ def _step_flops(model: str, layers: int, video_shape, reference_shape, audio_lat
         add_lora(transformer, rank, 0)
     transformer.to(torch.bfloat16).train()
     example, draws = _meta_example(model, transformer, video_shape, reference_shape, audio_latents)
+    layout = _counted_layout(video_shape, reference_shape)
     with FlopCounterMode(display=False) as counter:
-        inputs = build_inputs(transformer, example, *draws, dtype=torch.bfloat16)
+        inputs = build_inputs(transformer, example, *draws, conditioning=layout, dtype=torch.bfloat16)
         video, audio = predict(transformer, inputs)
         ((video - inputs.video_velocity).pow(2).mean() + (audio - inputs.audio_velocity).pow(2).mean()).backward()
     return counter.get_total_flops()
+
+
+def _counted_layout(video_shape, reference_shape) -> ConditioningSettings:
+    """The layout a count is taken in: the reference's downscale is its shape's (the request's);
+    its audio is counted "aligned" for every request, as it always has been, although "before"
+    keeps one more small tensor of shifted positions (about 48 kB at the default request)."""
+    downscale = video_shape[2] // reference_shape[2]
+    return ConditioningSettings(reference_audio_positions="aligned", reference_downscale=downscale)
 
 
 def _numel(shape) -> int:
@@ -313,7 +325,7 @@ class _Step(TorchFunctionMode):
 
     @contextmanager
     def around(self, transformer: torch.nn.Module):
-        from lib.model.parts import FusedRMSNorm
+        from lib.model.fused_norm import FusedRMSNorm
 
         handles = []
         for module in transformer.modules():

@@ -97,7 +97,8 @@ def training_step(
     examples,
     generator,
     device,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, dict]:
     """One example: draw sigma and noise, condition, predict, masked loss (not yet backpropagated).
@@ -185,7 +186,8 @@ def setup(
     transformer,
     settings: TrainSettings,
     resume_from: str | Path | None = None,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
 ) -> Trainer:
     """Attach the LoRA, build optimizer and schedule, seed, and resume when asked."""
     rank, world = distributed()
@@ -223,21 +225,21 @@ def setup(
 
 
 def step(trainer: Trainer, examples: list[Example]) -> dict:
-    """One optimizer step on one drawn example; returns the loss parts."""
-    loss, parts = training_step(
+    """One optimizer step on one drawn example; returns the loss terms."""
+    loss, loss_terms = training_step(
         trainer.transformer,
         trainer.model,
         examples,
         trainer.generator,
         trainer.device,
-        trainer.conditioning,
-        trainer.dtype,
+        conditioning=trainer.conditioning,
+        dtype=trainer.dtype,
     )
     grad_norm = optimizer_step(loss, trainer.params, trainer.optimizer, trainer.scheduler, trainer.settings.grad_clip)
-    if not (math.isfinite(parts["loss"]) and math.isfinite(grad_norm)):
-        raise diverged(trainer, parts["loss"], grad_norm)
-    trainer.losses.append(parts["loss"])
-    return parts
+    if not (math.isfinite(loss_terms["loss"]) and math.isfinite(grad_norm)):
+        raise diverged(trainer, loss_terms["loss"], grad_norm)
+    trainer.losses.append(loss_terms["loss"])
+    return loss_terms
 
 
 def fit(
@@ -247,17 +249,18 @@ def fit(
     checkpoint_dir: Path | None = None,
     resume_from: str | Path | None = None,
     on_step: Callable[[dict], None] | None = None,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
 ) -> TrainResult:
     """Train an fp32 LoRA on `transformer` (whatever dtype its base is in) in place: setup, then
     `step` until `settings.steps`, reporting progress and writing checkpoints on rank 0."""
-    trainer = setup(transformer, settings, resume_from, conditioning)
+    trainer = setup(transformer, settings, resume_from, conditioning=conditioning)
     result = TrainResult(losses=trainer.losses)
     began = time.perf_counter()
     for done in range(trainer.start + 1, settings.steps + 1):
-        parts = step(trainer, examples)
+        loss_terms = step(trainer, examples)
         if trainer.rank == 0:
-            _report(on_step, trainer, parts, done, time.perf_counter() - began)
+            _report(on_step, trainer, loss_terms, done, time.perf_counter() - began)
             if checkpoint_dir and settings.checkpoint_every and done % settings.checkpoint_every == 0:
                 path = save_checkpoint(
                     checkpoint_dir / f"checkpoint-{done:06d}.safetensors",
@@ -274,10 +277,7 @@ def fit(
     return result
 
 
-train = fit  # the name the rest of the code (and the tests) call it by
-
-
-def _report(on_step, trainer: Trainer, parts: dict, done: int, elapsed: float) -> None:
+def _report(on_step, trainer: Trainer, loss_terms: dict, done: int, elapsed: float) -> None:
     if on_step is None:
         return
     rate = (done - trainer.start) / max(elapsed, 1e-9)
@@ -285,7 +285,7 @@ def _report(on_step, trainer: Trainer, parts: dict, done: int, elapsed: float) -
         {
             "step": done,
             "steps": trainer.settings.steps,
-            **parts,
+            **loss_terms,
             "it_per_s": rate,
             "eta_s": (trainer.settings.steps - done) / rate,
             "lr": trainer.scheduler.get_last_lr()[0],

@@ -24,7 +24,7 @@ from lib.model import process_cache
 from lib.model.encoding import load_example
 from lib.model.lifetime import free_device_memory
 from lib.train.lora_io import add_lora, load_lora_state, lora_state_dict, read_lora, save_lora
-from lib.train.training import TrainResult, distributed, train
+from lib.train.training import TrainResult, distributed, fit
 
 DIVERGED_NOTE = "diverged.txt"  # under torchrun: the message the launching task raises again
 EXIT_DIVERGED = 3
@@ -86,8 +86,14 @@ def run_job(job: TrainJob, components=None, on_step=None) -> TrainResult:
     output.mkdir(parents=True, exist_ok=True)  # the digests below are written before any atomic write creates it
     examples = [load_example(path) for path in job.latents]
     checkpoints = Path(job.checkpoint_dir) if job.checkpoint_dir else output / "checkpoints"
-    result = train(
-        components.transformer, examples, plan.train, checkpoints, plan.resume_from, on_step, plan.conditioning
+    result = fit(
+        components.transformer,
+        examples,
+        plan.train,
+        checkpoints,
+        plan.resume_from,
+        on_step,
+        conditioning=plan.conditioning,
     )
     if world > 1:  # every rank records its LoRA: DDP must leave them identical
         lora_dtype = precision.dtype_named(plan.lora_dtype)

@@ -63,7 +63,15 @@ def generate_sample(
     transformer = components.transformer
     attach_lora(transformer, lora_path, plan)
     transformer.eval()
-    return render_sample(components, clip_path, latents_path, negative_text, plan.sampler, plan.conditioning, on_step)
+    return render_sample(
+        components,
+        clip_path,
+        latents_path,
+        negative_text,
+        plan.sampler,
+        conditioning=plan.conditioning,
+        on_step=on_step,
+    )
 
 
 def write_outputs(sample: dict, folder: Path) -> dict[str, Path]:

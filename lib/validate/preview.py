@@ -19,7 +19,8 @@ def render_sample(
     latents_path: str,
     negative_text: dict,
     settings: SamplerSettings,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
     on_step=None,
 ) -> dict:
     """Sample one validation clip (or a generation: the same clip layout); the generated panel keeps
@@ -32,9 +33,9 @@ def render_sample(
         example,
         negative_text,
         settings,
-        conditioning,
-        components.dtype,
-        on_step,
+        conditioning=conditioning,
+        dtype=components.dtype,
+        on_step=on_step,
     )
     generated = latents.decode_video(components, video_latents)
     waveform, sample_rate = latents.decode_audio(components, audio_latents)
@@ -57,7 +58,8 @@ def render_reel(
     negative_text: dict,
     settings: SamplerSettings,
     path: Path,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
     on_sample=None,
 ) -> Path:
     """`negative_text`: the negative prompt's text inputs (lib.model.encoding.encode_prompt's file, loaded),
@@ -68,7 +70,9 @@ def render_reel(
     try:
         samples = []
         for clip, latents_file in zip(clips, latent_files):
-            samples.append(render_sample(components, clip, latents_file, negative_text, settings, conditioning))
+            samples.append(
+                render_sample(components, clip, latents_file, negative_text, settings, conditioning=conditioning)
+            )
             if on_sample is not None:
                 on_sample(len(samples))
     finally:

@@ -104,7 +104,8 @@ def sample(
     example: Example,
     negative_text: dict[str, torch.Tensor],
     settings: SamplerSettings,
-    conditioning: ConditioningSettings = ConditioningSettings(),
+    *,
+    conditioning: ConditioningSettings,
     dtype: torch.dtype | None = None,
     on_step=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
