@@ -141,8 +141,8 @@ def measure(preset: str, precision: str, steps: int) -> dict:
 
 def predicted(preset: str, precision: str) -> tuple[int, int]:
     """(bytes the plan predicts for what `measure` measures, model FLOPs per step)."""
-    from lib.train.footprint import count_step_flops
     from lib.train.memory_plan import latent_shapes, plan_memory
+    from lib.train.step_cost import count_step_flops
 
     request = request_for(preset, precision)
     device = "cuda" if torch.cuda.is_available() else "cpu"

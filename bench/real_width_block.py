@@ -51,7 +51,7 @@ def default_shapes(frames: int | None = None):
 
 
 def default_layout():
-    """The default request's reference layout, as lib/train/footprint.py counts it."""
+    """The default request's reference layout, as lib/train/step_cost.py counts it."""
     from lib.core.config import TrainRequest
     from lib.core.settings import ConditioningSettings
 

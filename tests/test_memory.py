@@ -233,7 +233,7 @@ def test_the_meta_count_keeps_what_a_fused_norm_keeps_under_cuda_autocast():
     input and an fp32 rstd per row and returns bf16; torch's RMSNorm there gets an fp32 copy of
     its input (kept) and returns fp32."""
     from lib.model.fused_norm import FusedRMSNorm
-    from lib.train.footprint import _Saved, _Step
+    from lib.train.step_cost import _Saved, _Step
 
     rows, width = 96, 512
     for norm, kept, out_dtype in (

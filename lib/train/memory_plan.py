@@ -112,7 +112,7 @@ def _counts(model: str):
 def _activations(model: str, target, reference, audio: int, rank: int, device: str, base_precision: str):
     import torch
 
-    from lib.train.footprint import count_activations
+    from lib.train.step_cost import count_activations
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     # fp8 keeps what int8 keeps (torchao dequantizes either for the matmul): one count for both
@@ -139,7 +139,7 @@ def block_bytes(model: str, target, reference, audio: int, rank: int, base_preci
 
 @lru_cache(maxsize=8)
 def _lora(model: str, rank: int) -> int:
-    from lib.train.footprint import lora_parameters
+    from lib.train.step_cost import lora_parameters
 
     return lora_parameters(model, rank)
 

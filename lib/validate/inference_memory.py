@@ -55,7 +55,7 @@ def plan_generate_memory(
     request: GenerateRequest, rank: int, reference_downscale: int, device: str = "cuda", gpu_memory: float | None = None
 ) -> MemoryPlan:
     """Per part and stage, the bytes a generation with a LoRA of `rank` needs on `device`."""
-    from lib.train.footprint import lora_parameters
+    from lib.train.step_cost import lora_parameters
 
     training = plan_memory(as_training_request(request, rank, reference_downscale), device, None, suggest=False)
     rows = [

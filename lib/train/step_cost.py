@@ -2,7 +2,7 @@
 keeps for one step at a request's token counts, and the step's model FLOPs.
 
 Activations are counted, not guessed: a one-block transformer with the real widths
-(lib.model.footprint.build_on_meta) runs a training forward on meta tensors under
+(lib.model.meta_model.build_on_meta) runs a training forward on meta tensors under
 `saved_tensors_hooks`, which sees every tensor autograd keeps for backward: what the block keeps
 (what each recomputed block keeps under gradient checkpointing), what is kept around it, and the
 block's outputs (what checkpointing keeps per block). On CUDA the pass runs as the GPU trains
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from lib.core.settings import ConditioningSettings
-from lib.model.configs import architecture_configs
+from lib.model.conditioning import Example, build_inputs, predict
+from lib.model.configs import max_sequence_length, part_config
+from lib.model.fused_norm import FusedRMSNorm
 from lib.model.meta_model import build_on_meta
 from lib.model.quantize import TRANSFORMER_QUANTIZED
 from lib.train.lora_io import TARGET_MODULES, add_lora
@@ -39,7 +41,7 @@ from lib.train.lora_io import TARGET_MODULES, add_lora
 
 def lora_parameters(model: str, rank: int) -> int:
     """Parameters of a rank-`rank` LoRA on the project's target modules."""
-    layers = architecture_configs(model)["transformer"]["num_layers"]
+    layers = part_config(model, "transformer")["num_layers"]
     one, two = (_lora_on(build_on_meta(model, "transformer", num_layers=n), rank) for n in (1, 2))
     return one + (layers - 1) * (two - one)
 
@@ -76,8 +78,6 @@ def count_activations(
     target and reference; audio latents per track), counted on a one-block model: what its block
     saves (a recomputed block keeps the same), what is saved around it, and its outputs (the next
     block's inputs: bf16, or fp32 where a quantized base returns fp32, see `_Step`)."""
-    from lib.model.conditioning import build_inputs, predict
-
     transformer = build_on_meta(model, "transformer", num_layers=1).to(dtype)
     quantized = {id(linear.weight) for linear in _quantized_linears(transformer)} if base_precision != "bf16" else set()
     with torch.device("meta"):
@@ -102,7 +102,7 @@ def count_activations(
         block_output=saved.output_bytes,
         largest=max(saved.bytes.values()),
         inputs_saved=inputs_saved,
-        layers=architecture_configs(model)["transformer"]["num_layers"],
+        layers=part_config(model, "transformer")["num_layers"],
     )
 
 
@@ -170,13 +170,11 @@ def count_step_flops(model: str, video_shape, reference_shape, audio_latents: in
     a checkpoint's recomputation is not counted, as MFU conventions have it), from one- and
     two-block meta passes under torch's FLOP counter."""
     one, two = (_step_flops(model, n, video_shape, reference_shape, audio_latents, rank) for n in (1, 2))
-    return one + (architecture_configs(model)["transformer"]["num_layers"] - 1) * (two - one)
+    return one + (part_config(model, "transformer")["num_layers"] - 1) * (two - one)
 
 
 def _step_flops(model: str, layers: int, video_shape, reference_shape, audio_latents: int, rank: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
-
-    from lib.model.conditioning import build_inputs, predict
 
     transformer = build_on_meta(model, "transformer", num_layers=layers)
     with torch.device("meta"):
@@ -220,20 +218,18 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def _meta_example(model: str, transformer, video_shape, reference_shape, audio_latents: int):
-    from lib.model.components import MAX_SEQUENCE_LENGTH
-    from lib.model.conditioning import Example
-    from lib.model.configs import TINY_MAX_SEQUENCE_LENGTH
-
     meta = torch.device("meta")
     config = transformer.config
     channels, audio_channels = config.in_channels, config.audio_in_channels
-    mel_bins = architecture_configs(model)["audio_vae"]["mel_bins"] // 4  # the audio VAE halves mel bins twice
-    text_length = TINY_MAX_SEQUENCE_LENGTH if model == "tiny" else MAX_SEQUENCE_LENGTH
+    # An audio token packs the audio VAE's latent channels x its latent mel bins (pack_audio).
+    latent_channels = part_config(model, "audio_vae")["latent_channels"]
+    mel_bins = audio_channels // latent_channels
+    text_length = max_sequence_length(model)
     example = Example(
         target_video=torch.empty(channels, *video_shape, device=meta),
         reference_video=torch.empty(channels, *reference_shape, device=meta),
-        target_audio=torch.empty(audio_channels // mel_bins, audio_latents, mel_bins, device=meta),
-        reference_audio=torch.empty(audio_channels // mel_bins, audio_latents, mel_bins, device=meta),
+        target_audio=torch.empty(latent_channels, audio_latents, mel_bins, device=meta),
+        reference_audio=torch.empty(latent_channels, audio_latents, mel_bins, device=meta),
         video_mask=torch.ones(video_shape, dtype=torch.bool, device=meta),
         text={
             "encoder_hidden_states": torch.empty(1, text_length, config.cross_attention_dim, device=meta),
@@ -325,8 +321,6 @@ class _Step(TorchFunctionMode):
 
     @contextmanager
     def around(self, transformer: torch.nn.Module):
-        from lib.model.fused_norm import FusedRMSNorm
-
         handles = []
         for module in transformer.modules():
             if isinstance(module, FusedRMSNorm):
