@@ -17,7 +17,8 @@ from lib.core.cache import Cache, content_key
 from lib.core.clip import clip_metadata, load_clip
 from lib.core.storage import FileRef
 from lib.media.masks import token_mask
-from lib.model import Components, latents, model_spec
+from lib.model import latents
+from lib.model.components import Components, model_spec
 from lib.model.conditioning import Example
 from lib.model.lifetime import MEDIA_ENCODE_PARTS, TEXT_PARTS, acquire, exclusive
 

@@ -15,7 +15,7 @@ import librosa
 import numpy as np
 import torch
 
-from lib.model import Components, model_spec
+from lib.model.components import Components, model_spec, to_pipeline
 
 # The audio VAE's input features (diffusers ships no waveform -> mel code for it; see log_mel).
 MEL_SAMPLE_RATE = 16_000
@@ -118,8 +118,6 @@ def encode_prompts(components: Components, prompts: list[str]) -> dict[str, torc
     Keys are the transformer's argument names; the pipeline passes the same mask as
     `audio_encoder_attention_mask`.
     """
-    from lib.model import to_pipeline
-
     pipe = to_pipeline(components)
     embeds, mask, _, _ = pipe.encode_prompt(
         prompt=list(prompts),
