@@ -14,9 +14,12 @@ import ctypes
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+
+from lib.core.progress import announce, still_waiting
 
 START_TIMEOUT_ENV = "AV2AV_SERVER_START_TIMEOUT_S"
 DEFAULT_START_TIMEOUT_S = 120
@@ -63,8 +66,10 @@ def local_server() -> Iterator[str | None]:
 
     server = SubprocessASGIServer()  # the instance Prefect's own clients would start: they find it running
     timeout = start_timeout_s()
+    began = time.monotonic()
+    announce("starting a temporary Prefect server for this run ...")
     try:
-        with _detached_children():
+        with _detached_children(), still_waiting("still starting the Prefect server"):
             server.start(timeout=timeout)
     except Exception as error:
         server.stop()
@@ -73,6 +78,7 @@ def local_server() -> Iterator[str | None]:
             f"loaded machine set {START_TIMEOUT_ENV} higher (e.g. {timeout * 3}), or start a server with "
             "`make serve` and set PREFECT_API_URL."
         ) from None
+    announce(f"Prefect server up in {time.monotonic() - began:.0f} s")
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url

@@ -81,6 +81,7 @@ def test_readme_manifest_is_valid():
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_batch_without_workers_trains_in_process(sample_zip, tmp_path, monkeypatch):
     """A local run (no deployments): the changed entry trains as a train-lora subflow; the invalid
     one is reported; the state is Failed naming it; a rerun skips the unchanged entry."""
@@ -172,6 +173,7 @@ def _batch_logs_and_summary(run_id, last_line: str):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_batch_logs_children_live_and_its_summary_points_at_real_outputs(sample_zip, tmp_path, monkeypatch):
     """Each child's start and end (with its whole failure message) and the still-running line are
     logged on the batch run; a skipped entry's output is where its last successful run wrote it,

@@ -127,6 +127,7 @@ def test_a_damaged_hand_back_is_a_clear_miss_not_a_wrong_result(tmp_path):
 
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.slow
 def test_damaged_latents_and_prompts_are_encoded_again_and_train_the_same_lora(training_data, tmp_path, how):
     from lib.model.encoding import encode_clip, load_example
     from lib.train.lora_io import lora_state_dict

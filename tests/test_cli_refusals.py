@@ -202,6 +202,7 @@ def test_help_exits_0(argv, capfd):
     assert "usage: av2av" in out and "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_check_against_a_server_that_never_answers_times_out(capfd, monkeypatch, silent_server):
     """`av2av check` on a server that accepts and never answers: a time-out message, within the
     configured read time-out × attempts (plus the waits between attempts), exit 1."""

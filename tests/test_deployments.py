@@ -69,6 +69,7 @@ def test_prefect_yaml_deployments():
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_nightly_run_skips_an_unchanged_dataset(tmp_path, monkeypatch):
     from lib.core.handback import TrainingGpuResult
     from lib.core.storage import FileRef

@@ -34,6 +34,7 @@ def poison_step(monkeypatch, at_call: int, value: float = float("nan")) -> None:
 
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_at_that_step_with_the_lora_untouched(training_data, monkeypatch, value):
     settings = TrainSettings(rank=8, steps=6, learning_rate=2e-3, seed=0)
     healthy, after_step_2 = fresh_transformer(training_data), {}
@@ -66,6 +67,7 @@ def test_a_lora_with_non_finite_weights_is_never_saved(training_data, tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_a_diverged_run_ends_named_uploads_nothing_and_bills_zero(sample_zip, tmp_path, monkeypatch):
     poison_step(monkeypatch, at_call=4)
     out = tmp_path / "out"

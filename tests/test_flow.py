@@ -61,6 +61,7 @@ def _request(zip_path, tmp_path, **overrides) -> TrainRequest:
     return TrainRequest(**(fields | overrides))
 
 
+@pytest.mark.slow
 def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, decodes):
     """The dataset stage's tasks rerun from the content-addressed cache."""
     request = _request(sample_zip, tmp_path)
@@ -80,6 +81,7 @@ def test_rerun_hits_cache_and_frames_change_refits(sample_zip, tmp_path, decodes
     assert decodes == {"check": 0, "conform": 3}, "new settings refit the accepted triplets; checks are reused"
 
 
+@pytest.mark.slow
 def test_code_version_invalidates_exactly_that_step(sample_zip, tmp_path, decodes, monkeypatch):
     from lib.ingest import conform
 

@@ -53,6 +53,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if error == 0 else 10 * np.log10(255.0**2 / error)
 
 
+@pytest.mark.slow
 def test_sample_train_generate(tmp_path, rendered, capsys):
     assert main(["sample", str(tmp_path / "demo")]) == 0
     request = json.loads((tmp_path / "demo" / "request.json").read_text())

@@ -33,6 +33,7 @@ def _check(name: str, values: list[float], rtol: float) -> None:
     assert values == pytest.approx(stored[name], rel=rtol, abs=1e-6), (name, values, stored[name])
 
 
+@pytest.mark.slow
 def test_seeded_training_losses(training_data):
     transformer = copy.deepcopy(training_data.components.transformer)
     settings = TrainSettings(rank=8, steps=8, learning_rate=1e-2, seed=0, warmup_steps=2)

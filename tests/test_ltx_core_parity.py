@@ -356,6 +356,7 @@ def test_the_config_written_for_the_real_23_is_lightricks_own():
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_a_lora_trained_here_fuses_in_ltx_core_on_every_module(ltx, training_data, gemma, tmp_path, offline):
     rank = 8
     trained, _ = train_fresh(training_data, TrainSettings(rank=rank, steps=4, learning_rate=1e-2, seed=0))

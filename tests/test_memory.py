@@ -27,6 +27,7 @@ QUANTIZED_WEIGHT = {"int8": "Int8Tensor", "fp8": "Float8Tensor", "nf4": "Params4
 
 
 @pytest.mark.usefixtures("prefect_harness", "single_thread")
+@pytest.mark.slow
 def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a_time(
     training_data, tmp_path, monkeypatch
 ):
@@ -76,6 +77,7 @@ def test_gpu_flow_keeps_only_the_transformer_while_training_and_encodes_one_at_a
 
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("precision", ["int8", "fp8", "nf4"])
+@pytest.mark.slow
 def test_quantized_base_trains_and_its_lora_loads_into_the_unquantized_pipeline(precision, training_data, tmp_path):
     quantized = load_model("tiny", device="cpu", base_precision=precision)
     transformer = quantized.transformer
@@ -106,6 +108,7 @@ def test_quantized_base_trains_and_its_lora_loads_into_the_unquantized_pipeline(
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.slow
 def test_adamw8bit_keeps_8bit_state_trains_and_resumes_from_its_checkpoint(training_data, tmp_path, monkeypatch):
     from safetensors import safe_open
 
@@ -161,6 +164,7 @@ def test_plan_counts_the_real_architecture_and_orders_the_precisions():
     assert all(plan.peak_stage == "train" for plan in plans.values())
 
 
+@pytest.mark.slow
 def test_plan_is_within_20_percent_of_a_real_tiny_training_steps_peak_rss():
     """bench/gpu.py --preset tiny: the project's training loop on CPU, each precision in its own
     process; peak RSS growth over the step vs what the plan predicts for it."""
@@ -180,6 +184,7 @@ def test_plan_is_within_20_percent_of_a_real_tiny_training_steps_peak_rss():
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_train_lora_refuses_a_request_over_the_declared_gpu_memory_before_any_work(tmp_path, monkeypatch):
     from flows.train_lora import train_lora
 

@@ -17,6 +17,7 @@ FRAMES = 1
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8", "nf4"])
+@pytest.mark.slow
 def test_plan_keeps_within_10_percent_of_what_a_real_width_block_keeps(precision):
     measured = measure(precision, FRAMES)
     result = compare(measured, planned(precision, FRAMES))

@@ -27,6 +27,7 @@ def _run(data, offload: bool):
 
 
 @pytest.mark.usefixtures("single_thread")
+@pytest.mark.slow
 def test_offloading_moves_each_blocks_residual_stream_and_trains_bit_for_bit_the_same(training_data):
     kept, kept_lora = _run(training_data, offload=False)
     moved, moved_lora = _run(training_data, offload=True)

@@ -37,6 +37,7 @@ def _request(sample_zip, output, validation, **overrides) -> TrainRequest:
     return TrainRequest(**(fields | overrides))
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs(sample_zip, tmp_path):
     sample = {
         "prompt": "repl4ce",

@@ -26,6 +26,7 @@ def bf16():
     return load_model("tiny", device="cpu", dtype=torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_lora_weights_and_optimizer_state_are_fp32_on_a_bf16_base(bf16, training_data):
     transformer = copy.deepcopy(bf16.transformer)
     add_lora(transformer, rank=8, seed=0)
@@ -101,6 +102,7 @@ def test_training_keeps_lora_fp32_and_the_file_is_bf16(bf16, training_data, tmp_
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_bf16_end_to_end_encode_train_periodic_and_final_reel(training_data, tmp_path, monkeypatch):
     """encode -> train -> periodic reel -> final reel through the GPU flow, the base in bf16."""
     import dataclasses

@@ -268,6 +268,7 @@ def test_the_flows_last_download_message_counts_the_attempts(files, sample_zip, 
 # -- the train-lora flow: outputs, logs and stored parameters -----------------------------------
 
 
+@pytest.mark.slow
 def test_train_with_presigned_urls_leaks_them_nowhere(files, sample_zip, tmp_path, debug_logs):
     """The dataset's presigned URL given as `secret://NAME` (a Prefect Secret block), validation
     URLs presigned in the request: config.json, report.json, result.json, the run's logs and

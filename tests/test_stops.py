@@ -82,6 +82,7 @@ def _first_checkpoint(tmp_path: Path, process: subprocess.Popen, timeout_s: floa
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_a_stop_is_one_line_leaves_nothing_running_and_the_run_resumes(tmp_path, sig, code):
     config = _request(tmp_path)
     process, mark = _start(config, tmp_path)
@@ -107,6 +108,7 @@ def test_a_stop_is_one_line_leaves_nothing_running_and_the_run_resumes(tmp_path,
         assert json.loads((out / "result.json").read_text())["steps"] == 100 and stdout.startswith("Trained 100 steps")
 
 
+@pytest.mark.slow
 def test_a_server_that_misses_its_start_time_out_is_one_line_and_leaves_nothing(tmp_path):
     config = _request(tmp_path)
     process, mark = _start(config, tmp_path, AV2AV_SERVER_START_TIMEOUT_S="1")

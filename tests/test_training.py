@@ -57,6 +57,7 @@ def _targeted_linear_names(transformer) -> list[str]:
 # --- 1. overfitting -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfits_two_triplets(training_data):
     transformer = fresh_transformer(training_data)
     before = evaluation_loss(transformer, training_data.examples)

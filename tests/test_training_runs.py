@@ -29,6 +29,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 # --- 5. resume ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
     # the checkpoint (step 3) falls inside the warmup: resuming must restore the schedule's position
     settings = TrainSettings(rank=8, steps=6, learning_rate=5e-3, seed=3, warmup_steps=4, checkpoint_every=3)
@@ -54,6 +55,7 @@ def test_resume_from_checkpoint_is_bit_for_bit(training_data, tmp_path):
 # --- 6. DDP ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_loras(training_data, tmp_path):
     steps = 5
     output = tmp_path / "out"
@@ -123,6 +125,7 @@ def test_latent_cache_hit_encodes_nothing(training_data, monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.slow
 def test_flow_rerun_with_other_training_parameters_reuses_latents(training_data, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

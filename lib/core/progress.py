@@ -20,6 +20,9 @@ from contextlib import contextmanager
 
 MODE_ENV = "AV2AV_PROGRESS"
 EVERY_S = 10.0
+# Piped output has no bar to watch: a line at least this often, so a log tail never looks stuck
+# (a run log in the UI keeps EVERY_S: its lines stay readable there).
+LINES_EVERY_S = 5.0
 # label -> (done, total) of the latest update in this process: what an interrupted CLI reports
 LATEST: dict[str, tuple[int, int]] = {}
 
@@ -61,6 +64,27 @@ def announce(text: str, log: Callable[[str], None] | None = None) -> None:
         (log or (_listeners[-1] if _listeners else _default_log))(text)
 
 
+@contextmanager
+def still_waiting(text: str, every_s: float = LINES_EVERY_S) -> Iterator[None]:
+    """While the block waits on something that reports nothing (a server starting), announce
+    `text (N s)` every `every_s`, so piped output never goes quiet for longer."""
+    import threading
+
+    done, began = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            announce(f"{text} ({time.monotonic() - began:.0f} s)")
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join()
+
+
 class Progress:
     """`total` units of work named `label`; `update(done, **figures)` after each unit."""
 
@@ -72,8 +96,10 @@ class Progress:
         unit: str = "it",
         every_s: float = EVERY_S,
     ):
-        self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.mode = os.environ.get(MODE_ENV, "")
+        if self.mode == "lines":
+            every_s = min(every_s, LINES_EVERY_S)
+        self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.log = _print_line if self.mode == "lines" else log or _default_log
         self.began = self.last = time.monotonic()
         self.done = 0
