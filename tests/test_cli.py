@@ -15,6 +15,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = ["--frames", "17", "--resolution", "low", "--aspect-ratio", "16:9"]
 
 
+@pytest.mark.slow
 def test_check_prints_report_and_writes_json_and_debug_dataset(sample_zip, tmp_path, capfd):
     report_path, debug_path = tmp_path / "report.json", tmp_path / "debug.zip"
     code = main(["check", str(sample_zip), *FAST, "--report", str(report_path), "--debug-dataset", str(debug_path)])

@@ -77,6 +77,7 @@ def test_size_cap(tmp_path, http_url):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out(tmp_path, monkeypatch, silent_server):
     """Accepts the connection, then says nothing: the fetch fails with a time-out message within
     the configured read time-out (before: 300 s per attempt, silently)."""

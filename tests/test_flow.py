@@ -112,6 +112,7 @@ def test_no_qualifying_triplet_fails_with_invalid_dataset(tmp_path, media):
     assert "422" in message and "dog: silent_audio" in message and "orphan: missing_end" in message
 
 
+@pytest.mark.slow
 def test_failed_states_are_named_for_the_cause(tmp_path):
     not_a_zip = tmp_path / "data.zip"
     not_a_zip.write_text("not a zip")

@@ -153,6 +153,7 @@ def test_a_lora_of_another_base_model_is_refused_naming_model(tmp_path):
         inspect_lora(_lora(tmp_path / "lora.safetensors"), "lora.safetensors", "ltx-2.3", "abc")
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_lora_of_another_width_with_exit_2_in_seconds(tmp_path):
     _lora(tmp_path / "lora.safetensors", width=32)
     (tmp_path / "generate.json").write_text(_request(tmp_path).model_dump_json())

@@ -145,6 +145,7 @@ def test_fp8_on_a_gpu_older_than_ada_is_refused_naming_what_it_needs(monkeypatch
     check_base_precision("int8", "cuda")  # int8 runs there
 
 
+@pytest.mark.slow
 def test_plan_counts_the_real_architecture_and_orders_the_precisions():
     from lib.train.memory_plan import GB, plan_memory
 

@@ -122,6 +122,7 @@ def test_load_model_presets(tiny):
         load_model("ltx-2.0")
 
 
+@pytest.mark.slow
 def test_save_then_load_through_the_real_path(tiny, tmp_path, offline, monkeypatch):
     save_pretrained(tiny, tmp_path)
     assert (tmp_path / "model_index.json").is_file()

@@ -87,6 +87,7 @@ def test_single_file_loads_like_the_diffusers_folder(checkpoints, offline):
     assert from_file.tokenizer("a cat").input_ids == from_folder.tokenizer("a cat").input_ids
 
 
+@pytest.mark.slow
 def test_single_file_in_bf16_and_missing_weights_refused(checkpoints, tmp_path, offline):
     loaded = load_model(
         "ltx-2.3",

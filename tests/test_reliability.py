@@ -222,6 +222,7 @@ def counting_silent_server():
         connection.close()
 
 
+@pytest.mark.slow
 def test_a_silent_server_costs_one_read_time_out_per_attempt(counting_silent_server, tmp_path, monkeypatch):
     url, accepted = counting_silent_server
     monkeypatch.setenv("AV2AV_READ_TIMEOUT_S", "1")

@@ -58,6 +58,7 @@ def test_transient_errors_are_retried_until_they_heal(server, tmp_path):
     assert _Flaky.hits["/flaky.zip"] >= 3, "two 503s, then success on a retry"
 
 
+@pytest.mark.slow
 def test_permanent_errors_are_not_retried(server, tmp_path):
     with pytest.raises(DownloadError, match="missing.zip"):
         fetch_once(f"{server}/missing.zip", str(tmp_path))

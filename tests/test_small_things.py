@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from lib.media.synthetic import make_demo
 
 
+@pytest.mark.slow
 def test_sample_leaves_no_hidden_folder_and_readable_files(tmp_path):
     previous = os.umask(0o022)
     try:

@@ -270,6 +270,7 @@ def _trained_lora_bytes(data, seed: int, path: Path, global_seed: int) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_same_seed_same_lora_bytes(training_data, tmp_path):
     first = _trained_lora_bytes(training_data, 0, tmp_path / "a.safetensors", global_seed=1)
     second = _trained_lora_bytes(training_data, 0, tmp_path / "b.safetensors", global_seed=2)
