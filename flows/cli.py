@@ -26,9 +26,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from flows.cli_common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, explain, read_config, refusal_of
 from flows.serve import quiet_telemetry
 from lib.core.config import TrainRequest
-from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, Av2AvError, InvalidDataset, InvalidRequest
+from lib.core.errors import REFUSAL_STATE_NAMES, Av2AvError, InvalidDataset, InvalidRequest
 from lib.core.progress import MODE_ENV
 from lib.core.redact import redact_text, redact_url
 
@@ -40,7 +41,6 @@ CHECK_FLAGS = {  # flag -> request field
     "--auto-scale-input": "auto_scale_input",
     "--trigger-phrase": "trigger_phrase",
 }
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _add_field_flag(parser: argparse.ArgumentParser, flag: str, field_name: str) -> None:
@@ -100,23 +100,6 @@ def _request(args: argparse.Namespace) -> TrainRequest:
     return TrainRequest(training_data_url=args.training_data_url, **fields)
 
 
-def _explain(error: ValidationError) -> str:
-    return redact_text(
-        "\n".join(
-            f"- {'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']} (got {e.get('input')!r})"
-            for e in error.errors()
-        )
-    )
-
-
-def _refusal(error: BaseException) -> tuple[int, str] | None:
-    """An expected refusal -> (exit status, the one line to print, URLs redacted); None for a real bug.
-    Each refusal declares both on its class (lib/core/errors.py)."""
-    if isinstance(error, REFUSALS):
-        return error.exit_status, redact_text(error.refusal_line())
-    return None
-
-
 def run_check(args: argparse.Namespace) -> int:
     request = _request(args)
     print(f"Checking {redact_url(request.training_data_url)} ...", file=sys.stderr, flush=True)
@@ -135,7 +118,7 @@ def run_check(args: argparse.Namespace) -> int:
             cache=cache,
         ).report
     except Av2AvError as error:
-        refusal = _refusal(error)
+        refusal = refusal_of(error)
         if refusal is None:
             raise
         if isinstance(error, InvalidDataset) and error.report.get("triplets"):  # a table only when it has rows
@@ -149,22 +132,8 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def read_config(path: str, model=TrainRequest, label: str = "request"):
-    """The `model` request in --config, or the exit status after saying why it cannot be used."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        print(f"Cannot read --config {path}: {error.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    try:
-        return model.model_validate_json(text)
-    except ValidationError as error:
-        print(f"Invalid {label} in {path}:\n{_explain(error)}", file=sys.stderr)
-        return EXIT_INVALID
-
-
 def _read_request(path: str) -> TrainRequest | int:
-    return read_config(path)
+    return read_config(path, TrainRequest, "request")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -172,7 +141,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from lib.train.memory_plan import declared_gpu_memory, format_plan, plan_memory
 
     if cli_generate.is_generate_config(args.config):  # a generate request: the inference plan
-        return cli_generate.run_plan(args, _explain, _refusal)
+        return cli_generate.run_plan(args)
     request = _read_request(args.config)
     if isinstance(request, int):
         return request
@@ -237,7 +206,7 @@ def _train_outcome(state, as_json: bool, seconds: float) -> int:
     from lib.ingest.report import render_text
 
     error = state.result(raise_on_failure=False)
-    refusal = _refusal(error) if isinstance(error, BaseException) else None
+    refusal = refusal_of(error) if isinstance(error, BaseException) else None
     if refusal is None:
         print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
         return EXIT_FAILED
@@ -273,7 +242,7 @@ def _command(argv: list[str] | None) -> int:
         if args.command == "generate":
             from flows import cli_generate
 
-            return cli_generate.run_generate(args, _explain, _refusal)
+            return cli_generate.run_generate(args)
         if args.command == "plan":
             return run_plan(args)
         if args.command == "sample":
@@ -283,7 +252,7 @@ def _command(argv: list[str] | None) -> int:
                 print(f"{name}: {path}")
             return EXIT_OK
     except ValidationError as error:
-        print(f"Invalid request:\n{_explain(error)}", file=sys.stderr)
+        print(f"Invalid request:\n{explain(error)}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_INVALID
 

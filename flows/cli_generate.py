@@ -9,11 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+from flows.cli_common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, read_config, refusal_of
 from lib.core.errors import REFUSAL_STATE_NAMES, Av2AvError
 from lib.core.generate import GenerateRequest
 from lib.core.redact import redact_text, redact_url
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def add_parser(commands) -> None:
@@ -37,8 +36,6 @@ def is_generate_config(path: str) -> bool:
 
 
 def read_request(path: str) -> GenerateRequest | int:
-    from flows.cli import read_config
-
     return read_config(path, GenerateRequest, "generate request")
 
 
@@ -56,14 +53,14 @@ def read_lora(request: GenerateRequest):
     return lora
 
 
-def run_generate(args: argparse.Namespace, explain, refusal) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     request = read_request(args.config)
     if isinstance(request, int):
         return request
     try:
         read_lora(request)
     except Av2AvError as error:
-        return _refuse(error, refusal)
+        return _refuse(error)
     state = _run_flow(request)
     if isinstance(state, int):
         return state
@@ -71,8 +68,8 @@ def run_generate(args: argparse.Namespace, explain, refusal) -> int:
         print(json.dumps(state.result(), indent=2))
         return EXIT_OK
     error = state.result(raise_on_failure=False)
-    if isinstance(error, Av2AvError) and refusal(error) is not None:
-        return _refuse(error, refusal)
+    if isinstance(error, Av2AvError) and refusal_of(error) is not None:
+        return _refuse(error)
     print(redact_text(f"Failed ({state.name}): {state.message}"), file=sys.stderr)
     return EXIT_FAILED
 
@@ -108,15 +105,15 @@ def stop_line() -> str:
     return f"Interrupted {where}. Nothing was uploaded."
 
 
-def _refuse(error: Av2AvError, refusal) -> int:
-    found = refusal(error)
+def _refuse(error: Av2AvError) -> int:
+    found = refusal_of(error)
     if found is None:
         raise error
     print(found[1], file=sys.stderr)
     return found[0]
 
 
-def run_plan(args: argparse.Namespace, explain, refusal) -> int:
+def run_plan(args: argparse.Namespace) -> int:
     """The generation's memory plan: the LoRA's rank and reference downscale come from its file."""
     from lib.train.memory_plan import declared_gpu_memory
     from lib.validate.inference_memory import format_generate_plan, plan_generate_memory
@@ -128,7 +125,7 @@ def run_plan(args: argparse.Namespace, explain, refusal) -> int:
         lora = read_lora(request)
         gpu_memory = args.gpu_memory if args.gpu_memory is not None else declared_gpu_memory()
     except Av2AvError as error:
-        return _refuse(error, refusal)
+        return _refuse(error)
     plan = plan_generate_memory(
         request, lora.rank, lora.reference_downscale, "cuda" if request.model != "tiny" else "cpu", gpu_memory
     )

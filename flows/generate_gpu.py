@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Failed
 
+from flows.refusals import refused
 from lib.core.cache import Cache
 from lib.core.errors import InvalidRequest
 from lib.core.generate import GeneratePlan
@@ -34,8 +34,7 @@ def generate_gpu(
     try:
         return _generate_gpu(plan, clip, lora, run_id, cache_url, parent_run_id)
     except InvalidRequest as error:
-        get_run_logger().error("InvalidRequest: %s", error.message)
-        return Failed(name="InvalidRequest", message=error.message)
+        return refused(error)
 
 
 def _generate_gpu(

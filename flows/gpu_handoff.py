@@ -81,11 +81,11 @@ def hand_off(gpu: GpuFlow[Result], parameters: dict[str, Any], run_id: str, cach
         module, _, attribute = gpu.entrypoint.partition(":")
         gpu_flow = getattr(importlib.import_module(module), attribute)
         state = gpu_flow.with_options(flow_run_name=name)(**parameters, **common, return_state=True)
-        if state.name == gpu.refusal.__name__:
+        if state.name == gpu.refusal.state_name:
             raise gpu.refusal(state.message)
         return gpu.result.model_validate(state.result())
     run = run_on_gpu_pool(gpu.deployment, _jsonable(parameters | common), name, get_run_logger().info)
-    if run.state and run.state.name == gpu.refusal.__name__:
+    if run.state and run.state.name == gpu.refusal.state_name:
         raise gpu.refusal(run.state.message)
     if not run.state or not run.state.is_completed():
         message = run.state.message if run.state else "no state"

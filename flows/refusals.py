@@ -10,11 +10,11 @@ from prefect import get_run_logger
 from prefect.exceptions import FailedRun
 from prefect.states import Failed, State
 
-from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, Av2AvError, StageFailed
+from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, ArchiveError, Av2AvError, MediaError, StageFailed
 from lib.core.redact import redact_text
 
 # A whole archive or one file refused: said in the dataset report, then as InvalidDataset.
-_SAID_IN_THE_REPORT = ("ArchiveError", "MediaError")
+_SAID_IN_THE_REPORT = (ArchiveError.__name__, MediaError.__name__)
 _REFUSAL_NAMES = frozenset(REFUSAL_STATE_NAMES) | {kind.__name__ for kind in REFUSALS} | set(_SAID_IN_THE_REPORT)
 
 

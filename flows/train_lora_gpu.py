@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from prefect import flow, get_run_logger, unmapped
-from prefect.states import Failed
+from prefect import flow, unmapped
 
+from flows.refusals import refused
 from lib.core.cache import Cache
 from lib.core.errors import TrainingDiverged
 from lib.core.handback import TrainingGpuResult
@@ -59,8 +59,7 @@ def train_lora_gpu(
     try:
         return _train_gpu(plan, clips, run_id, cache_url, gpus, parent_run_id)
     except TrainingDiverged as error:
-        get_run_logger().error("TrainingDiverged: %s", error.message)
-        return Failed(name="TrainingDiverged", message=error.message)
+        return refused(error)
 
 
 def _train_gpu(

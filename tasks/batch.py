@@ -111,5 +111,5 @@ def skipped(name: str, request: TrainRequest, previous: dict) -> EntryOutcome:
 
 def not_checked(name: str, request: TrainRequest, error: DownloadError) -> EntryOutcome:
     return EntryOutcome(
-        entry=name, status="failed", output=request.output_url, message=f"DownloadFailed: {error.message}"
+        entry=name, status="failed", output=request.output_url, message=f"{error.state_name}: {error.message}"
     )

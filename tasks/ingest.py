@@ -1,7 +1,7 @@
 """Ingestion tasks: fetch → extract → match → check → conform → report, one lib call each.
 
 Not Prefect-cached: the content-addressed cache (lib.core.cache) is the one authority on what was
-computed before. Every step that makes something reads it back from there (the archive's
+computed before. Every operation that makes something reads it back from there (the archive's
 extracted folder, each triplet's check and conform outcome, keyed by content and an explicit code
 version), so a cleaned cache folder means recomputing, never a record pointing at missing files.
 """

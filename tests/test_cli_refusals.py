@@ -233,14 +233,14 @@ def test_unwritable_cache_location_is_refused_before_the_dataset(tmp_path, capfd
 def test_each_refusal_declares_its_state_exit_status_and_line_once():
     """The one refusal table is the error classes: the run's state name, the CLI's exit status and
     line come from there; anything else (StageFailed: a bug) is not a refusal and keeps its traceback."""
-    from flows.cli import _refusal
+    from flows.cli_common import refusal_of
     from lib.core.errors import REFUSAL_STATE_NAMES, REFUSALS, StageFailed, TransientDownloadError
 
     assert len(set(REFUSAL_STATE_NAMES)) == len(REFUSALS)
     for kind in REFUSALS:
         error = kind("the reason")
         assert error.state_name and error.exit_status in (1, 2), kind
-        assert _refusal(error) == (kind.exit_status, error.refusal_line()), kind
+        assert refusal_of(error) == (kind.exit_status, error.refusal_line()), kind
         assert error.refusal_line().endswith("the reason")
-    assert _refusal(TransientDownloadError("reset")) == (1, "Download failed: reset")
-    assert _refusal(StageFailed("Stage 'fetch' failed: KeyError")) is None
+    assert refusal_of(TransientDownloadError("reset")) == (1, "Download failed: reset")
+    assert refusal_of(StageFailed("Stage 'fetch' failed: KeyError")) is None

@@ -64,9 +64,15 @@ def test_out_of_range_is_refused_naming_the_field(field, value):
     assert field in str(caught.value)
 
 
-def test_scene_split_refused_with_reason():
+@pytest.mark.parametrize("split", [True, 1, "true", "on"])
+def test_scene_split_refused_with_reason(split):
     with pytest.raises(ValidationError, match="desync"):
-        TrainRequest(training_data_url=URL, split_input_into_scenes=True)
+        TrainRequest(training_data_url=URL, split_input_into_scenes=split)
+
+
+@pytest.mark.parametrize("split", [False, 0, "false", "off"])
+def test_scene_split_off_is_taken_however_it_is_written(split):
+    assert TrainRequest(training_data_url=URL, split_input_into_scenes=split).split_input_into_scenes is False
 
 
 def test_at_most_two_validation_samples():

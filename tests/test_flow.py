@@ -19,7 +19,7 @@ from lib.core.errors import REFUSALS, InvalidDataset
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-@flow(name="check-dataset")
+@flow(name="dataset-stage")
 def check_dataset(request: TrainRequest, report_path: str | None = None) -> dict:
     """train-lora's dataset stage alone (its tasks, its cache), as the CLI's `check` runs it."""
     try:

@@ -11,7 +11,7 @@ import importlib.util
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 Resolution = Literal["low", "medium", "high"]
 AspectRatio = Literal["16:9", "1:1", "9:16"]
@@ -82,7 +82,9 @@ def _show(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
-def _number(default, description: str, ge=None, le=None, gt=None, unit: str = "", extension: bool = False, **kwargs):
+def number_field(
+    default, description: str, ge=None, le=None, gt=None, unit: str = "", extension: bool = False, **kwargs
+):
     """A numeric field whose help text states its range, so the run form shows it before submitting."""
     low = _show(ge) if ge is not None else f"more than {_show(gt)}"
     bounds = f"{low}–{_show(le)}" if ge is not None else f"{low}, at most {_show(le)}"
@@ -170,12 +172,12 @@ class TrainRequest(BaseModel):
     rank: Literal[8, 16, 32, 64, 128] = Field(
         32, title="Rank", description="LoRA capacity (alpha = rank). One of 8, 16, 32, 64, 128."
     )
-    number_of_steps: int = _number(
+    number_of_steps: int = number_field(
         2000, "Number of optimization steps.", ge=100, le=20000, unit="steps", title="Number of steps"
     )
-    learning_rate: float = _number(2e-4, "Optimization step size.", gt=0, le=1e-2, title="Learning rate")
+    learning_rate: float = number_field(2e-4, "Optimization step size.", gt=0, le=1e-2, title="Learning rate")
     # Video
-    number_of_frames: int = _number(
+    number_of_frames: int = number_field(
         89,
         "Frames per training clip. Must be 8k+1 (9, 17, ..., 121); other values are snapped down.",
         ge=9,
@@ -183,7 +185,7 @@ class TrainRequest(BaseModel):
         unit="frames",
         title="Number of frames",
     )
-    frame_rate: int = _number(24, "Target frame rate.", ge=8, le=60, unit="fps", title="Frame rate")
+    frame_rate: int = number_field(24, "Target frame rate.", ge=8, le=60, unit="fps", title="Frame rate")
     resolution: Resolution = Field(
         "medium",
         title="Resolution",
@@ -205,7 +207,7 @@ class TrainRequest(BaseModel):
         description="Always off for masked av2av: splitting would desync the reference/target/mask "
         "triplet. Provide clips already cut to one scene.",
     )
-    split_input_duration_threshold: float = _number(
+    split_input_duration_threshold: float = number_field(
         30.0,
         "Unused: scene splitting is off for masked av2av (kept so the spec's requests validate).",
         ge=1.0,
@@ -237,7 +239,7 @@ class TrainRequest(BaseModel):
         title="Validation negative prompt",
         description="Negative prompt for validation sampling (a built-in quality prompt by default).",
     )
-    validation_number_of_frames: int = _number(
+    validation_number_of_frames: int = number_field(
         89,
         "Frames per validation sample; snapped down to 8k+1.",
         ge=9,
@@ -245,7 +247,7 @@ class TrainRequest(BaseModel):
         unit="frames",
         title="Validation number of frames",
     )
-    validation_frame_rate: int = _number(
+    validation_frame_rate: int = number_field(
         24, "Validation frame rate.", ge=8, le=60, unit="fps", title="Validation frame rate"
     )
     validation_resolution: Resolution = Field(
@@ -254,7 +256,7 @@ class TrainRequest(BaseModel):
     validation_aspect_ratio: AspectRatio = Field(
         "1:1", title="Validation aspect ratio", description="Aspect ratio of validation samples."
     )
-    stg_scale: float = _number(
+    stg_scale: float = number_field(
         1.0, "Spatio-temporal guidance scale for validation (0 disables it).", ge=0.0, le=3.0, title="STG scale"
     )
     debug_dataset: bool = Field(
@@ -263,7 +265,7 @@ class TrainRequest(BaseModel):
         description="Return an archive of the preprocessed data for inspection.",
     )
     # Our additions to the product spec: each description says so.
-    validation_steps: int = _number(
+    validation_steps: int = number_field(
         30,
         "Denoising steps per validation sample (the LTX-2 pipeline uses 30-40).",
         ge=2,
@@ -335,7 +337,7 @@ class TrainRequest(BaseModel):
         "checkpoint folder (checkpoints/ in its local cache folder).",
         json_schema_extra=OURS,
     )
-    seed: int = _number(
+    seed: int = number_field(
         0, "Random seed: the same seed and data give the same LoRA.", ge=0, le=2**31 - 1, extension=True, title="Seed"
     )
     resume_from: str = Field(
@@ -344,7 +346,7 @@ class TrainRequest(BaseModel):
         description="Path of a checkpoint file on the GPU worker to continue training from; empty = start fresh.",
         json_schema_extra=OURS,
     )
-    checkpoint_every: int = _number(
+    checkpoint_every: int = number_field(
         0,
         "Save a resumable checkpoint (LoRA, optimizer, schedule, RNG) every N steps; 0 = never.",
         ge=0,
@@ -353,7 +355,7 @@ class TrainRequest(BaseModel):
         extension=True,
         title="Checkpoint every",
     )
-    validation_every: int = _number(
+    validation_every: int = number_field(
         0,
         "Also render the validation samples every N steps (always at the end); 0 = only at the end.",
         ge=0,
@@ -386,13 +388,15 @@ class TrainRequest(BaseModel):
     @field_validator("split_input_into_scenes", mode="before")
     @classmethod
     def _refuse_scene_split(cls, split: object) -> object:
-        if split is True:
+        """Whatever pydantic reads as a bool (false, "false", 0, "off" ...) is still taken; a true
+        one is refused with the reason, not a bare "should be False"."""
+        if TypeAdapter(bool).validate_python(split):
             raise ValueError(
                 "split_input_into_scenes=true is not supported for av2av-masked: splitting "
                 "would desync the reference/target/mask triplets. Provide pre-split clips and "
                 "set split_input_into_scenes=false."
             )
-        return split
+        return False
 
     @model_validator(mode="after")
     def _refuse_inexact_validation_reference(self) -> "TrainRequest":

@@ -143,7 +143,7 @@ class CacheUnavailable(Av2AvError):
 
 
 class CacheMiss(CacheUnavailable):
-    """An entry a step needs is in neither the local copy nor the cache location (the cache was
+    """An entry a stage needs is in neither the local copy nor the cache location (the cache was
     cleaned while a run was going)."""
 
     code = "cache_miss"

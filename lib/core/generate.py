@@ -20,9 +20,9 @@ from lib.core.config import (
     AspectRatio,
     Resolution,
     TrainRequest,
-    _number,
     bucket_size,
     downscale_is_exact,
+    number_field,
     snap_frames,
 )
 from lib.core.errors import InvalidRequest
@@ -83,7 +83,7 @@ class GenerateRequest(BaseModel):
         description="What classifier-free guidance steers away from (a built-in quality prompt by default, the "
         "training run's validation default).",
     )
-    number_of_frames: int = _number(
+    number_of_frames: int = number_field(
         89,
         "Frames to generate; snapped down to 8k+1 (9, 17, ..., 121, the model's window).",
         ge=9,
@@ -91,14 +91,14 @@ class GenerateRequest(BaseModel):
         unit="frames",
         title="Number of frames",
     )
-    frame_rate: int = _number(24, "Frame rate of the output.", ge=8, le=60, unit="fps", title="Frame rate")
+    frame_rate: int = number_field(24, "Frame rate of the output.", ge=8, le=60, unit="fps", title="Frame rate")
     resolution: Resolution = Field(
         "high",
         title="Resolution",
         description="Resolution bucket: low 512/288, medium 768/448, high 960/544 px (long/short side).",
     )
     aspect_ratio: AspectRatio = Field("1:1", title="Aspect ratio", description="Aspect ratio of the bucket.")
-    steps: int = _number(
+    steps: int = number_field(
         _SAMPLER.steps,
         "Denoising steps (the LTX-2 pipeline uses 30-40).",
         ge=2,
@@ -106,37 +106,37 @@ class GenerateRequest(BaseModel):
         unit="steps",
         title="Sampling steps",
     )
-    seed: int = _number(
+    seed: int = number_field(
         0, "Random seed: the same seed and inputs give the same clip, bit for bit.", ge=0, le=2**31 - 1, title="Seed"
     )
-    lora_scale: float = _number(
+    lora_scale: float = number_field(
         1.0, "Strength of the LoRA (1 = as trained, 0 = the base model).", ge=0.0, le=2.0, title="LoRA scale"
     )
-    video_guidance_scale: float = _number(
+    video_guidance_scale: float = number_field(
         _SAMPLER.video_guidance,
         "Classifier-free guidance for video (1 disables it).",
         ge=1.0,
         le=10.0,
         title="Video guidance scale",
     )
-    audio_guidance_scale: float = _number(
+    audio_guidance_scale: float = number_field(
         _SAMPLER.audio_guidance,
         "Classifier-free guidance for audio (1 disables it).",
         ge=1.0,
         le=15.0,
         title="Audio guidance scale",
     )
-    stg_scale: float = _number(
+    stg_scale: float = number_field(
         _SAMPLER.stg_scale, "Spatio-temporal guidance scale (0 disables it).", ge=0.0, le=3.0, title="STG scale"
     )
-    modality_scale: float = _number(
+    modality_scale: float = number_field(
         _SAMPLER.modality_scale,
         "Modality isolation guidance (1 disables it).",
         ge=1.0,
         le=10.0,
         title="Modality isolation scale",
     )
-    guidance_rescale: float = _number(
+    guidance_rescale: float = number_field(
         _SAMPLER.guidance_rescale,
         "Pulls the guided prediction's spread back towards the conditional one's (0 disables it).",
         ge=0.0,

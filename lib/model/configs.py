@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.model.parts import MODULE_NAMES, TEXT_ENCODER
+from lib.model.parts import TEXT_ENCODER
 
 LTX23_CONFIG_DIR = Path(__file__).with_name("ltx23")
 MAX_SEQUENCE_LENGTH = 1024  # LTX2Pipeline's default prompt length
@@ -253,11 +253,6 @@ def _shipped_gemma_config():
 
     found = json.loads((LTX23_CONFIG_DIR / TEXT_ENCODER / "config.json").read_text())
     return Gemma3Config(**{k: v for k, v in found.items() if k not in ("architectures", "model_type")})
-
-
-def architecture_configs(model: str) -> dict:
-    """`part_config` of every part of `model`."""
-    return {name: part_config(model, name) for name in MODULE_NAMES}
 
 
 def max_sequence_length(model: str) -> int:

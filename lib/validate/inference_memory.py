@@ -16,13 +16,11 @@ from dataclasses import replace
 from lib.core.config import TrainRequest
 from lib.core.errors import InvalidRequest
 from lib.core.generate import GenerateRequest
+from lib.model.lifetime import STAGE_PARTS
 from lib.train.memory_plan import FP32, GB, RESERVE, MemoryPlan, Row, format_rows, plan_memory
 
-STAGES = {
-    "text": ("text_encoder", "connectors"),
-    "encode": ("vae", "audio_vae"),
-    "sample": ("transformer", "vae", "audio_vae", "vocoder"),
-}
+# generation's stages are training's text, encode and validate stages (the parts each keeps resident)
+STAGES = {"text": STAGE_PARTS["text"], "encode": STAGE_PARTS["encode"], "sample": STAGE_PARTS["validate"]}
 ACTIVATIONS = {
     "text encoder activations": "text",
     "VAE encode activations": "encode",
