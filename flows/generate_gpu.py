@@ -7,7 +7,6 @@ with the decoders (sample, tiled decode)."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 from flows.refusals import refused
 from lib.core.cache import Cache
@@ -20,7 +19,7 @@ from lib.model import process_cache
 from lib.validate.generate import PREVIEW_IMAGE
 from tasks import generate as tasks
 from tasks.housekeeping import sweep_stale_runs
-from tasks.parent_run import ParentRun, ui_link
+from tasks.parent_run import ParentRun
 
 
 @flow(name="generate-gpu", log_prints=True)
@@ -44,7 +43,9 @@ def _generate_gpu(
     sweep_stale_runs(cache, location=False)  # the CPU flow sweeps the location
     output = cache.path(gpu_entry(run_id))
     mark_owner(output, run_id)
-    _link_parent(parent_run_id)
+    ParentRun(parent_run_id).link_child(
+        "Generation runs on the GPU pool as {link}; denoising progress is mirrored here."
+    )
     log = get_run_logger()
     try:
         log.info("encoding the prompt and the negative prompt (cached by content)")
@@ -60,16 +61,3 @@ def _generate_gpu(
     previews = {name: files.pop(name) for name in [PREVIEW_IMAGE] if name in files}  # the run page's, not uploaded
     result = GpuResult(files=share(cache, run_id, files), previews=list(share(cache, run_id, previews).values()))
     return hand_back(cache, run_id, result, clear=run_entry(run_id))  # this worker keeps nothing of the run
-
-
-def _link_parent(parent_run_id: str | None) -> None:
-    parent = ParentRun(parent_run_id)
-    name, run_id = flow_run.get_name(), flow_run.get_id()
-    if run_id is not None:
-        parent.artifact(
-            "markdown",
-            f"Generation runs on the GPU pool as {ui_link(run_id, name)}; denoising progress is mirrored here.",
-            "The GPU sub-run of this run",
-            key="gpu-run",
-        )
-        parent.info(f"GPU sub-run: {name} (its logs hold the details; progress is mirrored here)")

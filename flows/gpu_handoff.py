@@ -18,6 +18,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
 
 from flows.gpu_wait import run_on_gpu_pool
+from flows.run_context import run_name
 from lib.core.cache import Cache
 from lib.core.errors import Av2AvError, TrainingDiverged
 from lib.core.handback import Result, TrainingGpuResult, handed_back
@@ -75,7 +76,7 @@ def hand_off(gpu: GpuFlow[Result], parameters: dict[str, Any], run_id: str, cach
     """Run `gpu` as `<this run's name>-gpu` with `parameters` (its own; the run id, the cache
     location and this run's id are added, so it links back and mirrors its progress here) and
     wait for it. Returns its typed result; its expected refusal is raised again here."""
-    parent_id, name = str(flow_run.get_id() or "") or None, f"{flow_run.get_name() or 'local-run'}-gpu"
+    parent_id, name = str(flow_run.get_id() or "") or None, f"{run_name()}-gpu"
     common = {"run_id": run_id, "cache_url": cache.location, "parent_run_id": parent_id}
     if not deployment_available(gpu.deployment):
         module, _, attribute = gpu.entrypoint.partition(":")

@@ -71,7 +71,10 @@ def _train_gpu(
     mark_owner(output, run_id)
     gpus = gpus or max(1, torch.cuda.device_count())
     parent = ParentRun(parent_run_id)
-    parent.link_child()
+    parent.link_child(
+        "Training runs on the GPU pool as {link}: encoding, training and validation logs are there; "
+        "progress is mirrored here."
+    )
     log = run_and_parent_logger(parent)
     try:
         with listening(log):  # model loads and cache warnings reach this run and the parent

@@ -50,15 +50,15 @@ class ParentRun:
             )
         return created.id
 
-    def link_child(self) -> None:
-        """A markdown artifact on the parent that opens this (GPU) run."""
+    def link_child(self, sentence: str) -> None:
+        """A markdown artifact on the parent that opens this (GPU) run: `sentence` says what runs
+        there, with `{link}` where the run's link goes."""
         name, run_id = flow_run.get_name(), flow_run.get_id()
         if run_id is None:
             return
         self.artifact(
             "markdown",
-            f"Training runs on the GPU pool as {ui_link(run_id, name)}: encoding, "
-            "training and validation logs are there; progress is mirrored here.",
+            sentence.format(link=ui_link(run_id, name)),
             "The GPU sub-run of this run",
             key="gpu-run",
         )
